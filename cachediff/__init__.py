@@ -1,0 +1,72 @@
+"""cachediff: training-free DeepCache acceleration for unmodified diffusers pipelines.
+
+Two lines on any supported pipeline:
+
+    >>> import cachediff  # doctest: +SKIP
+    >>> with cachediff.deepcache(pipe, interval=3, branch=0):  # doctest: +SKIP
+    ...     image = pipe("a photo of an astronaut").images[0]
+
+or the official helper's API: ``from cachediff import DeepCacheSDHelper``.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+
+from . import schedule
+from .config import SCHEDULES, DeepCacheConfig
+from .engine import DeepCacheEngine, RunStats
+from .helper import DeepCacheSDHelper
+from .unets import SPECS, BranchPlan, branch_plan, num_branches
+
+__version__ = "0.1.0"
+__all__ = [
+    "SCHEDULES",
+    "SPECS",
+    "BranchPlan",
+    "DeepCacheConfig",
+    "DeepCacheEngine",
+    "DeepCacheSDHelper",
+    "RunStats",
+    "branch_plan",
+    "deepcache",
+    "engine_for",
+    "num_branches",
+    "schedule",
+]
+
+
+def engine_for(target, config: DeepCacheConfig = DeepCacheConfig()) -> DeepCacheEngine:
+    """A (disabled) engine for a pipeline with a ``.unet`` or for a bare U-Net module."""
+    unet = getattr(target, "unet", None)
+    if unet is not None:
+        return DeepCacheEngine(unet, config, pipeline=target)
+    if isinstance(target, torch.nn.Module):
+        return DeepCacheEngine(target, config)
+    raise TypeError(
+        f"expected a diffusers pipeline with a .unet or a U-Net module, got {type(target).__name__}; "
+        "transformer pipelines (DiT, PixArt) are served by the module-level API"
+    )
+
+
+@contextmanager
+def deepcache(target, interval: int = 3, branch: int = 0, **options) -> Iterator[DeepCacheEngine]:
+    """Run DeepCache inside a ``with`` block; leaving it (also by an exception) restores the model.
+
+    Args:
+        target: a diffusers pipeline with a ``.unet``, or a supported U-Net module.
+        interval: cache interval N (1 = no caching).
+        branch: skip branch id (official ``cache_branch_id``; paper branch = id + 1).
+        **options: further ``DeepCacheConfig`` fields (``schedule``, ``center``, ``power``, ...).
+
+    Yields:
+        The enabled ``DeepCacheEngine`` (``.stats``, ``.cache_nbytes``, ``.describe()``).
+    """
+    engine = engine_for(target, DeepCacheConfig(interval=interval, branch=branch, **options)).enable()
+    try:
+        yield engine
+    finally:
+        engine.disable()

@@ -1,0 +1,142 @@
+"""Schedules: pure functions that say which steps of a sampling run are *full* steps.
+
+A *step* is one U-Net evaluation inside a sampling run (PLMS and Heun evaluate some timesteps twice:
+those count as two steps). On a full step every block runs and the deep feature is stored; on every
+other (*cached*) step only the shallow branch runs and the stored feature is reused. Step 0 is always
+full, since there is nothing to reuse yet.
+
+Nothing here touches a model; every function is deterministic and cheap.
+
+Example:
+    >>> uniform(10, 3)
+    (0, 3, 6, 9)
+    >>> quadratic_center(50, 10, center=15, power=1.4)
+    (0, 5, 9, 13, 17, 21, 26, 31, 37, 43)
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterable
+
+import numpy as np
+
+
+def num_full_steps(num_steps: int, interval: int) -> int:
+    """Number of full steps a uniform schedule of ``interval`` takes in ``num_steps``: ceil(T / N)."""
+    return math.ceil(num_steps / interval)
+
+
+def uniform(num_steps: int, interval: int) -> tuple[int, ...]:
+    """One full step every ``interval`` steps, starting at step 0 (paper Section 3.3, "uniform").
+
+    Example:
+        >>> uniform(7, 2)
+        (0, 2, 4, 6)
+    """
+    _check_positive(num_steps=num_steps, interval=interval)
+    return tuple(range(0, num_steps, interval))
+
+
+def quadratic_center(
+    num_steps: int, n_full: int, center: int = 15, power: float = 1.4, symmetric: bool = False
+) -> tuple[int, ...]:
+    """The paper's non-uniform schedule (Section 3.3, Eq. 7): full steps dense around ``center``.
+
+    ``n_full`` points are spaced linearly in ``x`` from ``-center`` to ``T - center`` after the transform
+    ``x -> x ** (1 / power)``, then mapped back with ``** power``. If rounding merges points, ``power``
+    is lowered by 0.02 and the search retried, as the official code does.
+
+    By default this reproduces the official ``sample_from_quad_center`` exactly, including a quirk: in
+    Python ``(-center) ** (1 / power)`` is a complex number, and the official code casts the complex
+    result to int, dropping the imaginary part, so the steps before ``center`` are not a mirror image
+    of those after it. ``symmetric=True`` gives the reading ``floor(sign(x) * |x| ** power)`` instead.
+
+    Args:
+        num_steps: steps in the run, T.
+        n_full: full steps wanted, usually ``ceil(T / N)``.
+        center: the step around which full steps are densest.
+        power: the exponent p > 1; larger means more concentrated around ``center``.
+        symmetric: use the mirror-symmetric reading instead of the official one.
+
+    Example:
+        >>> quadratic_center(50, 10, center=15, power=1.4, symmetric=True)
+        (0, 5, 10, 13, 15, 19, 24, 29, 35, 42)
+    """
+    _check_positive(num_steps=num_steps, n_full=n_full)
+    if not 0 <= center < num_steps:
+        raise ValueError(f"center must lie in [0, {num_steps}), got {center}")
+    if power <= 1:
+        raise ValueError(f"power must be > 1, got {power}")
+    if n_full >= num_steps:
+        return tuple(range(num_steps))
+    p = power
+    while p > 1:
+        steps = _quad_center_once(num_steps, n_full, center, p, symmetric)
+        if len(steps) == n_full:
+            return steps
+        p -= 0.02
+    raise ValueError(
+        f"no power <= {power} gives {n_full} distinct full steps in {num_steps} around {center}; "
+        "lower the centre or the number of full steps"
+    )
+
+
+def _quad_center_once(num_steps: int, n_full: int, center: int, power: float, symmetric: bool):
+    if symmetric:
+        lo, hi = -(center ** (1 / power)), (num_steps - center) ** (1 / power)
+        x = np.linspace(lo, hi, n_full + 1)
+        y = np.sign(x) * np.abs(x) ** power
+    else:  # the official arithmetic, complex numbers included
+        lo, hi = complex(-center) ** (1 / power), (num_steps - center) ** (1 / power)
+        y = np.linspace(lo, hi, n_full + 1) ** power
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # numpy's ComplexWarning: the official int cast drops imag
+        y = np.floor(y) if symmetric else np.real(y)
+        ints = np.unique(y.astype(np.int32))
+    return tuple([0] + [int(v) + center for v in ints[1:-1]])
+
+
+def quadratic_start(num_steps: int, n_full: int, power: float = 1.2) -> tuple[int, ...]:
+    """The released LDM code's non-uniform schedule: no centre, dense at the start (high noise).
+
+    ``unique(int(linspace(0, T ** (1/p), n+1) ** p))[:-1]``, lowering ``power`` by 0.02 until it
+    yields ``n_full`` distinct steps.
+
+    Example:
+        >>> quadratic_start(50, 10, power=1.2)
+        (0, 3, 7, 11, 16, 21, 27, 32, 38, 44)
+    """
+    _check_positive(num_steps=num_steps, n_full=n_full)
+    if n_full >= num_steps:
+        return tuple(range(num_steps))
+    p = power
+    while p > 1:
+        x = np.linspace(0, num_steps ** (1 / p), n_full + 1)
+        steps = np.unique((x**p).astype(np.int32))[:-1]
+        if len(steps) == n_full:
+            return tuple(int(s) for s in steps)
+        p -= 0.02
+    raise ValueError(f"no power <= {power} gives {n_full} distinct full steps in {num_steps}")
+
+
+def explicit(steps: Iterable[int], num_steps: int | None = None) -> tuple[int, ...]:
+    """A user-given set of full steps, sorted and deduplicated; step 0 is added if missing.
+
+    Example:
+        >>> explicit([10, 3, 3])
+        (0, 3, 10)
+    """
+    out = sorted({int(s) for s in steps} | {0})
+    if out and out[0] < 0:
+        raise ValueError(f"full steps must be >= 0, got {out[0]}")
+    if num_steps is not None:
+        out = [s for s in out if s < num_steps]
+    return tuple(out)
+
+
+def _check_positive(**values: int) -> None:
+    for name, v in values.items():
+        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")

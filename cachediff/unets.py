@@ -1,0 +1,175 @@
+"""Per-architecture branch maps: which modules of a U-Net are *deep* for a given skip branch.
+
+A diffusers U-Net stores one skip tensor per down-side layer: ``conv_in`` first, then every resnet
+(with its attention) and every downsampler of every down block. Up-side resnets consume them in
+reverse order. *Branch id b* names skip tensor number b (0 = ``conv_in``, the shallowest), exactly as
+``cache_branch_id`` does in the official ``DeepCache`` helper for U-Nets with two resnets per down
+block (SD 1.x/2.x: 0..11, SDXL: 0..8, SVD: 0..11). The paper numbers branches from 1: paper branch =
+b + 1.
+
+For branch b a cached step runs only the layers that produce skips 0..b and the up-side layers that
+consume them; every other layer is *deep*. The deep feature that a cached step reuses is the hidden
+state entering the up-side resnet that consumes skip b: the output of the *producer*, the last deep
+module before that resnet.
+
+Example:
+    >>> from diffusers import UNet2DModel
+    >>> unet = UNet2DModel(
+    ...     block_out_channels=(32, 64), down_block_types=("DownBlock2D",) * 2,
+    ...     up_block_types=("UpBlock2D",) * 2, norm_num_groups=8, sample_size=8)
+    >>> num_branches(unet)  # conv_in + 2 blocks x (2 resnets) + 1 downsampler
+    6
+    >>> plan = branch_plan(unet, 1)
+    >>> plan.producer, plan.deep[:2]
+    ('up_blocks.1.resnets.0', ('down_blocks.0.resnets.1', 'down_blocks.0.downsamplers.0'))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class UNetSpec:
+    """Where a U-Net family keeps its blocks, and the per-layer module lists in run order."""
+
+    down: str = "down_blocks"
+    mid: str = "mid_block"
+    up: str = "up_blocks"
+    layer_lists: tuple[str, ...] = ("resnets", "attentions")
+    down_samplers: str = "downsamplers"
+    up_samplers: str = "upsamplers"
+
+
+_UNET = UNetSpec()
+
+#: The supported U-Net classes (by class name, so no diffusers import is needed to read the table).
+SPECS: dict[str, UNetSpec] = {
+    "UNet2DConditionModel": _UNET,  # SD 1.x / 2.x, SDXL, inpainting, img2img, Text2Video-Zero
+    "UNet2DModel": _UNET,  # DDPM, unconditional LDM
+    "UNetSpatioTemporalConditionModel": _UNET,  # Stable Video Diffusion
+}
+
+
+@dataclass(frozen=True)
+class BranchPlan:
+    """What a cached step skips for one branch: module names (``unet.get_submodule`` paths).
+
+    Attributes:
+        branch: the branch id b (paper branch b + 1).
+        num_branches: how many branch ids this U-Net has (valid ids: 0 .. num_branches - 1).
+        deep: modules that do not run on a cached step (the coarsest names that cover them).
+        producer: the deep module whose output is the cached deep feature.
+    """
+
+    branch: int
+    num_branches: int
+    deep: tuple[str, ...]
+    producer: str
+
+
+def spec_for(unet: torch.nn.Module) -> UNetSpec:
+    """The spec of a U-Net, or a ``TypeError`` naming the supported classes."""
+    spec = SPECS.get(type(unet).__name__)
+    if spec is None:
+        raise TypeError(
+            f"DeepCache does not support {type(unet).__name__}; supported U-Nets: {', '.join(SPECS)}. "
+            "For other models (e.g. DiT transformers) use the module-level API."
+        )
+    return spec
+
+
+def _layers(block: torch.nn.Module, prefix: str, spec: UNetSpec) -> list[list[str]]:
+    """Module names of each layer of a block, in run order (resnet i, then attention i, ...)."""
+    if hasattr(block, "skip_conv"):
+        raise TypeError(f"{prefix} ({type(block).__name__}) is a skip-sample block; not supported")
+    lists = [(name, getattr(block, name, None) or []) for name in spec.layer_lists]
+    return [[f"{prefix}.{name}.{i}" for name, mods in lists if i < len(mods)] for i in range(len(block.resnets))]
+
+
+def _samplers(block: torch.nn.Module, prefix: str, attr: str) -> list[str]:
+    return [f"{prefix}.{attr}.{i}" for i in range(len(getattr(block, attr, None) or []))]
+
+
+def _side(unet, spec: UNetSpec, side: str) -> list[tuple[str, list[tuple[list[str], int]], list[str]]]:
+    """Per block of one side: (block name, [(layer modules, skip index)], sampler modules).
+
+    Down side: the skip index a layer produces. Up side: the skip index a layer consumes.
+    """
+    blocks = getattr(unet, spec.down if side == "down" else spec.up)
+    n_skips = 1 + sum(len(b.resnets) + bool(getattr(b, spec.down_samplers, None)) for b in unet.down_blocks)
+    skip = 1 if side == "down" else n_skips - 1
+    out = []
+    for i, block in enumerate(blocks):
+        prefix = f"{spec.down if side == 'down' else spec.up}.{i}"
+        layers = []
+        for mods in _layers(block, prefix, spec):
+            layers.append((mods, skip))
+            skip += 1 if side == "down" else -1
+        samplers = _samplers(block, prefix, spec.down_samplers if side == "down" else spec.up_samplers)
+        if side == "down" and samplers:
+            layers.append((samplers, skip))
+            skip += 1
+            samplers = []
+        out.append((prefix, layers, samplers))
+    if side == "up" and skip != -1:
+        raise TypeError(
+            f"{type(unet).__name__}: up blocks consume {n_skips - 1 - skip} skips but down blocks produce "
+            f"{n_skips}; this block layout is not supported"
+        )
+    return out
+
+
+def num_branches(unet: torch.nn.Module) -> int:
+    """Number of branch ids (skip connections, ``conv_in`` included) of a supported U-Net."""
+    spec_for(unet)
+    return 1 + sum(len(b.resnets) + bool(getattr(b, "downsamplers", None)) for b in unet.down_blocks)
+
+
+def branch_plan(unet: torch.nn.Module, branch: int) -> BranchPlan:
+    """The deep modules and the producer of the cached feature for branch id ``branch``.
+
+    Raises:
+        TypeError: the U-Net class or its block layout is not supported.
+        ValueError: ``branch`` is out of range for this U-Net.
+    """
+    spec = spec_for(unet)
+    n = num_branches(unet)
+    if isinstance(branch, bool) or not isinstance(branch, int) or not 0 <= branch < n:
+        raise ValueError(
+            f"branch must be an integer in 0..{n - 1} for this {type(unet).__name__} "
+            f"(paper numbering 1..{n}), got {branch!r}"
+        )
+    deep: list[str] = []
+    # Down side: every layer that produces a skip deeper than the branch.
+    for name, layers, _ in _side(unet, spec, "down"):
+        deep += _coarsest(name, layers, lambda s: s > branch)
+    # Mid block, then the up side: every layer that consumes a skip deeper than the branch.
+    sequence = [spec.mid] if getattr(unet, spec.mid, None) is not None else []
+    deep += sequence
+    producer = None
+    for name, layers, samplers in _side(unet, spec, "up"):
+        if all(s > branch for _, s in layers):
+            deep.append(name)
+            sequence.append(name)
+            continue
+        for mods, s in layers:
+            if s == branch:
+                producer = sequence[-1]
+            if s > branch:
+                deep += mods
+                sequence += mods
+        sequence += samplers
+    if producer is None:
+        raise TypeError(f"no up-side layer of {type(unet).__name__} consumes skip {branch}")
+    return BranchPlan(branch=branch, num_branches=n, deep=tuple(deep), producer=producer)
+
+
+def _coarsest(block_name: str, layers, is_deep) -> list[str]:
+    """The whole block's name if all its layers are deep, else the names of its deep layers."""
+    flags = [is_deep(s) for _, s in layers]
+    if flags and all(flags):
+        return [block_name]
+    return [m for (mods, _), f in zip(layers, flags) if f for m in mods]
