@@ -1,0 +1,77 @@
+"""Layer 3: bit-exact parity with the official ``DeepCache==0.1.1`` helper where it is correct.
+
+Tiny SD-, SDXL-, SVD- and DDPM-like U-Nets of the real diffusers classes, DDIM, batched
+classifier-free guidance, every branch id, intervals 2, 3 and 5. Where the official helper is wrong
+(PLMS's duplicate timestep, keyword timesteps, in-place FreeU), ``test_engine.py`` tests the correct
+behaviour and ``docs/ENGINE.md`` documents the difference.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+from cachediff import DeepCacheSDHelper
+from cachediff.testing import sample, tiny_pipe
+from cachediff.unets import num_branches
+
+official = pytest.importorskip("DeepCache", reason="the official helper: pip install DeepCache==0.1.1")
+
+BRANCHES = {"sd": 12, "sdxl": 9, "svd": 12, "ddpm": 12}
+
+
+@functools.lru_cache(maxsize=None)
+def pipe_for(kind):
+    return tiny_pipe(kind)
+
+
+def run_with(helper_cls, pipe, cond, interval, branch):
+    helper = helper_cls(pipe)
+    helper.set_params(cache_interval=interval, cache_branch_id=branch)
+    helper.enable()
+    try:
+        return sample(pipe, cond, steps=10), helper
+    finally:
+        helper.disable()
+
+
+@pytest.mark.parametrize("kind", BRANCHES)
+def test_branch_ids_match_the_official_numbering(kind):
+    pipe, _ = pipe_for(kind)
+    assert num_branches(pipe.unet) == BRANCHES[kind]
+
+
+@pytest.mark.parametrize("interval", [2, 3, 5])
+@pytest.mark.parametrize("kind,branch", [(k, b) for k, n in BRANCHES.items() for b in range(n)])
+def test_bit_exact_with_official_helper(kind, branch, interval):
+    pipe, cond = pipe_for(kind)
+    ref, _ = run_with(official.DeepCacheSDHelper, pipe, cond, interval, branch)
+    ours, _ = run_with(DeepCacheSDHelper, pipe, cond, interval, branch)
+    assert torch.equal(ref, ours)
+
+
+def _official_cache_nbytes(helper) -> int:
+    leaves = torch.utils._pytree.tree_leaves(list(helper.cached_output.values()))
+    return sum(t.nbytes for t in leaves if isinstance(t, torch.Tensor))
+
+
+@pytest.mark.parametrize("kind", ["sd", "svd"])
+def test_cache_holds_one_feature_not_every_block_output(kind):
+    pipe, cond = pipe_for(kind)
+    helper = official.DeepCacheSDHelper(pipe)
+    helper.set_params(cache_interval=3, cache_branch_id=0)
+    helper.enable()
+    sample(pipe, cond, steps=4)
+    theirs = _official_cache_nbytes(helper)
+    helper.disable()
+    ours = DeepCacheSDHelper(pipe)
+    ours.set_params(cache_interval=3, cache_branch_id=0)
+    ours.enable()
+    sample(pipe, cond, steps=4)
+    feature = ours.engine._slots[0].feature
+    assert ours.engine.cache_nbytes == sum(t.nbytes for t in torch.utils._pytree.tree_leaves(feature))
+    assert ours.engine.cache_nbytes * 10 <= theirs
+    ours.disable()
+    assert ours.engine.cache_nbytes == 0

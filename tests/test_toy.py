@@ -1,0 +1,189 @@
+"""Layer 2: an analytic toy U-Net whose blocks are exact float64 arithmetic.
+
+The toy has the diffusers block layout (down blocks with ``resnets`` and ``downsamplers``, a
+``mid_block``, up blocks with ``resnets`` and ``upsamplers``), registered in ``SPECS`` as data. Each
+op counts its calls, so the tests see exactly which ops computed on which step, and compare the
+output with an independent reference written from DeepCache's definition.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from cachediff import DeepCacheConfig, DeepCacheEngine
+from cachediff.unets import SPECS, UNetSpec, branch_plan, num_branches
+
+
+class Op(nn.Module):
+    """y = a * x + c (float64), counting calls."""
+
+    def __init__(self, a: float, c: float):
+        super().__init__()
+        self.a, self.c, self.calls = a, c, 0
+
+    def forward(self, x, *args):
+        self.calls += 1
+        return self.a * x + self.c
+
+
+class Down(nn.Module):
+    def __init__(self, k: int, layers: int, downsample: bool):
+        super().__init__()
+        self.resnets = nn.ModuleList(Op(1.0 + 0.1 * (k + i), k + i) for i in range(layers))
+        self.downsamplers = nn.ModuleList([Op(0.5, 1.0)]) if downsample else None
+
+    def forward(self, h):
+        out = ()
+        for r in self.resnets:
+            h = r(h)
+            out += (h,)
+        for d in self.downsamplers or []:
+            h = d(h)
+            out += (h,)
+        return h, out
+
+
+class Up(nn.Module):
+    def __init__(self, k: int, layers: int, upsample: bool):
+        super().__init__()
+        self.resnets = nn.ModuleList(Op(0.9 - 0.05 * i, -k - i) for i in range(layers))
+        self.upsamplers = nn.ModuleList([Op(2.0, 0.0)]) if upsample else None
+
+    def forward(self, h, skips):
+        for r in self.resnets:
+            h, skips = r(h + 10 * skips[-1]), skips[:-1]
+        for u in self.upsamplers or []:
+            h = u(h)
+        return h
+
+
+class ToyUNet(nn.Module):
+    """Three levels, ``layers`` resnets per down block, ``layers + 1`` per up block (as diffusers)."""
+
+    def __init__(self, levels: int = 3, layers: int = 2):
+        super().__init__()
+        self.conv_in = Op(1.0, 0.0)
+        self.down_blocks = nn.ModuleList(Down(k, layers, k < levels - 1) for k in range(levels))
+        self.mid_block = Op(3.0, 1.0)
+        self.up_blocks = nn.ModuleList(Up(k, layers + 1, k < levels - 1) for k in range(levels))
+
+    def forward(self, sample, timestep):
+        h = self.conv_in(sample) + timestep
+        skips = (h,)
+        for block in self.down_blocks:
+            h, out = block(h)
+            skips += out
+        h = self.mid_block(h)
+        for block in self.up_blocks:
+            n = len(block.resnets)
+            h, skips = block(h, skips[-n:]), skips[:-n]
+        return (h,)
+
+
+def ordered_ops(unet: ToyUNet):
+    """(down ops in order, each producing one skip) and (up-side ops in order, with the skip consumed)."""
+    down = [op for b in unet.down_blocks for op in [*b.resnets, *(b.downsamplers or [])]]
+    up, skip = [(unet.mid_block, None)], len(down)
+    for b in unet.up_blocks:
+        for r in b.resnets:
+            up.append((r, skip))
+            skip -= 1
+        up += [(u, None) for u in b.upsamplers or []]
+    return down, up
+
+
+def reference(unet: ToyUNet, inputs, branch: int, full_steps: set[int]):
+    """DeepCache by definition: cache the hidden state entering the up op that consumes skip ``branch``."""
+    down, up = ordered_ops(unet)
+    a = lambda op, x: op.a * x + op.c  # noqa: E731 (no call counting here)
+    outputs, cached = [], None
+    for step, (x, t) in enumerate(inputs):
+        h = a(unet.conv_in, x) + t
+        skips = [h]
+        for op in down[: len(down) if step in full_steps else branch]:
+            h = a(op, h)
+            skips.append(h)
+        start = 0
+        if step not in full_steps:
+            start = next(i for i, (_, s) in enumerate(up) if s == branch)
+            h = cached
+        for i, (op, s) in enumerate(up[start:], start):
+            if s == branch and step in full_steps:
+                cached = h
+            h = a(op, h if s is None else h + 10 * skips[s])
+        outputs.append(h)
+    return outputs
+
+
+@pytest.fixture
+def toy(monkeypatch):
+    monkeypatch.setitem(SPECS, "ToyUNet", UNetSpec())
+    return ToyUNet()
+
+
+def run(unet, inputs):
+    return [unet(x, t)[0] for x, t in inputs]
+
+
+def make_inputs(steps: int):
+    g = torch.Generator().manual_seed(1)
+    return [(torch.randn(3, generator=g, dtype=torch.float64), 1000.0 - 100 * i) for i in range(steps)]
+
+
+def test_toy_has_one_branch_per_skip(toy):
+    assert num_branches(toy) == 1 + 3 * 2 + 2  # conv_in, 6 resnets, 2 downsamplers
+
+
+@pytest.mark.parametrize("branch", range(9))
+@pytest.mark.parametrize("interval", [1, 2, 3, 5])
+def test_output_equals_reference_definition(toy, branch, interval):
+    inputs = make_inputs(11)
+    full = {s for s in range(11) if s % interval == 0}
+    engine = DeepCacheEngine(toy, DeepCacheConfig(interval=interval, branch=branch)).enable()
+    got = run(toy, inputs)
+    expected = reference(toy, inputs, branch, full)
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, rtol=0, atol=1e-9)
+    assert engine.stats.full_steps == len(full)
+
+
+@pytest.mark.parametrize("branch", range(9))
+def test_deep_ops_run_only_on_full_steps_and_shallow_ops_always(toy, branch):
+    steps, interval = 10, 3
+    engine = DeepCacheEngine(toy, DeepCacheConfig(interval=interval, branch=branch)).enable()
+    run(toy, make_inputs(steps))
+    n_full = len(range(0, steps, interval))
+    down, up = ordered_ops(toy)
+    for i, op in enumerate(down):  # op i produces skip i + 1
+        assert op.calls == (steps if i + 1 <= branch else n_full), f"down op {i}"
+    consumer = next(i for i, (_, s) in enumerate(up) if s == branch)
+    for i, (op, _) in enumerate(up):  # everything from the consumer of skip `branch` on is shallow
+        assert op.calls == (steps if i >= consumer else n_full), f"up op {i}"
+    assert toy.conv_in.calls == steps
+    engine.disable()
+
+
+def test_explicit_schedule_full_steps_are_exactly_the_listed_ones(toy):
+    engine = DeepCacheEngine(toy, DeepCacheConfig(schedule="explicit", full_steps=(0, 4, 5), branch=2)).enable()
+    run(toy, make_inputs(8))
+    assert engine.stats.pattern == "FCCCFFCC"
+    assert toy.mid_block.calls == 3
+
+
+def test_disable_restores_the_model_exactly(toy):
+    inputs = make_inputs(6)
+    base = run(toy, inputs)
+    engine = DeepCacheEngine(toy, DeepCacheConfig(interval=3, branch=0)).enable()
+    cached = run(toy, inputs)
+    engine.disable()
+    assert not any("forward" in vars(m) for m in toy.modules())
+    assert all(torch.equal(a, b) for a, b in zip(base, run(toy, inputs)))
+    assert not all(torch.equal(a, b) for a, b in zip(base, cached))
+
+
+def test_plan_names_the_deep_modules(toy):
+    plan = branch_plan(toy, 0)
+    assert plan.producer == "up_blocks.2.resnets.1"
+    assert plan.deep[:3] == ("down_blocks.0", "down_blocks.1", "down_blocks.2")
