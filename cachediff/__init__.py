@@ -11,8 +11,8 @@ or the official helper's API: ``from cachediff import DeepCacheSDHelper``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 

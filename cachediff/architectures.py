@@ -22,7 +22,10 @@ _SD_BLOCKS = dict(
 
 #: name -> (diffusers class name, config)
 ARCHITECTURES: dict[str, tuple[str, dict]] = {
-    "sd1.5": ("UNet2DConditionModel", dict(sample_size=64, cross_attention_dim=768, attention_head_dim=8, **_SD_BLOCKS)),
+    "sd1.5": (
+        "UNet2DConditionModel",
+        dict(sample_size=64, cross_attention_dim=768, attention_head_dim=8, **_SD_BLOCKS),
+    ),
     "sd2.1": (
         "UNet2DConditionModel",
         dict(
@@ -102,5 +105,7 @@ def example_inputs(unet: torch.nn.Module, batch: int = 1, size: int | None = Non
     )
     if cfg.addition_embed_type == "text_time":
         text_dim = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
-        inputs["added_cond_kwargs"] = dict(text_embeds=torch.randn(batch, text_dim), time_ids=torch.randn(batch, 6))
+        inputs["added_cond_kwargs"] = dict(
+            text_embeds=torch.randn(batch, text_dim), time_ids=torch.randn(batch, 6)
+        )
     return inputs

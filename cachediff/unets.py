@@ -86,7 +86,9 @@ def _layers(block: torch.nn.Module, prefix: str, spec: UNetSpec) -> list[list[st
     if hasattr(block, "skip_conv"):
         raise TypeError(f"{prefix} ({type(block).__name__}) is a skip-sample block; not supported")
     lists = [(name, getattr(block, name, None) or []) for name in spec.layer_lists]
-    return [[f"{prefix}.{name}.{i}" for name, mods in lists if i < len(mods)] for i in range(len(block.resnets))]
+    return [
+        [f"{prefix}.{name}.{i}" for name, mods in lists if i < len(mods)] for i in range(len(block.resnets))
+    ]
 
 
 def _samplers(block: torch.nn.Module, prefix: str, attr: str) -> list[str]:
@@ -172,4 +174,4 @@ def _coarsest(block_name: str, layers, is_deep) -> list[str]:
     flags = [is_deep(s) for _, s in layers]
     if flags and all(flags):
         return [block_name]
-    return [m for (mods, _), f in zip(layers, flags) if f for m in mods]
+    return [m for (mods, _), f in zip(layers, flags, strict=False) if f for m in mods]

@@ -22,7 +22,7 @@ official = pytest.importorskip("DeepCache", reason="the official helper: pip ins
 BRANCHES = {"sd": 12, "sdxl": 9, "svd": 12, "ddpm": 12}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def pipe_for(kind):
     return tiny_pipe(kind)
 

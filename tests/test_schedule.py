@@ -13,7 +13,7 @@ def test_uniform_has_ceil_t_over_n_full_steps_starting_at_zero(steps, interval):
     full = schedule.uniform(steps, interval)
     assert full[0] == 0
     assert len(full) == math.ceil(steps / interval) == schedule.num_full_steps(steps, interval)
-    assert all(b - a == interval for a, b in zip(full, full[1:]))
+    assert all(b - a == interval for a, b in zip(full, full[1:], strict=False))
 
 
 def test_quadratic_center_matches_the_official_code_examples():
@@ -25,7 +25,18 @@ def test_quadratic_center_matches_the_official_code_examples():
 
 
 def test_quadratic_center_symmetric_reading():
-    assert schedule.quadratic_center(50, 10, 15, 1.4, symmetric=True) == (0, 5, 10, 13, 15, 19, 24, 29, 35, 42)
+    assert schedule.quadratic_center(50, 10, 15, 1.4, symmetric=True) == (
+        0,
+        5,
+        10,
+        13,
+        15,
+        19,
+        24,
+        29,
+        35,
+        42,
+    )
 
 
 def _official_quad_center(total, n, center, pow):  # the official function, verbatim in behaviour
@@ -60,7 +71,7 @@ def test_quadratic_center_equals_official_function(total, interval, center, powe
 def test_quadratic_start_is_increasing_distinct_and_dense_early(total, n):
     full = schedule.quadratic_start(total, n, 1.2)
     assert len(full) == n and full[0] == 0 and list(full) == sorted(set(full))
-    gaps = [b - a for a, b in zip(full, full[1:])]
+    gaps = [b - a for a, b in zip(full, full[1:], strict=False)]
     assert gaps[0] <= gaps[-1]
 
 

@@ -109,7 +109,7 @@ def reference(unet: ToyUNet, inputs, branch: int, full_steps: set[int]):
         if step not in full_steps:
             start = next(i for i, (_, s) in enumerate(up) if s == branch)
             h = cached
-        for i, (op, s) in enumerate(up[start:], start):
+        for op, s in up[start:]:
             if s == branch and step in full_steps:
                 cached = h
             h = a(op, h if s is None else h + 10 * skips[s])
@@ -144,7 +144,7 @@ def test_output_equals_reference_definition(toy, branch, interval):
     engine = DeepCacheEngine(toy, DeepCacheConfig(interval=interval, branch=branch)).enable()
     got = run(toy, inputs)
     expected = reference(toy, inputs, branch, full)
-    for g, e in zip(got, expected):
+    for g, e in zip(got, expected, strict=False):
         torch.testing.assert_close(g, e, rtol=0, atol=1e-9)
     assert engine.stats.full_steps == len(full)
 
@@ -166,7 +166,9 @@ def test_deep_ops_run_only_on_full_steps_and_shallow_ops_always(toy, branch):
 
 
 def test_explicit_schedule_full_steps_are_exactly_the_listed_ones(toy):
-    engine = DeepCacheEngine(toy, DeepCacheConfig(schedule="explicit", full_steps=(0, 4, 5), branch=2)).enable()
+    engine = DeepCacheEngine(
+        toy, DeepCacheConfig(schedule="explicit", full_steps=(0, 4, 5), branch=2)
+    ).enable()
     run(toy, make_inputs(8))
     assert engine.stats.pattern == "FCCCFFCC"
     assert toy.mid_block.calls == 3
@@ -179,8 +181,8 @@ def test_disable_restores_the_model_exactly(toy):
     cached = run(toy, inputs)
     engine.disable()
     assert not any("forward" in vars(m) for m in toy.modules())
-    assert all(torch.equal(a, b) for a, b in zip(base, run(toy, inputs)))
-    assert not all(torch.equal(a, b) for a, b in zip(base, cached))
+    assert all(torch.equal(a, b) for a, b in zip(base, run(toy, inputs), strict=False))
+    assert not all(torch.equal(a, b) for a, b in zip(base, cached, strict=False))
 
 
 def test_plan_names_the_deep_modules(toy):

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import torch
-from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
+from diffusers import DDIMPipeline, DDIMScheduler, DDPMScheduler, UNet2DModel
 from diffusers.training_utils import EMAModel
 
 from cachediff.datasets import load_mnist
@@ -72,15 +72,17 @@ def atomic_save(obj: dict, path: Path) -> None:
 
 
 def export(ckpt_path: Path, out: Path) -> None:
-    """Write the EMA weights as a ``DDPMPipeline`` folder (fp16 safetensors, DDIM-ready scheduler)."""
+    """Write the EMA weights as a ``DDIMPipeline`` folder (fp16 safetensors, DDIM-ready scheduler)."""
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     unet = UNet2DModel(**UNET_CONFIG)
     ema = EMAModel(unet.parameters(), decay=ckpt["args"]["ema_decay"])
     ema.load_state_dict(ckpt["ema"])
     ema.copy_to(unet.parameters())
-    pipe = DDPMPipeline(unet=unet.to(torch.float16), scheduler=DDIMScheduler(**SCHEDULER_CONFIG))
+    pipe = DDIMPipeline(unet=unet.to(torch.float16), scheduler=DDIMScheduler(**SCHEDULER_CONFIG))
     pipe.save_pretrained(out, safe_serialization=True)
-    (out / "training.json").write_text(json.dumps({"step": ckpt["step"], **ckpt["args"]}, indent=2, default=str))
+    (out / "training.json").write_text(
+        json.dumps({"step": ckpt["step"], **ckpt["args"]}, indent=2, default=str)
+    )
     print(f"exported step {ckpt['step']} to {out}")
 
 
@@ -93,7 +95,9 @@ def main() -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
 
     # Data: all 60k training digits in memory, scaled to [-1, 1].
-    images = torch.from_numpy(load_mnist("train").copy()).float().div(127.5).sub(1).unsqueeze(1)  # (N, 1, 28, 28)
+    images = (
+        torch.from_numpy(load_mnist("train").copy()).float().div(127.5).sub(1).unsqueeze(1)
+    )  # (N, 1, 28, 28)
 
     unet = UNet2DModel(**UNET_CONFIG)
     ema = EMAModel(unet.parameters(), decay=args.ema_decay, use_ema_warmup=True, power=3 / 4)
@@ -139,7 +143,9 @@ def main() -> None:
         opt.step()
         ema.step(unet.parameters())
         step += 1
-        writer.writerow([step, f"{loss.item():.5f}", f"{lr_at(step - 1, args):.2e}", f"{time.time() - start:.1f}"])
+        writer.writerow(
+            [step, f"{loss.item():.5f}", f"{lr_at(step - 1, args):.2e}", f"{time.time() - start:.1f}"]
+        )
         if step % 50 == 0:
             print(f"step {step} loss {loss.item():.4f} {time.time() - start:.0f}s", flush=True)
         if step % args.ckpt_every == 0:

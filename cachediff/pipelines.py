@@ -1,0 +1,72 @@
+"""Model presets: name -> where the weights are, which pipeline runs them, and the paper's settings.
+
+One table, no if-ladders: scripts look a preset up and pass it to ``cachediff.runner``.
+
+Example:
+    >>> PRESETS["ddpm-mnist"].steps, PRESETS["sd1.5"].model
+    (100, 'runwayml/stable-diffusion-v1-5')
+    >>> get_preset("sd9")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown model type 'sd9'; choose one of: ddpm-mnist, ddpm-cifar10, sd1.5, sd2.1, sdxl, svd
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+#: The repository root, where ``assets/`` holds the shipped weights.
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Settings of one model type.
+
+    Attributes:
+        model: hub id, or a path relative to the repository root for shipped weights.
+        pipeline: diffusers pipeline class name.
+        task: what the pipeline takes: "unconditional", "text2image", "video".
+        steps: default number of inference steps (the paper's setting).
+        interval: default cache interval N.
+        branch: default branch id (paper branch = id + 1).
+        call: further keyword arguments of the pipeline call.
+    """
+
+    model: str
+    pipeline: str
+    task: str
+    steps: int
+    interval: int
+    branch: int
+    call: dict = field(default_factory=dict)
+
+    def model_path(self, override: str | None = None) -> str:
+        """The weights to load: ``override`` if given, else the preset's (shipped paths made absolute)."""
+        model = override or self.model
+        shipped = ROOT / model
+        return str(shipped) if shipped.exists() else model
+
+
+PRESETS: dict[str, Preset] = {
+    # Trained here (experiments/ddpm/train_mnist.py), shipped under assets/.
+    "ddpm-mnist": Preset("assets/ddpm-mnist", "DDIMPipeline", "unconditional", 100, 5, 2),
+    # The paper's models (weights from the hub on a user's machine).
+    "ddpm-cifar10": Preset("google/ddpm-cifar10-32", "DDIMPipeline", "unconditional", 100, 5, 2),
+    "sd1.5": Preset("runwayml/stable-diffusion-v1-5", "StableDiffusionPipeline", "text2image", 50, 5, 1),
+    "sd2.1": Preset("stabilityai/stable-diffusion-2-1", "StableDiffusionPipeline", "text2image", 50, 3, 0),
+    "sdxl": Preset(
+        "stabilityai/stable-diffusion-xl-base-1.0", "StableDiffusionXLPipeline", "text2image", 50, 3, 0
+    ),
+    "svd": Preset(
+        "stabilityai/stable-video-diffusion-img2vid-xt", "StableVideoDiffusionPipeline", "video", 25, 3, 0
+    ),
+}
+
+
+def get_preset(name: str) -> Preset:
+    """The preset called ``name``, or a ``ValueError`` listing the known ones."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown model type {name!r}; choose one of: {', '.join(PRESETS)}")
+    return PRESETS[name]

@@ -1,0 +1,133 @@
+"""Public API: the drop-in helper, the context manager, and clear errors for bad input."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import cachediff
+from cachediff import DeepCacheConfig, DeepCacheSDHelper, branch_plan
+from cachediff.testing import sample, tiny_pipe, tiny_unet
+
+
+@pytest.fixture(scope="module")
+def sd():
+    pipe, cond = tiny_pipe("sd")
+    return pipe, cond, sample(pipe, cond)
+
+
+def cached_run(pipe, cond, interval=3, branch=0):
+    with cachediff.deepcache(pipe, interval=interval, branch=branch):
+        return sample(pipe, cond)
+
+
+def test_helper_has_the_official_api(sd):
+    pipe, cond, base = sd
+    helper = DeepCacheSDHelper(pipe)
+    helper.set_params(cache_interval=3, cache_branch_id=0)
+    helper.enable()
+    out = sample(pipe, cond)
+    helper.disable()
+    assert torch.equal(out, cached_run(pipe, cond))
+    assert torch.equal(sample(pipe, cond), base)
+
+
+def test_helper_non_uniform_skip_mode_works(sd):
+    pipe, cond, _ = sd
+    helper = DeepCacheSDHelper(pipe)
+    helper.set_params(cache_interval=3, cache_branch_id=0, skip_mode="non-uniform", center=3, pow=1.2)
+    helper.enable()
+    sample(pipe, cond, steps=10)
+    helper.disable()
+    full = [s for s, f in helper.engine.stats.calls if f]
+    assert full == list(cachediff.schedule.quadratic_center(10, 4, 3, 1.2))
+
+
+def test_enable_twice_is_harmless(sd):
+    pipe, cond, base = sd
+    helper = DeepCacheSDHelper(pipe)
+    helper.set_params(cache_interval=3, cache_branch_id=2)
+    helper.enable()
+    n_hooks = len(helper.engine._hooks)
+    helper.enable()
+    assert len(helper.engine._hooks) == n_hooks
+    out = sample(pipe, cond)
+    helper.disable()
+    assert torch.equal(out, cached_run(pipe, cond, branch=2))
+    assert torch.equal(sample(pipe, cond), base)
+
+
+def test_set_params_while_enabled_takes_effect(sd):
+    pipe, cond, _ = sd
+    helper = DeepCacheSDHelper(pipe)
+    helper.set_params(cache_interval=3, cache_branch_id=0)
+    helper.enable()
+    helper.set_params(cache_interval=2, cache_branch_id=4)
+    out = sample(pipe, cond)
+    helper.disable()
+    assert torch.equal(out, cached_run(pipe, cond, interval=2, branch=4))
+
+
+def test_context_manager_restores_after_an_exception(sd):
+    pipe, cond, base = sd
+    with pytest.raises(RuntimeError, match="boom"):
+        with cachediff.deepcache(pipe, interval=3, branch=0):
+            sample(pipe, cond, steps=2)
+            raise RuntimeError("boom")
+    assert not any("forward" in vars(m) for m in pipe.unet.modules())
+    assert torch.equal(sample(pipe, cond), base)
+
+
+def test_describe_names_branch_producer_and_paper_numbering(sd):
+    pipe, _, _ = sd
+    engine = cachediff.engine_for(pipe, DeepCacheConfig(branch=1))
+    text = engine.describe()
+    assert "branch 1 (paper branch 2) of 0..11" in text
+    assert "up_blocks.3.attentions.0" in text
+
+
+# ----------------------------------------------------------------------------- errors
+@pytest.mark.parametrize("kind,bad,valid", [("sd", 12, "0..11"), ("sdxl", 9, "0..8"), ("svd", 12, "0..11")])
+def test_branch_out_of_range_names_the_valid_range(kind, bad, valid):
+    unet, _ = tiny_unet(kind)
+    with pytest.raises(ValueError, match=rf"branch must be an integer in {valid}"):
+        branch_plan(unet, bad)
+    with pytest.raises(ValueError, match=valid):
+        cachediff.deepcache(unet, interval=3, branch=bad).__enter__()
+
+
+def test_helper_errors(sd):
+    pipe, _, _ = sd
+    helper = DeepCacheSDHelper(pipe)
+    with pytest.raises(RuntimeError, match="set_params"):
+        helper.enable()
+    with pytest.raises(ValueError, match="skip_mode must be one of uniform, non-uniform"):
+        helper.set_params(cache_interval=3, skip_mode="quad")
+    with pytest.raises(ValueError, match="interval must be an integer >= 1"):
+        helper.set_params(cache_interval=0)
+    with pytest.raises(ValueError, match="no pipeline"):
+        DeepCacheSDHelper().enable()
+
+
+def test_pipeline_without_unet_is_rejected():
+    from diffusers import Transformer2DModel
+
+    dit = Transformer2DModel(  # a DiT
+        num_attention_heads=2,
+        attention_head_dim=8,
+        in_channels=4,
+        sample_size=8,
+        patch_size=2,
+        norm_type="ada_norm_zero",
+        num_embeds_ada_norm=1000,
+    )
+    with pytest.raises(TypeError, match="has no .unet"):
+        DeepCacheSDHelper(SimpleNamespace(transformer=dit, scheduler=None)).set_params(cache_interval=3)
+    with pytest.raises(
+        TypeError, match="does not support Transformer2DModel; supported U-Nets: UNet2DConditionModel"
+    ):
+        cachediff.deepcache(dit).__enter__()
+    with pytest.raises(TypeError, match="expected a diffusers pipeline"):
+        cachediff.engine_for("not a model")
