@@ -28,8 +28,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model", help="hub id or local folder overriding the preset's weights")
     p.add_argument("--steps", type=int, help="inference steps (default: the preset's)")
     p.add_argument("--cache_interval", type=int, help="cache interval N (default: the preset's)")
-    p.add_argument("--cache_branch_id", type=int, help="skip branch id b, paper branch b+1 (default: preset's)")
-    p.add_argument("--schedule", default="uniform", choices=["uniform", "non-uniform"], help="full-step schedule")
+    p.add_argument(
+        "--cache_branch_id", type=int, help="skip branch id b, paper branch b+1 (default: preset's)"
+    )
+    p.add_argument(
+        "--schedule", default="uniform", choices=["uniform", "non-uniform"], help="full-step schedule"
+    )
     p.add_argument("--batch_size", type=int, default=16, help="images per run (seeds seed..seed+B-1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first image")
     p.add_argument("--repeats", type=int, default=2, help="timed repeats of each run, after one warm-up")
@@ -54,15 +58,21 @@ def main(argv=None) -> int:
     )
     pipe = runner.load_pipeline(preset, args.model, args.device)
     seeds = list(range(args.seed, args.seed + args.batch_size))
-    print(f"{args.model_type}: {steps} steps, N={config.interval}, branch {config.branch} (paper {config.branch + 1})")
+    print(
+        f"{args.model_type}: {steps} steps, N={config.interval}, branch {config.branch} (paper {config.branch + 1})"
+    )
     result, base, cached = runner.compare(pipe, config, seeds, steps, args.repeats)
 
     args.output.mkdir(parents=True, exist_ok=True)
     runner.save_png(args.output / "baseline_vs_deepcache.png", runner.side_by_side(base, cached, rows=4))
-    record = dict(args=vars(args), config=config.__dict__, results=runner.as_dict(result), env=runner.environment())
+    record = dict(
+        args=vars(args), config=config.__dict__, results=runner.as_dict(result), env=runner.environment()
+    )
     runner.write_json(args.output / "run.json", record)
     print_table(result)
-    print(f"saved {args.output / 'baseline_vs_deepcache.png'} (left: baseline, right: DeepCache) and run.json")
+    print(
+        f"saved {args.output / 'baseline_vs_deepcache.png'} (left: baseline, right: DeepCache) and run.json"
+    )
     return 0
 
 

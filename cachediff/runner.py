@@ -78,7 +78,9 @@ def compare(pipe, config: DeepCacheConfig, seeds: list[int], steps: int, repeats
 
         return fn
 
-    times = metrics.interleaved({"baseline": run("baseline", False), "deepcache": run("deepcache", True)}, repeats)
+    times = metrics.interleaved(
+        {"baseline": run("baseline", False), "deepcache": run("deepcache", True)}, repeats
+    )
     unet_inputs = _unet_inputs(pipe, len(seeds))
     full, cached = metrics.step_macs(pipe.unet, unet_inputs, config.branch)
     n_full = engine.stats.full_steps

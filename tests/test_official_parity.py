@@ -75,3 +75,12 @@ def test_cache_holds_one_feature_not_every_block_output(kind):
     assert ours.engine.cache_nbytes * 10 <= theirs
     ours.disable()
     assert ours.engine.cache_nbytes == 0
+
+
+@pytest.mark.parametrize("scheduler", ["DPMSolverMultistepScheduler", "EulerDiscreteScheduler"])
+@pytest.mark.parametrize("branch", [0, 5, 11])
+def test_bit_exact_with_official_helper_on_other_schedulers(scheduler, branch):
+    pipe, cond = tiny_pipe("sd", scheduler=scheduler)
+    ref, _ = run_with(official.DeepCacheSDHelper, pipe, cond, 3, branch)
+    ours, _ = run_with(DeepCacheSDHelper, pipe, cond, 3, branch)
+    assert torch.equal(ref, ours)

@@ -20,7 +20,9 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def interleaved(fns: dict[str, Callable[[], object]], repeats: int = 3, warmup: int = 1) -> dict[str, list[float]]:
+def interleaved(
+    fns: dict[str, Callable[[], object]], repeats: int = 3, warmup: int = 1
+) -> dict[str, list[float]]:
     """Seconds per call of each function, calling them in turn ``repeats`` times after ``warmup`` rounds."""
     times: dict[str, list[float]] = {name: [] for name in fns}
     for r in range(warmup + repeats):
