@@ -58,9 +58,8 @@ def main(argv=None) -> int:
     )
     pipe = runner.load_pipeline(preset, args.model, args.device)
     seeds = list(range(args.seed, args.seed + args.batch_size))
-    print(
-        f"{args.model_type}: {steps} steps, N={config.interval}, branch {config.branch} (paper {config.branch + 1})"
-    )
+    branch = f"branch {config.branch} (paper {config.branch + 1})"
+    print(f"{args.model_type}: {steps} steps, N={config.interval}, {branch}")
     result, base, cached = runner.compare(pipe, config, seeds, steps, args.repeats)
 
     args.output.mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,8 @@ def load_pipeline(preset: Preset, model: str | None = None, device: str = "cpu",
         pipe = getattr(diffusers, preset.pipeline).from_pretrained(path, torch_dtype=dtype)
     except OSError as err:
         raise FileNotFoundError(
-            f"could not load {path!r}: {err}\nGive --model a local folder with the weights (no download here)."
+            f"could not load {path!r}: {err}\n"
+            "Give --model a local folder with the weights (no download here)."
         ) from err
     pipe.set_progress_bar_config(leave=False)
     return pipe.to(device)
