@@ -16,21 +16,42 @@ from torch.utils.flop_counter import FlopCounterMode
 from ..config import DeepCacheConfig
 from ..engine import DeepCacheEngine
 
+_aten = torch.ops.aten
+#: Attention score and value matmuls (QK^T, AV): the paper's MAC counts leave them out.
+ATTENTION_OPS = [
+    _aten.bmm,
+    _aten.baddbmm,
+    *(getattr(_aten, name) for name in dir(_aten) if name.startswith("_scaled_dot_product")),
+    *(getattr(_aten, name) for name in ("_flash_attention_forward", "_efficient_attention_forward")),
+]
 
-def count_macs(fn: Callable[[], object]) -> int:
-    """Multiply-accumulates of everything ``fn`` runs (attention score matmuls inside fused SDPA
-    kernels on CPU are not counted, matching the paper's counts)."""
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
+
+def _zero(*args, **kwargs) -> int:
+    return 0
+
+
+def count_macs(fn: Callable[[], object], attention: bool = False) -> int:
+    """Multiply-accumulates of everything ``fn`` runs, on any device (``meta`` included).
+
+    Args:
+        fn: the computation, e.g. ``lambda: unet(**inputs)``.
+        attention: also count the attention matmuls QK^T and AV, which the paper leaves out.
+    """
+    mapping = {} if attention else {op: _zero for op in ATTENTION_OPS}
+    with FlopCounterMode(display=False, custom_mapping=mapping) as counter, torch.no_grad():
         fn()
     return counter.get_total_flops() // 2
 
 
-def step_macs(unet: torch.nn.Module, inputs: dict, branch: int) -> tuple[int, int]:
-    """MACs of one full step and one cached step of ``unet`` on ``inputs`` (keyword arguments)."""
+def step_macs(unet: torch.nn.Module, inputs: dict, branch: int, attention: bool = False) -> tuple[int, int]:
+    """MACs of one full step and one cached step of ``unet`` on ``inputs`` (keyword arguments).
+
+    Works on the ``meta`` device, where it costs no compute.
+    """
     engine = DeepCacheEngine(unet, DeepCacheConfig(interval=2, branch=branch)).enable()
     try:
-        full = count_macs(lambda: unet(**inputs))
-        cached = count_macs(lambda: unet(**inputs))
+        full = count_macs(lambda: unet(**inputs), attention)
+        cached = count_macs(lambda: unet(**inputs), attention)
     finally:
         engine.disable()
     return full, cached
