@@ -37,6 +37,8 @@ class DeepCacheConfig:
         power: exponent of the non-uniform schedule (> 1).
         symmetric: non-uniform only: use the mirror-symmetric reading instead of the official code's.
         full_steps: the full steps of the "explicit" schedule (step 0 is always full).
+        reuse: what a cached step feeds the shallow branch: "cache" (DeepCache) or "zeros" (the
+            paper's Table 5 ablation, which shows that the cached feature matters).
     """
 
     interval: int = 3
@@ -46,12 +48,15 @@ class DeepCacheConfig:
     power: float = 1.4
     symmetric: bool = False
     full_steps: tuple[int, ...] | None = None
+    reuse: str = "cache"
 
     def __post_init__(self) -> None:
         if not _is_int(self.interval) or self.interval < 1:
             raise ValueError(f"interval must be an integer >= 1 (1 = no caching), got {self.interval!r}")
         if not _is_int(self.branch) or self.branch < 0:
             raise ValueError(f"branch must be an integer >= 0 (0 = shallowest skip), got {self.branch!r}")
+        if self.reuse not in ("cache", "zeros"):
+            raise ValueError(f"reuse must be 'cache' or 'zeros', got {self.reuse!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}; got {self.schedule!r}")
         if self.schedule == "non-uniform":

@@ -200,9 +200,9 @@ class DeepCacheEngine:
                         slot.feature = out
                         return _clone(out)
                     return out
-                if is_producer:
+                if is_producer and self.config.reuse == "cache":
                     return _clone(slot.feature)
-                return _placeholder(*slot.layouts[name])
+                return _placeholder(*slot.layouts[name])  # zeros (also the "zeros" ablation)
 
             return forward
 

@@ -328,3 +328,17 @@ def test_non_uniform_on_a_bare_unet_needs_reset_with_num_steps():
         unet(x, 900 - 100 * t, **cond)
     assert [s for s, f in engine.stats.calls if f] == list(schedule.quadratic_center(9, 3, 2, 1.2))
     engine.disable()
+
+
+def test_zeros_ablation_feeds_zeros_instead_of_the_cached_feature():
+    unet, cond = tiny_unet("sd", batch=1)
+    x = torch.randn(1, 4, 8, 8)
+    seen = []
+    hook = unet.up_blocks[3].resnets[0].register_forward_pre_hook(lambda m, a: seen.append(a[0].clone()))
+    with torch.no_grad(), cachediff.deepcache(unet, interval=2, branch=2, reuse="zeros"):
+        full = unet(x, 500, **cond).sample
+        ablated = unet(x, 500, **cond).sample
+    hook.remove()
+    channels = unet.up_blocks[2].resnets[-1].out_channels  # the cached feature's part of the input
+    assert seen[0][:, :channels].abs().sum() > 0 and torch.all(seen[1][:, :channels] == 0)
+    assert not torch.equal(full, ablated)

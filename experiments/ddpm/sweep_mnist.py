@@ -1,0 +1,143 @@
+"""Reproduce the shape of the paper's DDPM results on the shipped MNIST DDPM (100 DDIM steps).
+
+Suites (paper tables):
+  interval  FID, MACs and measured speedup for N = 2, 3, 5, 10 at branch 2 (Table 2)
+  branch    every branch at N = 5 (Table 12)
+  steps     plain DDIM with fewer steps at the MACs of each N (Tables 4 and 6: DeepCache should win)
+  zeros     the cached feature replaced by zeros (Table 5: FID should explode)
+
+FID uses the standard TF Inception network against MNIST test images. The sweep resumes where it
+stopped (samples and features are saved per shard of seeds; finished rows are kept).
+
+Example:
+    python experiments/ddpm/sweep_mnist.py --samples 2000 > runs/sweep.log 2>&1
+    python experiments/ddpm/sweep_mnist.py --samples 64 --suites interval --out /tmp/quick  # smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import statistics
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cachediff import metrics
+from cachediff.datasets import load_mnist
+from cachediff.metrics import fid as F
+from cachediff.pipelines import get_preset
+from cachediff.runner import load_pipeline
+from cachediff.sweep import Setting, Sweep, read_csv, write_csv
+
+BRANCH = 2  # paper branch 3, as in the paper's DDPM Table 2
+INTERVALS = (2, 3, 5, 10)
+SUITES = ("interval", "branch", "steps", "zeros")
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", help="model folder (default: the shipped assets/ddpm-mnist)")
+    p.add_argument("--samples", type=int, default=2000, help="images per setting for FID")
+    p.add_argument("--reference", type=int, default=2000, help="MNIST test images for the reference stats")
+    p.add_argument("--shard", type=int, default=250, help="images per generated batch and file")
+    p.add_argument("--suites", nargs="+", default=list(SUITES), choices=SUITES, help="which tables to run")
+    p.add_argument("--timing-batch", type=int, default=64, help="images per timed run")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved timed repeats per setting")
+    p.add_argument("--out", type=Path, default=Path("runs/mnist-sweep"), help="samples, features, CSV")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    args = p.parse_args()
+    if min(args.samples, args.reference, args.shard, args.timing_batch, args.repeats) < 1:
+        p.error("counts must be >= 1")
+    return args
+
+
+def settings(suites, full_macs: float, cached_macs: dict[int, float]) -> list[Setting]:
+    """The sweep's settings, baseline first; fewer-steps runs match the MACs of each interval."""
+    out = [Setting("ddim-100")]
+    if "interval" in suites:
+        out += [Setting(f"N{n}-b{BRANCH}", interval=n, branch=BRANCH) for n in INTERVALS]
+    if "branch" in suites:
+        out += [Setting(f"N5-b{b}", interval=5, branch=b) for b in sorted(cached_macs)]
+    if "steps" in suites:
+        for n in INTERVALS:
+            avg = metrics.average_macs(full_macs, cached_macs[BRANCH], -(-100 // n), 100)
+            steps = round(100 * avg / full_macs)
+            out.append(Setting(f"ddim-{steps}", steps=steps))
+    if "zeros" in suites:
+        out.append(Setting(f"N5-b{BRANCH}-zeros", interval=5, branch=BRANCH, reuse="zeros"))
+    return list({s.name: s for s in out}.values())
+
+
+def reference_stats(out: Path, n: int):
+    path = out / f"reference_mnist_test_{n}.npz"
+    if not path.exists():
+        images = torch.from_numpy(load_mnist("test")[:n].copy()).float().div(127.5).sub(1).unsqueeze(1)
+        F.save_stats(path, *F.feature_stats(F.inception_features(images, batch_size=50)))
+    return F.load_stats(path)
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    pipe = load_pipeline(get_preset("ddpm-mnist"), args.model)
+    inception = F.load_inception()
+    sweep = Sweep(
+        pipe, args.out, args.samples, args.shard, lambda x: F.inception_features(x, inception, 50, False)
+    )
+    ref = reference_stats(args.out, args.reference)
+
+    inputs = dict(sample=torch.randn(1, 1, 28, 28), timestep=torch.tensor(500))
+    n_branches = sweep.engine.plan.num_branches
+    per_branch = {b: metrics.step_macs(pipe.unet, inputs, b) for b in range(n_branches)}
+    full = per_branch[0][0]
+    cached = {b: c for b, (_, c) in per_branch.items()}
+
+    csv = args.out / "results.csv"
+    rows = {r["setting"]: r for r in read_csv(csv)}
+    base = Setting("ddim-100")
+    for s in settings(args.suites, full, cached):
+        if s.name in rows:
+            continue
+        feats = sweep.features(s)
+        rule = s.config().full_step_rule(s.steps) if s.config() else (lambda step: True)
+        n_full = sum(rule(i) for i in range(s.steps))
+        macs = metrics.average_macs(full, cached[s.branch], n_full, s.steps) * s.steps / 100
+        times = metrics.interleaved(
+            {k: (lambda k=k: sweep.generate(k, range(args.timing_batch))) for k in (base, s)}, args.repeats
+        )
+        shard0 = sweep.samples(s)[: args.shard].astype(np.float32)
+        rows[s.name] = dict(
+            setting=s.name,
+            steps=s.steps,
+            interval=s.interval,
+            branch=s.branch,
+            paper_branch=s.branch + 1,
+            reuse=s.reuse,
+            full_steps=n_full,
+            fid=F.frechet_distance(*F.feature_stats(feats), *ref),
+            gmacs_per_image_per_100_steps=macs / 1e9,
+            mac_speedup=full / macs,
+            measured_speedup=metrics.speedup(times[base], times[s]),
+            seconds_per_image=statistics.median(times[s]) / args.timing_batch,
+            psnr_vs_ddim100_db=metrics.psnr(
+                torch.from_numpy(shard0), torch.from_numpy(base_shard(sweep, base)), 255.0
+            ),
+            samples=args.samples,
+        )
+        write_csv(list(rows.values()), csv)
+        print(rows[s.name], flush=True)
+    write_csv(list(rows.values()), csv)
+    stamp = f"{datetime.date.today()} on {platform.machine()} ({torch.get_num_threads()} threads)"
+    print(f"wrote {csv} ({stamp})")
+
+
+def base_shard(sweep: Sweep, base: Setting) -> np.ndarray:
+    return sweep.samples(base)[: sweep.shard].astype(np.float32)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""Plots and a Markdown table from a sweep CSV (``experiments/ddpm/sweep_mnist.py``'s results.csv).
+
+Quality against cost (average MACs and measured speedup: the Pareto view), DeepCache vs plain DDIM
+with fewer steps, and FID and MACs per branch.
+
+Example:
+    python scripts/plot_sweep.py runs/mnist-sweep/results.csv --out docs/results/mnist
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+
+def groups(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Rows by method: plain DDIM (fewer steps), DeepCache per interval at one branch, ablation."""
+    plain = df[(df.interval == 1) & (df.reuse == "cache")].sort_values("gmacs_per_image_per_100_steps")
+    cached = df[(df.interval > 1) & (df.reuse == "cache")]
+    main_branch = cached.branch.mode().iloc[0] if len(cached) else 0
+    return {
+        "DDIM, fewer steps": plain,
+        f"DeepCache, branch {main_branch} (paper {main_branch + 1})": cached[
+            cached.branch == main_branch
+        ].sort_values("gmacs_per_image_per_100_steps"),
+        "cached feature -> zeros": df[df.reuse == "zeros"],
+    }
+
+
+def pareto(df: pd.DataFrame, out: Path) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for (label, rows), marker in zip(groups(df).items(), "osx", strict=True):
+        if len(rows):
+            axes[0].plot(rows.gmacs_per_image_per_100_steps * 1000, rows.fid, marker=marker, label=label)
+            axes[1].plot(rows.measured_speedup, rows.fid, marker=marker, label=label)
+    axes[0].set(xlabel="MMACs per image per step (average over 100 steps)", ylabel="FID (lower is better)")
+    axes[1].set(xlabel="measured speedup over 100 DDIM steps", ylabel="FID")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "fid_vs_cost.png", dpi=120)
+
+
+def per_branch(df: pd.DataFrame, out: Path) -> None:
+    rows = df[(df.interval == 5) & (df.reuse == "cache")].sort_values("branch")
+    if not len(rows):
+        return
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(rows.paper_branch, rows.fid, "o-", color="C0")
+    ax.set(xlabel="paper branch (branch id + 1)", ylabel="FID", title="N = 5, per branch")
+    twin = ax.twinx()
+    twin.plot(rows.paper_branch, rows.gmacs_per_image_per_100_steps * 1000, "s--", color="C1")
+    twin.set_ylabel("MMACs per step (average)", color="C1")
+    fig.tight_layout()
+    fig.savefig(out / "per_branch.png", dpi=120)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("csv", type=Path, help="the sweep's results.csv")
+    p.add_argument("--out", type=Path, required=True, help="folder for the PNGs, table and a CSV copy")
+    args = p.parse_args()
+    df = pd.read_csv(args.csv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    pareto(df, args.out)
+    per_branch(df, args.out)
+    df.to_csv(args.out / "results.csv", index=False)
+    cols = ["setting", "steps", "interval", "paper_branch", "reuse", "fid", "gmacs_per_image_per_100_steps"]
+    cols += ["mac_speedup", "measured_speedup", "psnr_vs_ddim100_db", "samples"]
+    (args.out / "table.md").write_text(df[cols].to_markdown(index=False, floatfmt=".3g") + "\n")
+    print(f"wrote {args.out}/fid_vs_cost.png, per_branch.png, table.md, results.csv")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""Sweeps: samples addressable by seed, resumption after an interruption, atomic CSV."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMPipeline, DDIMScheduler
+
+from cachediff.sweep import Setting, Sweep, read_csv, write_csv
+from cachediff.testing import tiny_unet
+
+
+@pytest.fixture
+def pipe():
+    unet, _ = tiny_unet("ddpm")
+    return DDIMPipeline(unet=unet, scheduler=DDIMScheduler())
+
+
+def mean_features(images: torch.Tensor) -> np.ndarray:
+    return images.flatten(1).mean(1, keepdim=True).double().numpy()
+
+
+SETTING = Setting("N3-b1", steps=6, interval=3, branch=1)
+
+
+def test_samples_do_not_depend_on_the_shard_size(pipe, tmp_path):
+    a = Sweep(pipe, tmp_path / "a", n_samples=4, shard=2, featurize=mean_features)
+    b = Sweep(pipe, tmp_path / "b", n_samples=4, shard=4, featurize=mean_features)
+    a.features(SETTING, progress=False), b.features(SETTING, progress=False)
+    assert np.array_equal(a.samples(SETTING), b.samples(SETTING))
+
+
+def test_an_interrupted_sweep_resumes_without_redoing_work(pipe, tmp_path, monkeypatch):
+    calls = []
+
+    def flaky(images):
+        calls.append(len(images))
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # interrupted while featurising the second shard
+        return mean_features(images)
+
+    sweep = Sweep(pipe, tmp_path, n_samples=6, shard=2, featurize=flaky)
+    with pytest.raises(KeyboardInterrupt):
+        sweep.features(SETTING, progress=False)
+    generated = []
+    original = sweep.generate
+    monkeypatch.setattr(
+        sweep, "generate", lambda s, seeds: generated.append(list(seeds)) or original(s, seeds)
+    )
+    resumed = sweep.features(SETTING, progress=False)
+    assert generated == [[4, 5]]  # shard 0 was complete, shard 1's samples were saved before the crash
+    fresh = Sweep(pipe, tmp_path / "fresh", n_samples=6, shard=2, featurize=mean_features)
+    assert np.array_equal(resumed, fresh.features(SETTING, progress=False))
+
+
+def test_a_setting_name_cannot_be_reused_with_other_parameters(pipe, tmp_path):
+    sweep = Sweep(pipe, tmp_path, n_samples=2, shard=2, featurize=mean_features)
+    sweep.features(SETTING, progress=False)
+    with pytest.raises(ValueError, match="other parameters"):
+        sweep.features(Setting("N3-b1", steps=6, interval=3, branch=2), progress=False)
+
+
+def test_csv_round_trip(tmp_path):
+    rows = [dict(setting="a", fid=1.5), dict(setting="b", fid=2.5)]
+    write_csv(rows, tmp_path / "r.csv")
+    assert read_csv(tmp_path / "r.csv") == rows
+    assert read_csv(tmp_path / "missing.csv") == []
+    assert not list(tmp_path.glob("*.tmp*"))
