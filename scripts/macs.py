@@ -1,0 +1,74 @@
+"""MACs per step of a real architecture: full step, cached step per branch, and schedule averages.
+
+Counts with ``torch.utils.flop_counter`` on the ``meta`` device (shapes only: instant, no weights),
+leaving attention matmuls out as the paper does.
+
+Example:
+    python scripts/macs.py --arch sd1.5 --steps 50 --interval 5
+    python scripts/macs.py --arch ddpm-cifar10 --steps 100 --interval 5 --csv docs/results/macs_ddpm.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import torch
+
+from cachediff.architectures import ARCHITECTURES, build, example_inputs
+from cachediff.metrics import average_macs, step_macs
+from cachediff.sweep import write_csv
+from cachediff.unets import num_branches
+
+
+def table(arch: str, steps: int, interval: int, size: int | None) -> list[dict]:
+    """One row per branch id: full, cached and average GMACs per image for a uniform schedule."""
+    with torch.device("meta"):
+        unet = build(arch)
+        inputs = example_inputs(unet, batch=1, size=size)
+    n_full = math.ceil(steps / interval)
+    rows = []
+    for b in range(num_branches(unet)):
+        full, cached = step_macs(unet, inputs, b)
+        avg = average_macs(full, cached, n_full, steps)
+        rows.append(
+            dict(
+                branch=b,
+                paper_branch=b + 1,
+                full_gmacs=full / 1e9,
+                cached_gmacs=cached / 1e9,
+                average_gmacs=avg / 1e9,
+                mac_speedup=full / avg,
+            )
+        )
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", default="sd1.5", choices=sorted(ARCHITECTURES), help="U-Net architecture")
+    p.add_argument("--size", type=int, help="latent side (default: the architecture's sample size)")
+    p.add_argument("--steps", type=int, default=50, help="steps per run")
+    p.add_argument("--interval", type=int, default=5, help="uniform cache interval N")
+    p.add_argument("--csv", type=Path, help="also write the table as CSV")
+    args = p.parse_args()
+    if args.steps < 1 or args.interval < 1:
+        p.error("--steps and --interval must be >= 1")
+    rows = table(args.arch, args.steps, args.interval, args.size)
+    print(
+        f"{args.arch}: {args.steps} steps, N={args.interval} ({math.ceil(args.steps / args.interval)} full)"
+    )
+    print("| branch (paper) | full G | cached G | average G | MAC speedup |\n|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['branch']} ({r['paper_branch']}) | {r['full_gmacs']:.2f} | {r['cached_gmacs']:.2f} "
+            f"| {r['average_gmacs']:.2f} | {r['mac_speedup']:.2f}x |"
+        )
+    if args.csv:
+        args.csv.parent.mkdir(parents=True, exist_ok=True)
+        write_csv(rows, args.csv)
+
+
+if __name__ == "__main__":
+    main()
