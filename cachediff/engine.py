@@ -30,6 +30,7 @@ Example:
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +41,9 @@ from torch.utils import _pytree as pytree
 from .config import DeepCacheConfig
 from .hooks import Hooks
 from .unets import BranchPlan, branch_plan
+
+#: Which engine has hooks on which U-Net (kept outside the model, which stays untouched).
+_OWNERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 @dataclass
@@ -109,7 +113,13 @@ class DeepCacheEngine:
 
     def enable(self) -> DeepCacheEngine:
         """Install the hooks (harmless if already installed) and reset the state."""
+        owner = _OWNERS.get(self.unet)
+        if owner is not None and owner is not self:
+            raise RuntimeError(
+                "this U-Net is already accelerated by another enabled engine; disable that first"
+            )
         if not self.enabled:
+            _OWNERS[self.unet] = self
             self._hooks.wrap(self.unet, self._wrap_unet)
             for name in self.plan.deep:
                 self._hooks.wrap(self.unet.get_submodule(name), self._wrap_deep(name))
@@ -120,6 +130,8 @@ class DeepCacheEngine:
         """Remove every hook, restoring the original forwards exactly, and drop the cache.
 
         ``stats`` still describes the last run."""
+        if _OWNERS.get(self.unet) is self:
+            del _OWNERS[self.unet]
         self._hooks.remove_all()
         self._detach_scheduler()
         self._clear()

@@ -131,3 +131,13 @@ def test_pipeline_without_unet_is_rejected():
         cachediff.deepcache(dit).__enter__()
     with pytest.raises(TypeError, match="expected a diffusers pipeline"):
         cachediff.engine_for("not a model")
+
+
+def test_a_second_engine_on_the_same_unet_is_refused(sd):
+    pipe, cond, base = sd
+    with cachediff.deepcache(pipe, interval=3, branch=0):
+        with pytest.raises(RuntimeError, match="already accelerated"):
+            cachediff.deepcache(pipe, interval=2, branch=1).__enter__()
+    with cachediff.deepcache(pipe, interval=2, branch=1):  # fine once the first is disabled
+        sample(pipe, cond, steps=2)
+    assert torch.equal(sample(pipe, cond), base)
