@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from cachediff import DeepCacheConfig, runner
+from cachediff import DeepCacheConfig, branch_plan, runner
 from cachediff.pipelines import PRESETS, get_preset
 
 
@@ -47,16 +47,27 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    try:
+        return run(args)
+    except (ValueError, TypeError, FileNotFoundError) as err:  # bad input: one clear line, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def run(args: argparse.Namespace) -> int:
     preset = get_preset(args.model_type)
     if preset.task != "unconditional":
-        sys.exit(f"main.py runs unconditional models; use the {preset.task} script for {args.model_type}")
+        raise ValueError(
+            f"main.py runs unconditional models; use the {preset.task} script for {args.model_type}"
+        )
     steps = args.steps or preset.steps
     config = DeepCacheConfig(
-        interval=args.cache_interval or preset.interval,
+        interval=preset.interval if args.cache_interval is None else args.cache_interval,
         branch=preset.branch if args.cache_branch_id is None else args.cache_branch_id,
         schedule=args.schedule,
     )
     pipe = runner.load_pipeline(preset, args.model, args.device)
+    branch_plan(pipe.unet, config.branch)  # fail before any sampling if the branch is out of range
     seeds = list(range(args.seed, args.seed + args.batch_size))
     branch = f"branch {config.branch} (paper {config.branch + 1})"
     print(f"{args.model_type}: {steps} steps, N={config.interval}, {branch}")

@@ -26,8 +26,8 @@ def load_pipeline(preset: Preset, model: str | None = None, device: str = "cpu",
     import diffusers
 
     path = preset.model_path(model)
-    if model and not Path(model).exists() and "/" not in model:
-        raise FileNotFoundError(f"no model folder {model!r} (give a local directory or a hub id)")
+    if not Path(path).exists() and not _is_hub_id(path):
+        raise FileNotFoundError(f"no model folder {path!r} (give a local directory or a hub id 'owner/name')")
     try:
         pipe = getattr(diffusers, preset.pipeline).from_pretrained(path, torch_dtype=dtype)
     except OSError as err:
@@ -37,6 +37,11 @@ def load_pipeline(preset: Preset, model: str | None = None, device: str = "cpu",
         ) from err
     pipe.set_progress_bar_config(leave=False)
     return pipe.to(device)
+
+
+def _is_hub_id(name: str) -> bool:
+    """'owner/name' with no path syntax (a leading '/', '.', '~' or a second '/')."""
+    return name.count("/") == 1 and not name.startswith(("/", ".", "~"))
 
 
 def unconditional(pipe, seeds: list[int], steps: int) -> torch.Tensor:

@@ -1,0 +1,156 @@
+"""Speed and cache memory side by side: uncached, the official DeepCache 0.1.1 helper, cachediff.
+
+Random-weight U-Nets of the real architectures at sizes a CPU can run, a DDIM loop with batched CFG,
+interleaved in one process (baseline, official, cachediff, baseline, ...; warm-up first; medians of
+the repeats). Per configuration it reports the measured speedup of both helpers, the MAC bound
+(baseline MACs over the schedule's average MACs), efficiency = measured speedup / MAC bound, the
+time ratio cachediff / official (with the spread over repeats), and the bytes each cache holds.
+
+Example:
+    python scripts/bench.py --out docs/results/bench            # the full table (slow on a CPU)
+    python scripts/bench.py --quick                             # tiny models, one repeat (CI smoke test)
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+from diffusers import DDIMScheduler
+
+from cachediff import DeepCacheSDHelper
+from cachediff.architectures import build, example_inputs
+from cachediff.metrics import average_macs, step_macs
+from cachediff.sweep import write_csv
+from cachediff.testing import tiny_unet
+
+#: architecture -> latent side, frames (SVD) used on a 2-core CPU
+SIZES = {"sd1.5": (32, 1), "sdxl": (32, 1), "ddpm-cifar10": (32, 1), "svd": (16, 2)}
+CONFIGS = [(3, 0), (5, 0), (5, 1)]  # (interval, branch id)
+
+
+def loop(pipe, inputs: dict, steps: int) -> torch.Tensor:
+    """A DDIM sampling loop; the U-Net batch is the inputs' batch (2 = one image with CFG)."""
+    pipe.scheduler.set_timesteps(steps)
+    sample, axis = inputs["sample"], inputs["sample"].ndim - 3  # channel axis of (B, [F,] C, H, W)
+    c_out = pipe.unet.config.out_channels
+    x, concat = sample.narrow(axis, 0, c_out), sample.narrow(axis, c_out, sample.shape[axis] - c_out)
+    cond = {k: v for k, v in inputs.items() if k not in ("sample", "timestep")}
+    with torch.no_grad():
+        for t in pipe.scheduler.timesteps:
+            eps = pipe.unet(torch.cat([x, concat], axis), t, **cond, return_dict=False)[0]
+            x = pipe.scheduler.step(eps, t, x, return_dict=False)[0]
+    return x
+
+
+def tree_nbytes(tree) -> int:
+    return sum(t.nbytes for t in torch.utils._pytree.tree_leaves(tree) if isinstance(t, torch.Tensor))
+
+
+def bench_config(pipe, inputs, steps, interval, branch, repeats) -> dict:
+    """Interleaved timings of baseline / official / cachediff for one (interval, branch)."""
+    from DeepCache import DeepCacheSDHelper as Official
+
+    helpers = {"official": Official(pipe), "cachediff": DeepCacheSDHelper(pipe)}
+    for h in helpers.values():
+        h.set_params(cache_interval=interval, cache_branch_id=branch)
+    times: dict[str, list[float]] = {"baseline": [], "official": [], "cachediff": []}
+    held = {}
+    import time
+
+    for r in range(repeats + 1):  # round 0 is the warm-up
+        for name in times:
+            helper = helpers.get(name)
+            if helper:
+                helper.enable()
+            start = time.perf_counter()
+            loop(pipe, inputs, steps)
+            elapsed = time.perf_counter() - start
+            if name == "official":
+                held[name] = tree_nbytes(list(helper.cached_output.values()))
+            elif name == "cachediff":
+                held[name] = helper.engine.cache_nbytes
+            if helper:
+                helper.disable()
+            if r:
+                times[name].append(elapsed)
+    full, cached = step_macs(pipe.unet, inputs, branch)
+    bound = full / average_macs(full, cached, math.ceil(steps / interval), steps)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    ratios = [c / o for c, o in zip(times["cachediff"], times["official"], strict=True)]
+    return dict(
+        interval=interval,
+        branch=branch,
+        baseline_s=med["baseline"],
+        official_speedup=med["baseline"] / med["official"],
+        cachediff_speedup=med["baseline"] / med["cachediff"],
+        mac_bound=bound,
+        official_efficiency=med["baseline"] / med["official"] / bound,
+        cachediff_efficiency=med["baseline"] / med["cachediff"] / bound,
+        time_ratio_cachediff_over_official=statistics.median(ratios),
+        time_ratio_min=min(ratios),
+        time_ratio_max=max(ratios),
+        official_cache_mib=held["official"] / 2**20,
+        cachediff_cache_mib=held["cachediff"] / 2**20,
+    )
+
+
+def model_and_inputs(arch: str, quick: bool):
+    if quick:
+        kind = {"sd1.5": "sd", "sdxl": "sdxl", "svd": "svd", "ddpm-cifar10": "ddpm"}[arch]
+        unet, cond = tiny_unet(kind, batch=2)
+        cond.pop("concat", None)
+        size, frames = 8, 2
+    else:
+        unet = build(arch)
+        size, frames = SIZES[arch]
+    inputs = example_inputs(unet, batch=2, size=size, frames=frames)
+    if quick:
+        inputs.update({k: v for k, v in cond.items()})
+    return unet, inputs
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--archs", nargs="+", default=list(SIZES), choices=list(SIZES), help="architectures")
+    p.add_argument("--steps", type=int, default=20, help="DDIM steps per timed run")
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats after one warm-up round")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--quick", action="store_true", help="tiny models, 6 steps, 1 repeat: a smoke test")
+    p.add_argument("--out", type=Path, help="folder for results.csv and table.md")
+    args = p.parse_args()
+    if args.steps < 1 or args.repeats < 1:
+        p.error("--steps and --repeats must be >= 1")
+    if args.quick:
+        args.steps, args.repeats = 6, 1
+    torch.set_num_threads(args.threads)
+    rows = []
+    for arch in args.archs:
+        unet, inputs = model_and_inputs(arch, args.quick)
+        pipe = SimpleNamespace(unet=unet, scheduler=DDIMScheduler())
+        for interval, branch in CONFIGS:
+            row = dict(arch=arch, **bench_config(pipe, inputs, args.steps, interval, branch, args.repeats))
+            rows.append(row)
+            print(
+                f"{arch:13s} I={interval} B={branch}: speedup official {row['official_speedup']:.2f}x, "
+                f"cachediff {row['cachediff_speedup']:.2f}x (MAC bound {row['mac_bound']:.2f}x, "
+                f"efficiency {row['cachediff_efficiency']:.2f}); cachediff/official time "
+                f"{row['time_ratio_cachediff_over_official']:.3f} [{row['time_ratio_min']:.3f}, "
+                f"{row['time_ratio_max']:.3f}]; cache {row['official_cache_mib']:.1f} vs "
+                f"{row['cachediff_cache_mib']:.2f} MiB",
+                flush=True,
+            )
+    if args.out:
+        import pandas as pd
+
+        args.out.mkdir(parents=True, exist_ok=True)
+        write_csv(rows, args.out / "results.csv")
+        (args.out / "table.md").write_text(pd.DataFrame(rows).to_markdown(index=False, floatfmt=".3g") + "\n")
+
+
+if __name__ == "__main__":
+    main()

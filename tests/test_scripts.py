@@ -1,0 +1,93 @@
+"""The command-line scripts: help on every flag, clear errors for bad arguments, smoke runs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = [
+    "main.py",
+    "scripts/bench.py",
+    "scripts/macs.py",
+    "scripts/cache_memory.py",
+    "scripts/plot_sweep.py",
+    "experiments/ddpm/sweep_mnist.py",
+    "experiments/ddpm/train_mnist.py",
+    "experiments/ddpm/training_report.py",
+]
+
+
+def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(proc.stderr[-3000:])
+    return proc
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_flag_has_help(script):
+    import argparse
+    import re
+
+    text = run(script, "--help").stdout
+    flags = re.findall(r"^\s+(--[\w-]+)", text, flags=re.M)
+    assert flags, text
+    for block in re.split(r"\n(?=\s+--)", text.split("options:")[-1])[1:]:
+        assert len(block.split()) > 2, f"{script}: a flag without help: {block!r}"
+    assert argparse  # the parser is argparse: --help exits 0
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["main.py", "--model_type", "sd9"], "invalid choice"),
+        (["main.py", "--batch_size", "0"], "must be >= 1"),
+        (["main.py", "--cache_interval", "0"], "interval must be an integer >= 1"),
+        (["main.py", "--cache_branch_id", "9"], "branch must be an integer in 0..5"),
+        (["main.py", "--model", "/no/such/folder"], "no model folder"),
+        (["scripts/macs.py", "--interval", "0"], "must be >= 1"),
+        (["scripts/bench.py", "--repeats", "0"], "must be >= 1"),
+    ],
+)
+def test_bad_arguments_fail_with_a_clear_message(args, message):
+    proc = run(*args, check=False)
+    assert proc.returncode != 0
+    assert message in proc.stderr, proc.stderr[-2000:]
+
+
+def test_bench_quick_smoke(tmp_path):
+    run("scripts/bench.py", "--quick", "--archs", "ddpm-cifar10", "--threads", "1", "--out", str(tmp_path))
+    rows = pd.read_csv(tmp_path / "results.csv")
+    assert list(zip(rows.interval, rows.branch, strict=True)) == [(3, 0), (5, 0), (5, 1)]
+    assert (rows.cachediff_cache_mib * 10 <= rows.official_cache_mib).all()
+    assert (rows.mac_bound > 1).all()
+
+
+def test_macs_script_prints_every_branch(tmp_path):
+    out = run(
+        "scripts/macs.py", "--arch", "ddpm-cifar10", "--steps", "100", "--csv", str(tmp_path / "m.csv")
+    ).stdout
+    assert "| 11 (12) |" in out
+    assert len(pd.read_csv(tmp_path / "m.csv")) == 12
+
+
+def test_plot_sweep_writes_plots_and_table(tmp_path):
+    rows = [
+        dict(setting="ddim-100", steps=100, interval=1, branch=0, paper_branch=1, reuse="cache", fid=5.0),
+        dict(setting="ddim-50", steps=50, interval=1, branch=0, paper_branch=1, reuse="cache", fid=6.0),
+        dict(setting="N5-b2", steps=100, interval=5, branch=2, paper_branch=3, reuse="cache", fid=5.5),
+        dict(setting="N5-b0", steps=100, interval=5, branch=0, paper_branch=1, reuse="cache", fid=7.0),
+        dict(setting="N5-b2-zeros", steps=100, interval=5, branch=2, paper_branch=3, reuse="zeros", fid=90.0),
+    ]
+    for r in rows:
+        r.update(gmacs_per_image_per_100_steps=0.1 * r["steps"] / 100, mac_speedup=1.5, measured_speedup=1.4)
+        r.update(psnr_vs_ddim100_db=30.0, samples=10)
+    pd.DataFrame(rows).to_csv(tmp_path / "r.csv", index=False)
+    run("scripts/plot_sweep.py", str(tmp_path / "r.csv"), "--out", str(tmp_path / "out"))
+    for name in ("fid_vs_cost.png", "per_branch.png", "table.md", "results.csv"):
+        assert (tmp_path / "out" / name).stat().st_size > 0
