@@ -1,13 +1,15 @@
 """Run a model without and with DeepCache, back to back, and report speed, MACs and fidelity.
 
 The default is the MNIST DDPM trained here and shipped in ``assets/ddpm-mnist`` (100 DDIM steps, the
-paper's DDPM setting). Outputs go to ``--output``: a side-by-side PNG (left baseline, right DeepCache,
-same seeds) and a JSON with the resolved configuration, the results and the library versions.
+paper's DDPM setting). Other ``--model_type``s load their weights from ``--model`` (a local folder or a
+hub id). Outputs go to ``--output``: a side-by-side PNG (left baseline, right DeepCache, same seeds;
+video frames in rows) and a JSON with the resolved configuration, the results and library versions.
 
 Example:
     python main.py
     python main.py --cache_interval 10 --cache_branch_id 0 --batch_size 32
-    python main.py --model_type ddpm-cifar10 --model /path/to/ddpm-cifar10-32
+    python main.py --model_type sd1.5 --model /weights/sd-v1-5 --prompt "a red fox" --batch_size 1
+    python main.py --model_type svd --model /weights/svd-xt --image input.png --frames 14
 """
 
 from __future__ import annotations
@@ -35,13 +37,17 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--schedule", default="uniform", choices=["uniform", "non-uniform"], help="full-step schedule"
     )
     p.add_argument("--batch_size", type=int, default=16, help="images per run (seeds seed..seed+B-1)")
+    p.add_argument("--prompt", default="a photograph of an astronaut riding a horse", help="text prompt")
+    p.add_argument("--image", help="init image for img2img, inpainting and video (default: a gradient)")
+    p.add_argument("--mask", help="inpainting mask, white = repaint (default: the centre square)")
+    p.add_argument("--frames", type=int, default=14, help="video frames (SVD)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first image")
     p.add_argument("--repeats", type=int, default=2, help="timed repeats of each run, after one warm-up")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     p.add_argument("--output", type=Path, default=Path("outputs/main"), help="output folder")
     args = p.parse_args(argv)
-    if args.batch_size < 1 or args.repeats < 1 or (args.steps is not None and args.steps < 1):
-        p.error("--batch_size, --repeats and --steps must be >= 1")
+    if min(args.batch_size, args.repeats, args.frames, args.steps or 1) < 1:
+        p.error("--batch_size, --repeats, --frames and --steps must be >= 1")
     return args
 
 
@@ -56,10 +62,6 @@ def main(argv=None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     preset = get_preset(args.model_type)
-    if preset.task != "unconditional":
-        raise ValueError(
-            f"main.py runs unconditional models; use the {preset.task} script for {args.model_type}"
-        )
     steps = args.steps or preset.steps
     config = DeepCacheConfig(
         interval=preset.interval if args.cache_interval is None else args.cache_interval,
@@ -71,10 +73,16 @@ def run(args: argparse.Namespace) -> int:
     seeds = list(range(args.seed, args.seed + args.batch_size))
     branch = f"branch {config.branch} (paper {config.branch + 1})"
     print(f"{args.model_type}: {steps} steps, N={config.interval}, {branch}")
-    result, base, cached = runner.compare(pipe, config, seeds, steps, args.repeats)
+    inputs = runner.default_inputs(pipe, preset.task, args.image, args.mask)
+    if preset.task == "video":
+        inputs["frames"] = args.frames
+    elif preset.task != "unconditional":
+        inputs["prompt"] = args.prompt
+    result, base, cached = runner.compare(pipe, config, seeds, steps, args.repeats, preset.task, **inputs)
 
     args.output.mkdir(parents=True, exist_ok=True)
-    runner.save_png(args.output / "baseline_vs_deepcache.png", runner.side_by_side(base, cached, rows=4))
+    rows = args.batch_size if preset.task == "video" else min(4, args.batch_size)
+    runner.save_png(args.output / "baseline_vs_deepcache.png", runner.side_by_side(base, cached, rows=rows))
     record = dict(
         args=vars(args), config=config.__dict__, results=runner.as_dict(result), env=runner.environment()
     )

@@ -8,7 +8,7 @@ Example:
     >>> get_preset("sd9")
     Traceback (most recent call last):
     ...
-    ValueError: unknown model type 'sd9'; choose one of: ddpm-mnist, ddpm-cifar10, sd1.5, sd2.1, sdxl, svd
+    ValueError: unknown model type 'sd9'; choose one of: ddpm-mnist, ddpm-cifar10, sd1.5, sd2.1, ...
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ class Preset:
     Attributes:
         model: hub id, or a path relative to the repository root for shipped weights.
         pipeline: diffusers pipeline class name.
-        task: what the pipeline takes: "unconditional", "text2image", "video".
+        task: a ``cachediff.runner.TASKS`` entry: "unconditional", "text2image", "img2img",
+            "inpaint" or "video".
         steps: default number of inference steps (the paper's setting).
         interval: default cache interval N.
         branch: default branch id (paper branch = id + 1).
@@ -49,15 +50,29 @@ class Preset:
         return str(shipped) if shipped.exists() else model
 
 
+_SD15 = "runwayml/stable-diffusion-v1-5"
+_SDXL = "stabilityai/stable-diffusion-xl-base-1.0"
+
 PRESETS: dict[str, Preset] = {
     # Trained here (experiments/ddpm/train_mnist.py), shipped under assets/.
     "ddpm-mnist": Preset("assets/ddpm-mnist", "DDIMPipeline", "unconditional", 100, 5, 2),
-    # The paper's models (weights from the hub on a user's machine).
+    # The paper's models (weights from the hub, or a local folder, on a user's machine).
     "ddpm-cifar10": Preset("google/ddpm-cifar10-32", "DDIMPipeline", "unconditional", 100, 5, 2),
-    "sd1.5": Preset("runwayml/stable-diffusion-v1-5", "StableDiffusionPipeline", "text2image", 50, 5, 1),
+    "sd1.5": Preset(_SD15, "StableDiffusionPipeline", "text2image", 50, 5, 1),
     "sd2.1": Preset("stabilityai/stable-diffusion-2-1", "StableDiffusionPipeline", "text2image", 50, 3, 0),
-    "sdxl": Preset(
-        "stabilityai/stable-diffusion-xl-base-1.0", "StableDiffusionXLPipeline", "text2image", 50, 3, 0
+    "sd-img2img": Preset(_SD15, "StableDiffusionImg2ImgPipeline", "img2img", 50, 3, 0),
+    "sd-inpaint": Preset(
+        "runwayml/stable-diffusion-inpainting", "StableDiffusionInpaintPipeline", "inpaint", 50, 3, 0
+    ),
+    "sdxl": Preset(_SDXL, "StableDiffusionXLPipeline", "text2image", 50, 3, 0),
+    "sdxl-img2img": Preset(_SDXL, "StableDiffusionXLImg2ImgPipeline", "img2img", 50, 3, 0),
+    "sdxl-inpaint": Preset(
+        "diffusers/stable-diffusion-xl-1.0-inpainting-0.1",
+        "StableDiffusionXLInpaintPipeline",
+        "inpaint",
+        50,
+        3,
+        0,
     ),
     "svd": Preset(
         "stabilityai/stable-video-diffusion-img2vid-xt", "StableVideoDiffusionPipeline", "video", 25, 3, 0
@@ -68,5 +83,7 @@ PRESETS: dict[str, Preset] = {
 def get_preset(name: str) -> Preset:
     """The preset called ``name``, or a ``ValueError`` listing the known ones."""
     if name not in PRESETS:
-        raise ValueError(f"unknown model type {name!r}; choose one of: {', '.join(PRESETS)}")
+        names = list(PRESETS)
+        listed = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+        raise ValueError(f"unknown model type {name!r}; choose one of: {listed}")
     return PRESETS[name]

@@ -44,11 +44,80 @@ def _is_hub_id(name: str) -> bool:
     return name.count("/") == 1 and not name.startswith(("/", ".", "~"))
 
 
-def unconditional(pipe, seeds: list[int], steps: int) -> torch.Tensor:
+def unconditional(pipe, seeds: list[int], steps: int, **_) -> torch.Tensor:
     """Images in [-1, 1], ``(B, C, H, W)``; image k depends only on ``seeds[k]`` (one generator each)."""
     generators = [torch.Generator().manual_seed(s) for s in seeds]
     out = pipe(batch_size=len(seeds), generator=generators, num_inference_steps=steps, output_type="np")
-    return torch.from_numpy(out.images).permute(0, 3, 1, 2) * 2 - 1  # (B, C, H, W)
+    return _to_tensor(out.images)
+
+
+def text2image(pipe, seeds: list[int], steps: int, prompt: str = "", **extra) -> torch.Tensor:
+    """Text-to-image (also img2img and inpainting with ``image``/``mask_image`` in ``extra``)."""
+    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    generators = [torch.Generator().manual_seed(s) for s in seeds]
+    if "image" not in extra:  # img2img and inpainting take a strength; text-to-image a size
+        extra = dict(height=size, width=size, **extra)
+    out = pipe(
+        prompt=[prompt] * len(seeds),
+        generator=generators,
+        num_inference_steps=steps,
+        output_type="np",
+        **extra,
+    )
+    return _to_tensor(out.images)
+
+
+def image2video(pipe, seeds: list[int], steps: int, image=None, frames: int = 14, **_) -> torch.Tensor:
+    """Image-to-video (SVD): all frames of all videos, flattened to ``(B * F, C, H, W)``."""
+    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    generators = [torch.Generator().manual_seed(s) for s in seeds]
+    out = pipe(
+        image, height=size, width=size, num_frames=frames, num_videos_per_prompt=len(seeds),
+        generator=generators, num_inference_steps=steps, output_type="np", decode_chunk_size=frames,
+    )  # fmt: skip
+    return _to_tensor(np.asarray(out.frames).reshape(-1, *np.asarray(out.frames).shape[-3:]))
+
+
+#: task name -> generation function ``(pipe, seeds, steps, **inputs) -> (N, C, H, W) in [-1, 1]``
+TASKS = {
+    "unconditional": unconditional,
+    "text2image": text2image,
+    "img2img": text2image,
+    "inpaint": text2image,
+    "video": image2video,
+}
+
+
+def _to_tensor(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(images, dtype=np.float32)).permute(0, 3, 1, 2) * 2 - 1  # (N, C, H, W)
+
+
+def default_inputs(pipe, task: str, image: str | None = None, mask: str | None = None) -> dict:
+    """Inputs a task needs beyond the prompt: the init image (a file, or a synthetic gradient) and mask."""
+    from PIL import Image
+
+    if task not in ("img2img", "inpaint", "video"):
+        return {}
+    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    if image:
+        init = Image.open(image).convert("RGB").resize((size, size))
+    else:  # a smooth colour gradient: deterministic, no data needed
+        ramp = np.linspace(0, 255, size, dtype=np.float32)
+        rgb = np.stack(
+            [np.add.outer(ramp, 0 * ramp), np.add.outer(0 * ramp, ramp), np.full((size, size), 128.0)], -1
+        )
+        init = Image.fromarray(rgb.astype(np.uint8))
+    if task == "video":
+        return dict(image=init)
+    if task == "img2img":
+        return dict(image=init, strength=0.75)
+    if mask:
+        mask_image = Image.open(mask).convert("L").resize((size, size))
+    else:  # the centre square is repainted
+        m = np.zeros((size, size), dtype=np.uint8)
+        m[size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = 255
+        mask_image = Image.fromarray(m)
+    return dict(image=init, mask_image=mask_image)
 
 
 @dataclass
@@ -68,9 +137,21 @@ class Comparison:
     mse: float
 
 
-def compare(pipe, config: DeepCacheConfig, seeds: list[int], steps: int, repeats: int = 2):
-    """Run baseline and DeepCache interleaved; return (Comparison, baseline images, DeepCache images)."""
+def compare(
+    pipe,
+    config: DeepCacheConfig,
+    seeds: list[int],
+    steps: int,
+    repeats: int = 2,
+    task="unconditional",
+    **inputs,
+):
+    """Run baseline and DeepCache interleaved; return (Comparison, baseline images, DeepCache images).
+
+    ``task`` names a ``TASKS`` entry; ``inputs`` are its further arguments (prompt, image, ...).
+    """
     engine = DeepCacheEngine(pipe.unet, config, pipeline=pipe)
+    generate = TASKS[task]
     images = {}
 
     def run(name, cached):
@@ -78,7 +159,7 @@ def compare(pipe, config: DeepCacheConfig, seeds: list[int], steps: int, repeats
             if cached:
                 engine.enable()
             try:
-                images[name] = unconditional(pipe, seeds, steps)
+                images[name] = generate(pipe, seeds, steps, **inputs)
             finally:
                 engine.disable()
 
@@ -87,17 +168,16 @@ def compare(pipe, config: DeepCacheConfig, seeds: list[int], steps: int, repeats
     times = metrics.interleaved(
         {"baseline": run("baseline", False), "deepcache": run("deepcache", True)}, repeats
     )
-    unet_inputs = _unet_inputs(pipe, len(seeds))
-    full, cached = metrics.step_macs(pipe.unet, unet_inputs, config.branch)
+    full, cached = unet_step_macs(pipe.unet, config.branch)
     n_full = engine.stats.full_steps
     avg = metrics.average_macs(full, cached, n_full, len(engine.stats.calls))
     result = Comparison(
         baseline_seconds=statistics.median(times["baseline"]),
         deepcache_seconds=statistics.median(times["deepcache"]),
         speedup=metrics.speedup(times["baseline"], times["deepcache"]),
-        macs_full=full // len(seeds),
-        macs_cached=cached // len(seeds),
-        macs_average=avg / len(seeds),
+        macs_full=full,
+        macs_cached=cached,
+        macs_average=avg,
         mac_speedup_bound=full / avg,
         full_steps=n_full,
         steps=len(engine.stats.calls),
@@ -107,11 +187,14 @@ def compare(pipe, config: DeepCacheConfig, seeds: list[int], steps: int, repeats
     return result, images["baseline"], images["deepcache"]
 
 
-def _unet_inputs(pipe, batch: int) -> dict:
-    unet = pipe.unet
-    size = unet.config.sample_size
-    size = size if isinstance(size, int) else size[0]
-    return dict(sample=torch.randn(batch, unet.config.in_channels, size, size), timestep=torch.tensor(500))
+def unet_step_macs(unet: torch.nn.Module, branch: int) -> tuple[int, int]:
+    """Full and cached MACs of one U-Net sample (batch 1), counted on a ``meta`` copy: no compute."""
+    from .architectures import example_inputs
+
+    with torch.device("meta"):
+        shadow = type(unet).from_config(unet.config)
+        inputs = example_inputs(shadow, batch=1)
+    return metrics.step_macs(shadow, inputs, branch)
 
 
 def grid(images: torch.Tensor, rows: int) -> np.ndarray:

@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from types import SimpleNamespace
 
 import torch
@@ -149,3 +150,125 @@ def tiny_pipe(kind: str, scheduler: str = "DDIMScheduler", seed: int = 0) -> tup
     unet, cond = tiny_unet(kind, seed=seed, batch=2)
     sched = getattr(diffusers, scheduler)(num_train_timesteps=1000)
     return SimpleNamespace(unet=unet, scheduler=sched), cond
+
+
+def tiny_clip_tokenizer(folder):
+    """A character-level CLIP tokenizer whose vocabulary is written here (no download)."""
+    import json
+    from pathlib import Path
+
+    from transformers import CLIPTokenizer
+    from transformers.models.clip.tokenization_clip import bytes_to_unicode
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    chars = list(bytes_to_unicode().values())
+    vocab = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
+    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=16)
+
+
+def _tiny_text_encoder(hidden: int = 32, projection: int | None = None):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    cfg = CLIPTextConfig(
+        vocab_size=514,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=16,
+        projection_dim=projection or hidden,
+        bos_token_id=512,
+        eos_token_id=513,
+        pad_token_id=513,
+    )
+    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(cfg).eval()
+
+
+def _tiny_vae(temporal: bool = False):
+    from diffusers import AutoencoderKL, AutoencoderKLTemporalDecoder
+
+    if temporal:
+        return AutoencoderKLTemporalDecoder(
+            block_out_channels=(32, 32), layers_per_block=1, latent_channels=4
+        )
+    return AutoencoderKL(
+        block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=16,
+    )
+
+
+#: Tiny pipeline kinds that ``save_tiny_pipeline`` builds, by the diffusers pipeline class they load as.
+TINY_PIPELINES = {
+    "sd": "StableDiffusionPipeline",
+    "sd-img2img": "StableDiffusionImg2ImgPipeline",
+    "sd-inpaint": "StableDiffusionInpaintPipeline",
+    "sdxl": "StableDiffusionXLPipeline",
+    "svd": "StableVideoDiffusionPipeline",
+    "ddpm": "DDIMPipeline",
+}
+
+
+def save_tiny_pipeline(kind: str, folder, seed: int = 0):
+    """Build a tiny random pipeline of ``kind`` (see ``TINY_PIPELINES``), ``save_pretrained`` it to
+    ``folder`` and return the folder, so tests load it through the same code path as real weights."""
+    import diffusers
+
+    torch.manual_seed(seed)
+    folder = Path(folder)
+    if kind == "ddpm":
+        unet, _ = tiny_unet("ddpm", seed)
+        pipe = diffusers.DDIMPipeline(unet=unet, scheduler=diffusers.DDIMScheduler())
+    elif kind in ("sd", "sd-img2img", "sd-inpaint"):
+        unet, _ = tiny_unet("sd", seed)
+        if kind == "sd-inpaint":  # 9 input channels: latent, mask, masked-image latent
+            unet = diffusers.UNet2DConditionModel.from_config({**unet.config, "in_channels": 9})
+        pipe = getattr(diffusers, TINY_PIPELINES[kind])(
+            vae=_tiny_vae(),
+            text_encoder=_tiny_text_encoder(32),
+            tokenizer=tiny_clip_tokenizer(folder / "_tokenizer"),
+            unet=unet,
+            scheduler=diffusers.DDIMScheduler(),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+    elif kind == "sdxl":
+        unet, _ = tiny_unet("sdxl", seed)
+        unet = diffusers.UNet2DConditionModel.from_config(
+            {**unet.config, "cross_attention_dim": 32, "projection_class_embeddings_input_dim": 16 + 6 * 8}
+        )
+        pipe = diffusers.StableDiffusionXLPipeline(
+            vae=_tiny_vae(),
+            text_encoder=_tiny_text_encoder(16),
+            text_encoder_2=_tiny_text_encoder(16, projection=16),
+            tokenizer=tiny_clip_tokenizer(folder / "_tokenizer"),
+            tokenizer_2=tiny_clip_tokenizer(folder / "_tokenizer_2"),
+            unet=unet,
+            scheduler=diffusers.EulerDiscreteScheduler(),
+        )
+    elif kind == "svd":
+        from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+        unet, _ = tiny_unet("svd", seed)
+        vision = CLIPVisionConfig(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+            image_size=224, patch_size=32, projection_dim=32,
+        )  # fmt: skip
+        pipe = diffusers.StableVideoDiffusionPipeline(
+            vae=_tiny_vae(temporal=True),
+            image_encoder=CLIPVisionModelWithProjection(vision).eval(),
+            unet=unet,
+            scheduler=diffusers.EulerDiscreteScheduler(),
+            feature_extractor=CLIPImageProcessor(crop_size=32, size=32),
+        )
+    else:
+        raise ValueError(f"kind must be one of {list(TINY_PIPELINES)}, got {kind!r}")
+    pipe.save_pretrained(folder)
+    return folder

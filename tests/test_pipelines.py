@@ -1,0 +1,61 @@
+"""Every model type end to end on tiny random pipelines, through the code path a user takes:
+``save_pretrained`` to a folder, then ``main.py --model_type T --model FOLDER``."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import main
+from cachediff.pipelines import PRESETS
+from cachediff.testing import save_tiny_pipeline
+
+#: model type -> tiny pipeline kind saved for it
+TINY_FOR = {
+    "ddpm-cifar10": "ddpm",
+    "ddpm-mnist": "ddpm",
+    "sd1.5": "sd",
+    "sd2.1": "sd",
+    "sd-img2img": "sd",
+    "sd-inpaint": "sd-inpaint",
+    "sdxl": "sdxl",
+    "sdxl-img2img": "sdxl",
+    "sdxl-inpaint": "sdxl",
+    "svd": "svd",
+}
+
+
+def test_every_preset_has_a_tiny_pipeline():
+    assert set(TINY_FOR) == set(PRESETS)
+
+
+@pytest.fixture(scope="module")
+def tiny_folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    return {kind: save_tiny_pipeline(kind, root / kind) for kind in sorted(set(TINY_FOR.values()))}
+
+
+#: Known failures, tracked in issue 4: on the tiny pipeline, img2img reaches the mid-block attention
+#: with a zero-size tensor ("cannot reshape tensor of 0 elements into shape [0, -1, 1, 16]").
+KNOWN_FAILURES = {"sd-img2img", "sdxl-img2img"}
+CASES = [
+    pytest.param(t, marks=pytest.mark.xfail(strict=True, reason="tiny img2img: zero-size attention input"))
+    if t in KNOWN_FAILURES
+    else t
+    for t in sorted(TINY_FOR)
+]
+
+
+@pytest.mark.parametrize("model_type", CASES)
+def test_model_type_runs_end_to_end(model_type, tiny_folders, tmp_path):
+    out = tmp_path / "out"
+    args = ["--model_type", model_type, "--model", str(tiny_folders[TINY_FOR[model_type]])]
+    args += ["--steps", "4", "--batch_size", "2", "--repeats", "1", "--frames", "2", "--output", str(out)]
+    assert main.main(args) == 0
+    record = json.loads((out / "run.json").read_text())
+    results = record["results"]
+    assert results["steps"] >= 4 and results["full_steps"] < results["steps"]
+    assert results["macs_cached"] < results["macs_full"]
+    assert (out / "baseline_vs_deepcache.png").stat().st_size > 0
+    assert record["env"]["diffusers"]
