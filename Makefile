@@ -12,11 +12,11 @@ demo: $(VENV)/.installed  ## set up, then run the main job on the shipped defaul
 test: $(VENV)/.installed $(LATEST)/.installed  ## set up, then run the tests on both diffusers versions
 	$(VENV)/bin/ruff check cachediff tests scripts experiments *.py
 	$(VENV)/bin/ruff format --check cachediff tests scripts experiments *.py
-	$(VENV)/bin/python -m pytest
-	$(LATEST)/bin/python -m pytest -p no:cacheprovider
+	OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -n 2
+	OMP_NUM_THREADS=1 $(LATEST)/bin/python -m pytest -n 2 -p no:cacheprovider
 
 test-fast: $(VENV)/.installed  ## the pinned environment only
-	$(VENV)/bin/python -m pytest
+	OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -n 2
 
 test-slow: $(VENV)/.installed  ## also the tests marked slow
 	$(VENV)/bin/python -m pytest --runslow
