@@ -188,13 +188,18 @@ def compare(
 
 
 def unet_step_macs(unet: torch.nn.Module, branch: int) -> tuple[int, int]:
-    """Full and cached MACs of one U-Net sample (batch 1), counted on a ``meta`` copy: no compute."""
+    """Full and cached MACs of one U-Net sample (batch 1), counted on a ``meta`` copy (no compute),
+    or on the U-Net itself where its forward cannot run on ``meta`` (SVD's temporal mixer)."""
     from .architectures import example_inputs
 
-    with torch.device("meta"):
-        shadow = type(unet).from_config(unet.config)
-        inputs = example_inputs(shadow, batch=1)
-    return metrics.step_macs(shadow, inputs, branch)
+    try:
+        with torch.device("meta"):
+            shadow = type(unet).from_config(unet.config)
+            return metrics.step_macs(shadow, example_inputs(shadow, batch=1), branch)
+    except RuntimeError:
+        inputs = example_inputs(unet, batch=1)
+        device = next(unet.parameters()).device
+        return metrics.step_macs(unet, torch.utils._pytree.tree_map(lambda t: t.to(device), inputs), branch)
 
 
 def grid(images: torch.Tensor, rows: int) -> np.ndarray:
