@@ -55,7 +55,7 @@ def test_model_type_runs_end_to_end(model_type, tiny_folders, tmp_path):
     assert main.main(args) == 0
     record = json.loads((out / "run.json").read_text())
     results = record["results"]
-    assert results["steps"] >= 4 and results["full_steps"] < results["steps"]
+    assert results["steps"] >= 3 and results["full_steps"] < results["steps"]  # inpaint: strength < 1
     assert results["macs_cached"] < results["macs_full"]
     assert (out / "baseline_vs_deepcache.png").stat().st_size > 0
     assert record["env"]["diffusers"]
