@@ -157,12 +157,7 @@ class DeepCacheEngine:
     @property
     def cache_nbytes(self) -> int:
         """Bytes held by the cache between steps (the stored deep features of every slot)."""
-        return sum(
-            leaf.nbytes
-            for slot in self._slots.values()
-            for leaf in pytree.tree_leaves(slot.feature)
-            if isinstance(leaf, torch.Tensor)
-        )
+        return tree_nbytes([slot.feature for slot in self._slots.values()])
 
     def describe(self) -> str:
         """A human-readable plan: the branch, the deep modules and the producer of the cached feature."""
@@ -260,6 +255,11 @@ class DeepCacheEngine:
             return method
 
         return factory
+
+
+def tree_nbytes(tree) -> int:
+    """Bytes of all tensors in a nested structure (tuples, lists, dicts, model outputs)."""
+    return sum(t.nbytes for t in pytree.tree_leaves(tree) if isinstance(t, torch.Tensor))
 
 
 def _layout(out) -> tuple[list, Any]:

@@ -24,6 +24,7 @@ from diffusers import DDIMScheduler
 
 from cachediff import DeepCacheSDHelper
 from cachediff.architectures import build, example_inputs
+from cachediff.engine import tree_nbytes
 from cachediff.metrics import average_macs, step_macs
 from cachediff.sweep import write_csv
 from cachediff.testing import tiny_unet
@@ -45,10 +46,6 @@ def loop(pipe, inputs: dict, steps: int) -> torch.Tensor:
             eps = pipe.unet(torch.cat([x, concat], axis), t, **cond, return_dict=False)[0]
             x = pipe.scheduler.step(eps, t, x, return_dict=False)[0]
     return x
-
-
-def tree_nbytes(tree) -> int:
-    return sum(t.nbytes for t in torch.utils._pytree.tree_leaves(tree) if isinstance(t, torch.Tensor))
 
 
 def bench_config(pipe, inputs, steps, interval, branch, repeats) -> dict:

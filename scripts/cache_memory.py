@@ -17,11 +17,7 @@ from diffusers import DDIMScheduler
 
 from cachediff import DeepCacheSDHelper
 from cachediff.architectures import ARCHITECTURES, build, example_inputs
-
-
-def tree_nbytes(tree) -> int:
-    leaves = torch.utils._pytree.tree_leaves(tree)
-    return sum(t.nbytes for t in leaves if isinstance(t, torch.Tensor))
+from cachediff.engine import tree_nbytes
 
 
 @torch.no_grad()
