@@ -17,7 +17,7 @@ from __future__ import annotations
 from .config import DeepCacheConfig
 from .engine import DeepCacheEngine
 
-_SKIP_MODES = {"uniform": "uniform", "non-uniform": "non-uniform"}
+_SKIP_MODES = ("uniform", "non-uniform")  # the official names, which are also our schedule names
 
 
 class DeepCacheSDHelper:
@@ -50,7 +50,7 @@ class DeepCacheSDHelper:
         config = DeepCacheConfig(
             interval=cache_interval,
             branch=cache_branch_id,
-            schedule=_SKIP_MODES[skip_mode],
+            schedule=skip_mode,
             center=center,
             power=pow,
         )
