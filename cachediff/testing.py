@@ -158,15 +158,25 @@ def tiny_clip_tokenizer(folder):
     from pathlib import Path
 
     from transformers import CLIPTokenizer
-    from transformers.models.clip.tokenization_clip import bytes_to_unicode
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    chars = list(bytes_to_unicode().values())
+    chars = _byte_alphabet()
     vocab = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
     (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
     (folder / "merges.txt").write_text("#version: 0.2\n")
     return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=16)
+
+
+def _byte_alphabet() -> list[str]:
+    """GPT-2 / CLIP byte-level BPE's 256 printable stand-ins for the bytes 0..255."""
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
+    others = [b for b in range(256) if b not in printable]
+    return [chr(b) for b in printable] + [chr(256 + n) for n in range(len(others))]
 
 
 def _tiny_text_encoder(hidden: int = 32, projection: int | None = None):
