@@ -6,7 +6,6 @@ Scripts stay thin: they parse flags and call ``compare`` and ``save``.
 from __future__ import annotations
 
 import json
-import os
 import platform
 import statistics
 from dataclasses import asdict, dataclass
@@ -18,6 +17,7 @@ import torch
 from . import metrics
 from .config import DeepCacheConfig
 from .engine import DeepCacheEngine
+from .io import atomic_path
 from .pipelines import Preset
 
 
@@ -236,18 +236,16 @@ def environment() -> dict:
 
 def write_json(path: Path, data: dict) -> None:
     """Write JSON atomically (a temporary file, then rename)."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, default=str))
 
 
 def save_png(path: Path, array: np.ndarray) -> None:
     """Save a uint8 image array as PNG atomically."""
     from PIL import Image
 
-    tmp = path.with_suffix(".tmp.png")
-    Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array).save(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array).save(tmp)
 
 
 def as_dict(result: Comparison) -> dict:

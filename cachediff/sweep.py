@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from tqdm.auto import tqdm
 
 from .config import DeepCacheConfig
 from .engine import DeepCacheEngine
+from .io import atomic_path
 
 
 @dataclass(frozen=True)
@@ -51,9 +51,8 @@ class Setting:
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_suffix(".tmp.npy")
-    np.save(tmp, array)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        np.save(tmp, array)
 
 
 class Sweep:
@@ -125,9 +124,8 @@ def write_csv(rows: list[dict], path: Path) -> None:
     """Write rows as CSV atomically (pandas)."""
     import pandas as pd
 
-    tmp = path.with_suffix(".tmp.csv")
-    pd.DataFrame(rows).to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pd.DataFrame(rows).to_csv(tmp, index=False)
 
 
 def read_csv(path: Path) -> list[dict]:

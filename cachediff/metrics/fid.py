@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+
+from ..io import atomic_path
 
 INCEPTION_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
 TF_INPUT_RANGE = (-1.0, 0.9921875)
@@ -106,9 +107,8 @@ def fid(features_a: np.ndarray, features_b: np.ndarray) -> float:
 def save_stats(path: Path, mu: np.ndarray, sigma: np.ndarray, **meta) -> None:
     """Save statistics as ``.npz`` atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, mu=mu, sigma=sigma, **{k: np.asarray(v) for k, v in meta.items()})
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        np.savez(tmp, mu=mu, sigma=sigma, **{k: np.asarray(v) for k, v in meta.items()})
 
 
 def load_stats(path: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -17,7 +17,6 @@ import argparse
 import csv
 import json
 import math
-import os
 import time
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from diffusers import DDIMPipeline, DDIMScheduler, DDPMScheduler, UNet2DModel
 from diffusers.training_utils import EMAModel
 
 from cachediff.datasets import load_mnist
+from cachediff.io import atomic_path
 
 UNET_CONFIG = dict(
     sample_size=28,
@@ -66,9 +66,8 @@ def lr_at(step: int, args: argparse.Namespace) -> float:
 
 
 def atomic_save(obj: dict, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def export(ckpt_path: Path, out: Path) -> None:
