@@ -18,7 +18,7 @@ import torch
 
 from . import schedule
 from .config import SCHEDULES, DeepCacheConfig
-from .engine import DeepCacheEngine, RunStats
+from .engine import Call, DeepCacheEngine, RunStats
 from .helper import DeepCacheSDHelper
 from .unets import SPECS, BranchPlan, branch_plan, num_branches
 
@@ -27,6 +27,7 @@ __all__ = [
     "SCHEDULES",
     "SPECS",
     "BranchPlan",
+    "Call",
     "DeepCacheConfig",
     "DeepCacheEngine",
     "DeepCacheSDHelper",
@@ -53,19 +54,24 @@ def engine_for(target, config: DeepCacheConfig = DeepCacheConfig()) -> DeepCache
 
 
 @contextmanager
-def deepcache(target, interval: int = 3, branch: int = 0, **options) -> Iterator[DeepCacheEngine]:
+def deepcache(
+    target, interval: int = 3, branch: int = 0, track_change: bool = False, **options
+) -> Iterator[DeepCacheEngine]:
     """Run DeepCache inside a ``with`` block; leaving it (also by an exception) restores the model.
 
     Args:
         target: a diffusers pipeline with a ``.unet``, or a supported U-Net module.
         interval: cache interval N (1 = no caching).
         branch: skip branch id (official ``cache_branch_id``; paper branch = id + 1).
-        **options: further ``DeepCacheConfig`` fields (``schedule``, ``center``, ``power``, ...).
+        track_change: record the shallow feature's per-step change in ``engine.stats``.
+        **options: further ``DeepCacheConfig`` fields (``schedule``, ``window``, ``warmup``, ...).
 
     Yields:
         The enabled ``DeepCacheEngine`` (``.stats``, ``.cache_nbytes``, ``.describe()``).
     """
-    engine = engine_for(target, DeepCacheConfig(interval=interval, branch=branch, **options)).enable()
+    engine = engine_for(target, DeepCacheConfig(interval=interval, branch=branch, **options))
+    engine.track_change = track_change
+    engine.enable()
     try:
         yield engine
     finally:

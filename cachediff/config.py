@@ -8,6 +8,12 @@ Example:
     Traceback (most recent call last):
     ...
     ValueError: interval must be an integer >= 1 (1 = no caching), got 0
+
+Refinements add full steps to any static schedule:
+
+    >>> cfg = DeepCacheConfig(interval=4, warmup=2, cooldown=1, max_cached=2)
+    >>> cfg.full_steps_for(12)
+    (0, 1, 4, 7, 8, 11)
 """
 
 from __future__ import annotations
@@ -19,8 +25,9 @@ from dataclasses import dataclass
 
 from . import schedule
 
-#: Schedule names; "non-uniform" is the paper's quadratic schedule around a centre step (Section 3.3).
-SCHEDULES = ("uniform", "non-uniform", "explicit")
+#: Schedule names; "non-uniform" is the paper's quadratic schedule around a centre step (Section 3.3);
+#: "adaptive" decides at run time from how much the shallow feature has changed.
+SCHEDULES = ("uniform", "non-uniform", "explicit", "adaptive")
 
 
 @dataclass(frozen=True)
@@ -28,17 +35,28 @@ class DeepCacheConfig:
     """How to cache.
 
     Args:
-        interval: cache interval N: one full step every N steps on average (1 = no caching).
+        interval: cache interval N: one full step every N steps on average (1 = no caching). For the
+            adaptive schedule without a ``threshold``, N is the budget: a full step whenever the
+            accumulated change reaches N times the mean single-step change seen so far.
         branch: skip branch id b (official ``cache_branch_id``; the paper's branch is b + 1).
             0 is the shallowest and fastest; valid ids depend on the U-Net (SD 1.x: 0..11).
         schedule: "uniform" (full steps 0, N, 2N, ...), "non-uniform" (the paper's quadratic schedule,
-            ceil(T / N) full steps densest around ``center``), or "explicit" (``full_steps``).
+            ceil(T / N) full steps densest around ``center``), "explicit" (``full_steps``), or
+            "adaptive" (a full step when the shallow feature has drifted enough since the last one).
         center: centre step of the non-uniform schedule.
         power: exponent of the non-uniform schedule (> 1).
         symmetric: non-uniform only: use the mirror-symmetric reading instead of the official code's.
-        full_steps: the full steps of the "explicit" schedule (step 0 is always full).
+        full_steps: the full steps of the "explicit" schedule (step 0 is always full), as step indices
+            or as a mask string such as ``"FCCFCCF"``.
         reuse: what a cached step feeds the shallow branch: "cache" (DeepCache) or "zeros" (the
             paper's Table 5 ablation, which shows that the cached feature matters).
+        window: cache only inside ``(start, end)``; ints are step indices, floats fractions of the run.
+        warmup: the first ``warmup`` steps are full.
+        cooldown: the last ``cooldown`` steps are full.
+        max_cached: at most this many cached steps in a row.
+        threshold: adaptive only: the accumulated relative change of the shallow feature (mean
+            absolute change over mean absolute value, summed over steps since the last full step) that
+            triggers a full step. ``None`` uses the calibration-free budget rule of ``interval``.
     """
 
     interval: int = 3
@@ -47,8 +65,13 @@ class DeepCacheConfig:
     center: int = 15
     power: float = 1.4
     symmetric: bool = False
-    full_steps: tuple[int, ...] | None = None
+    full_steps: tuple[int, ...] | str | None = None
     reuse: str = "cache"
+    window: tuple[float, float] | None = None
+    warmup: int = 0
+    cooldown: int = 0
+    max_cached: int | None = None
+    threshold: float | None = None
 
     def __post_init__(self) -> None:
         if not _is_int(self.interval) or self.interval < 1:
@@ -66,35 +89,81 @@ class DeepCacheConfig:
                 raise ValueError(f"power must be > 1, got {self.power!r}")
         if self.schedule == "explicit":
             if self.full_steps is None:
-                raise ValueError("schedule 'explicit' needs full_steps, e.g. full_steps=(0, 4, 9)")
-            object.__setattr__(self, "full_steps", schedule.explicit(self.full_steps))
+                raise ValueError("schedule 'explicit' needs full_steps, e.g. full_steps=(0, 4, 9) or 'FCCCF'")
+            steps = self.full_steps
+            steps = schedule.from_mask(steps) if isinstance(steps, str) else schedule.explicit(steps)
+            object.__setattr__(self, "full_steps", steps)
         elif self.full_steps is not None:
             raise ValueError(f"full_steps is only used with schedule='explicit', not {self.schedule!r}")
+        self._check_refinements()
+
+    def _check_refinements(self) -> None:
+        for name in ("warmup", "cooldown"):
+            if not _is_int(getattr(self, name)) or getattr(self, name) < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
+        if self.max_cached is not None and (not _is_int(self.max_cached) or self.max_cached < 0):
+            raise ValueError(f"max_cached must be an integer >= 0 or None, got {self.max_cached!r}")
+        if self.window is not None:
+            window = tuple(self.window)
+            if len(window) != 2 or not all(isinstance(v, (int, float)) and v >= 0 for v in window):
+                raise ValueError(f"window must be (start, end) with values >= 0, got {self.window!r}")
+            object.__setattr__(self, "window", window)
+        if self.threshold is not None:
+            if self.schedule != "adaptive":
+                raise ValueError(f"threshold is only used with schedule='adaptive', not {self.schedule!r}")
+            if not self.threshold > 0:
+                raise ValueError(f"threshold must be > 0, got {self.threshold!r}")
+
+    @property
+    def refined(self) -> bool:
+        """Whether a window, warm-up, cool-down or cap refines the base schedule."""
+        return bool(self.window is not None or self.warmup or self.cooldown or self.max_cached is not None)
+
+    @property
+    def caches(self) -> bool:
+        """Whether this config can cache at all (interval 1 without explicit steps never does)."""
+        return self.schedule in ("explicit", "adaptive") or self.interval > 1 or self.reuse != "cache"
 
     def replace(self, **changes) -> DeepCacheConfig:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
 
-    def full_step_rule(self, num_steps: int | None = None) -> Callable[[int], bool]:
-        """A predicate ``step -> is a full step`` for a run of ``num_steps`` steps.
+    def full_steps_for(self, num_steps: int) -> tuple[int, ...]:
+        """The full steps of a run of ``num_steps`` steps (static schedules only)."""
+        if self.schedule == "adaptive":
+            raise ValueError("the adaptive schedule decides at run time; see engine.stats after a run")
+        if self.schedule == "explicit":
+            base = self.full_steps
+        elif self.schedule == "uniform" or self.interval == 1:
+            base = schedule.uniform(num_steps, self.interval)
+        else:
+            n_full = math.ceil(num_steps / self.interval)
+            base = schedule.quadratic_center(
+                num_steps, n_full, min(self.center, num_steps - 1), self.power, self.symmetric
+            )
+        return schedule.compose(num_steps, base, self.window, self.warmup, self.cooldown, self.max_cached)
 
-        The uniform and explicit schedules need no run length; the non-uniform one does.
+    def forced_full_steps(self, num_steps: int) -> tuple[int, ...]:
+        """Steps that the refinements make full whatever the base schedule says (no cap)."""
+        return schedule.compose(num_steps, (0,), self.window, self.warmup, self.cooldown)
+
+    def full_step_rule(self, num_steps: int | None = None) -> Callable[[int], bool]:
+        """A predicate ``step -> is a full step`` for a run of ``num_steps`` steps (static schedules).
+
+        Unrefined uniform and explicit schedules need no run length; the others do.
         """
-        if self.schedule == "uniform" or self.interval == 1:
+        if not self.refined and self.schedule == "uniform":
             interval = self.interval
             return lambda step: step % interval == 0
-        if self.schedule == "explicit":
+        if not self.refined and self.schedule == "explicit":
             return frozenset(self.full_steps).__contains__
         if num_steps is None:
             raise ValueError(
-                "the non-uniform schedule needs the number of steps; use a pipeline (whose scheduler "
-                "tells it) or call engine.reset(num_steps=...)"
+                f"the {self.schedule} schedule{' with refinements' if self.refined else ''} needs the "
+                "number of steps; use a pipeline (whose scheduler tells it) or call "
+                "engine.reset(num_steps=...)"
             )
-        n_full = math.ceil(num_steps / self.interval)
-        steps = schedule.quadratic_center(
-            num_steps, n_full, min(self.center, num_steps - 1), self.power, self.symmetric
-        )
-        return frozenset(steps).__contains__
+        return frozenset(self.full_steps_for(num_steps)).__contains__
 
 
 def _is_int(v) -> bool:

@@ -9,11 +9,15 @@ timestep value), then the hooks on the deep modules act:
   placeholders of the recorded layout, which only flow into other skipped modules, so they cost no
   compute and hold no memory between steps.
 
-Steps are counted by ``scheduler.step`` calls when the engine is attached to a pipeline (so PLMS and
-Heun, which evaluate one timestep twice, count two steps, and several U-Net calls within one step,
-such as separate cond/uncond passes, each get their own cache *slot*), or one step per U-Net call
-otherwise. ``scheduler.set_timesteps`` (the start of every pipeline call), ``enable`` and ``disable``
-reset all state, so consecutive calls give the images of fresh runs.
+Steps are counted by a ``StepClock`` (``cachediff.clock``): ``scheduler.step`` calls with a pipeline,
+one step per U-Net call otherwise; several U-Net calls within one step (separate cond/uncond passes)
+each get their own cache *slot*. ``scheduler.set_timesteps`` (the start of every pipeline call),
+``enable`` and ``disable`` reset all state, so consecutive calls give the images of fresh runs.
+
+The adaptive schedule decides inside the call: the shallow down path runs on every step anyway, so
+when the first deep module is reached its input (the shallow feature) is compared with the previous
+step's; once the accumulated relative change since the last full step reaches the threshold, this
+call runs as a full step. The decision costs one subtraction and two means.
 
 Example:
     >>> import torch
@@ -30,14 +34,17 @@ Example:
 
 from __future__ import annotations
 
+import statistics
+import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch.utils import _pytree as pytree
 
+from .clock import StepClock
 from .config import DeepCacheConfig
 from .hooks import Hooks
 from .unets import BranchPlan, branch_plan
@@ -53,17 +60,38 @@ class _Slot:
     key: tuple  # (shape, dtype, device) of the input sample; a change forces a full step
     feature: Any = None  # the producer's output on the last full step
     layouts: dict = field(default_factory=dict)  # deep module name -> (leaf layouts, tree spec)
+    shallow: torch.Tensor | None = None  # the shallow feature of the previous step (change tracking)
+    drift: float = 0.0  # accumulated relative change since the last full step
+    changes: list = field(default_factory=list)  # every measured single-step change
+    cached_run: int = 0  # cached steps since the last full step
+
+
+class Call(NamedTuple):
+    """One U-Net call of a run."""
+
+    step: int
+    full: bool
+    change: float | None  # relative change of the shallow feature since the previous step, if tracked
+    seconds: float  # wall time of the call
 
 
 @dataclass
 class RunStats:
-    """What the last run did: one entry per U-Net call (step index, full or cached)."""
+    """What the last run did: one ``Call`` per U-Net call.
 
-    calls: list[tuple[int, bool]] = field(default_factory=list)
+    Example:
+        >>> s = RunStats([Call(0, True, None, 2.0), Call(1, False, 0.1, 1.0), Call(2, False, 0.2, 1.0)])
+        >>> s.pattern, s.full_steps, s.cached_steps, s.realised_speedup
+        ('FCC', 1, 2, 1.5)
+        >>> s.average_macs(full=10.0, cached=4.0)
+        6.0
+    """
+
+    calls: list[Call] = field(default_factory=list)
 
     @property
     def full_steps(self) -> int:
-        return sum(full for _, full in self.calls)
+        return sum(c.full for c in self.calls)
 
     @property
     def cached_steps(self) -> int:
@@ -72,7 +100,37 @@ class RunStats:
     @property
     def pattern(self) -> str:
         """'F' for a full call, 'C' for a cached one, in call order."""
-        return "".join("F" if full else "C" for _, full in self.calls)
+        return "".join("F" if c.full else "C" for c in self.calls)
+
+    @property
+    def changes(self) -> list[float | None]:
+        """The per-call change metric (``None`` where it was not tracked)."""
+        return [c.change for c in self.calls]
+
+    @property
+    def seconds(self) -> float:
+        return sum(c.seconds for c in self.calls)
+
+    @property
+    def realised_speedup(self) -> float:
+        """Time the run would take with every call full (median full call) over the time it took."""
+        full = [c.seconds for c in self.calls if c.full]
+        return len(self.calls) * statistics.median(full) / self.seconds if full and self.seconds else 1.0
+
+    def average_macs(self, full: float, cached: float) -> float:
+        """Average MACs per call, given the MACs of a full and of a cached call."""
+        return (self.full_steps * full + self.cached_steps * cached) / max(len(self.calls), 1)
+
+    def summary(self, full_macs: float | None = None, cached_macs: float | None = None) -> str:
+        """One line: calls, full/cached, realised speedup and, given MACs per call, MACs saved."""
+        line = (
+            f"{len(self.calls)} calls: {self.full_steps} full, {self.cached_steps} cached; "
+            f"realised speedup {self.realised_speedup:.2f}x"
+        )
+        if full_macs is not None and cached_macs is not None and self.calls:
+            saved = 1 - self.average_macs(full_macs, cached_macs) / full_macs
+            line += f"; MACs saved {100 * saved:.1f}%"
+        return line
 
 
 class DeepCacheEngine:
@@ -84,14 +142,22 @@ class DeepCacheEngine:
         pipeline: optional owner of a ``.scheduler`` whose ``step`` calls count steps and whose
             ``set_timesteps`` calls start new runs. Without it every U-Net call is one step and
             ``reset()`` starts a new run.
+        track_change: record the shallow feature's per-step change in ``stats`` for any schedule
+            (the adaptive schedule always does; it costs one stored feature).
     """
 
-    def __init__(self, unet: torch.nn.Module, config: DeepCacheConfig = DeepCacheConfig(), pipeline=None):
+    def __init__(
+        self,
+        unet: torch.nn.Module,
+        config: DeepCacheConfig = DeepCacheConfig(),
+        pipeline=None,
+        track_change: bool = False,
+    ):
         self.unet = unet
         self.pipeline = pipeline
+        self.track_change = track_change
         self._hooks = Hooks()
-        self._scheduler_hooks = Hooks()
-        self._scheduler = None
+        self.clock = StepClock(pipeline, on_new_run=self._new_run)
         self.configure(config)
         self.reset()
 
@@ -133,31 +199,22 @@ class DeepCacheEngine:
         if _OWNERS.get(self.unet) is self:
             del _OWNERS[self.unet]
         self._hooks.remove_all()
-        self._detach_scheduler()
+        self.clock.detach()
         self._clear()
 
     def reset(self, num_steps: int | None = None) -> None:
-        """Start a new run: step 0, empty cache. ``num_steps`` is needed only by non-uniform schedules."""
-        self._clear(num_steps)
-        self.stats = RunStats()
-
-    def _clear(self, num_steps: int | None = None) -> None:
-        self._step, self._slot_index = 0, 0
-        self._slots: dict[int, _Slot] = {}
-        self._num_steps = num_steps
-        self._rule: Callable[[int], bool] | None = None
-        self._active: _Slot | None = None
-        self._full = True
+        """Start a new run: step 0, empty cache. ``num_steps`` is needed by non-uniform and refined
+        schedules on a bare U-Net (a pipeline's scheduler tells the engine)."""
+        self.clock.reset(num_steps)
 
     def advance(self) -> None:
-        """End the current step (called after each ``scheduler.step``)."""
-        self._step += 1
-        self._slot_index = 0
+        """End the current step (for callers that drive a bare U-Net with several calls per step)."""
+        self.clock.advance()
 
     @property
     def cache_nbytes(self) -> int:
-        """Bytes held by the cache between steps (the stored deep features of every slot)."""
-        return tree_nbytes([slot.feature for slot in self._slots.values()])
+        """Bytes held by the cache between steps (stored deep features and tracked shallow features)."""
+        return tree_nbytes([(slot.feature, slot.shallow) for slot in self._slots.values()])
 
     def describe(self) -> str:
         """A human-readable plan: the branch, the deep modules and the producer of the cached feature."""
@@ -170,25 +227,80 @@ class DeepCacheEngine:
         ]
         return "\n".join(lines)
 
+    # ----------------------------------------------------------------- state
+    def _new_run(self, num_steps: int | None) -> None:
+        self._clear()
+        self.stats = RunStats()
+
+    def _clear(self) -> None:
+        self._slots: dict[int, _Slot] = {}
+        self._rule: Callable[[int], bool] | None = None
+        self._active: _Slot | None = None
+        self._full: bool | None = True
+        self._change: float | None = None
+
+    @property
+    def _tracks(self) -> bool:
+        return self.track_change or self.config.schedule == "adaptive"
+
+    def _decide(self, step: int, slot: _Slot | None) -> bool | None:
+        """Full (True), cached (False) or undecided until the shallow feature is seen (None)."""
+        if self._rule is None:
+            config, n = self.config, self.clock.num_steps
+            if config.schedule == "adaptive":
+                forced = frozenset(config.forced_full_steps(n)) if config.refined else frozenset((0,))
+                self._rule = forced.__contains__
+            else:
+                self._rule = config.full_step_rule(n)
+        if self._rule(step):
+            return True
+        if self.config.schedule != "adaptive":
+            return False
+        if slot and self.config.max_cached is not None and slot.cached_run >= self.config.max_cached:
+            return True
+        return None
+
+    def _observe(self, slot: _Slot, x: torch.Tensor) -> None:
+        """Measure the shallow feature's change since the previous step; decide an undecided call."""
+        x = x.detach()
+        change = None
+        if slot.shallow is not None and slot.shallow.shape == x.shape:
+            change = float((x - slot.shallow).abs().mean() / slot.shallow.abs().mean().clamp_min(1e-12))
+            slot.changes.append(change)
+        slot.shallow, self._change = x.clone(), change
+        if self._full is None:
+            slot.drift += change or 0.0
+            threshold = self.config.threshold
+            if threshold is None:
+                threshold = self.config.interval * statistics.fmean(slot.changes or [0.0])
+            self._full = slot.drift >= threshold
+
     # ----------------------------------------------------------------- hooks
     def _wrap_unet(self, original: Callable) -> Callable:
         def forward(*args, **kwargs):
-            self._sync_scheduler()
+            step, index = self.clock.begin()
             sample = args[0] if args else kwargs["sample"]
             key = (tuple(sample.shape), sample.dtype, sample.device)
-            slot = self._slots.get(self._slot_index)
-            full = self._is_full_step(self._step) or slot is None or slot.key != key
-            if full:
-                slot = self._slots[self._slot_index] = _Slot(key)
-            self._active, self._full = slot, full
+            slot = self._slots.get(index)
+            self._full = self._decide(step, slot)
+            if slot is None or slot.key != key:
+                slot = self._slots[index] = _Slot(key)
+                self._full = True
+            self._active, self._change, self._observed = slot, None, False
+            start = time.perf_counter()
             try:
                 return original(*args, **kwargs)
             finally:
+                if sample.device.type == "cuda":
+                    torch.cuda.synchronize(sample.device)
+                full = self._full is not False
+                if full:
+                    slot.drift, slot.cached_run = 0.0, 0
+                else:
+                    slot.cached_run += 1
+                self.stats.calls.append(Call(step, full, self._change, time.perf_counter() - start))
                 self._active = None
-                self.stats.calls.append((self._step, full))
-                self._slot_index += 1
-                if self._scheduler is None:
-                    self.advance()
+                self.clock.end()
 
         return forward
 
@@ -200,6 +312,9 @@ class DeepCacheEngine:
                 slot = self._active
                 if slot is None:  # called outside a U-Net forward: behave as the original
                     return original(*args, **kwargs)
+                if self._tracks and not self._observed:  # the first deep module: the shallow feature
+                    self._observed = True
+                    self._observe(slot, _first_tensor((args, kwargs)))
                 if self._full:
                     out = original(*args, **kwargs)
                     slot.layouts[name] = _layout(out)
@@ -212,47 +327,6 @@ class DeepCacheEngine:
                 return _placeholder(*slot.layouts[name])  # zeros (also the "zeros" ablation)
 
             return forward
-
-        return factory
-
-    def _is_full_step(self, step: int) -> bool:
-        if self._rule is None:
-            self._rule = self.config.full_step_rule(self._num_steps)
-        return self._rule(step)
-
-    # ----------------------------------------------------------------- scheduler clock
-    def _sync_scheduler(self) -> None:
-        """Follow the pipeline's scheduler; a newly swapped-in scheduler starts a new run."""
-        current = getattr(self.pipeline, "scheduler", None)
-        if current is self._scheduler:
-            return
-        self._detach_scheduler()
-        if current is not None:
-            self._scheduler = current
-            self._scheduler_hooks.wrap(current, self._after(self._new_run), attr="set_timesteps")
-            self._scheduler_hooks.wrap(current, self._after(self.advance), attr="step")
-        self.reset(self._scheduler_steps())
-
-    def _detach_scheduler(self) -> None:
-        self._scheduler_hooks.remove_all()
-        self._scheduler = None
-
-    def _new_run(self) -> None:
-        self.reset(self._scheduler_steps())
-
-    def _scheduler_steps(self) -> int | None:
-        timesteps = getattr(self._scheduler, "timesteps", None)
-        return len(timesteps) if timesteps is not None else None
-
-    @staticmethod
-    def _after(callback: Callable[[], None]) -> Callable[[Callable], Callable]:
-        def factory(original: Callable) -> Callable:
-            def method(*args, **kwargs):
-                out = original(*args, **kwargs)
-                callback()
-                return out
-
-            return method
 
         return factory
 
@@ -272,6 +346,10 @@ def _layout(out) -> tuple[list, Any]:
 def _placeholder(meta: list, spec) -> Any:
     leaves = [m[1] if m[0] == "value" else torch.zeros(m[0], dtype=m[1], device=m[2]) for m in meta]
     return pytree.tree_unflatten(leaves, spec)
+
+
+def _first_tensor(tree) -> torch.Tensor:
+    return next(t for t in pytree.tree_leaves(tree) if isinstance(t, torch.Tensor))
 
 
 def _clone(out) -> Any:

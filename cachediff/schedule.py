@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -133,6 +133,89 @@ def explicit(steps: Iterable[int], num_steps: int | None = None) -> tuple[int, .
         raise ValueError(f"full steps must be >= 0, got {out[0]}")
     if num_steps is not None:
         out = [s for s in out if s < num_steps]
+    return tuple(out)
+
+
+def from_mask(mask: str | Sequence[bool | int]) -> tuple[int, ...]:
+    """Full steps from a per-step mask: "F"/1/True = full, "C"/0/False = cached (step 0 is full).
+
+    Example:
+        >>> from_mask("FCCFCCF"), from_mask([1, 0, 1, 1])
+        ((0, 3, 6), (0, 2, 3))
+    """
+    if isinstance(mask, str):
+        if set(mask.upper()) - {"F", "C"}:
+            raise ValueError(f"a mask string holds only 'F' (full) and 'C' (cached), got {mask!r}")
+        mask = [c == "F" for c in mask.upper()]
+    return explicit(i for i, full in enumerate(mask) if full)
+
+
+def resolve_window(window: tuple[float, float], num_steps: int) -> tuple[int, int]:
+    """A caching window ``(start, end)`` as step indices: ints are steps, floats are fractions of T.
+
+    Example:
+        >>> resolve_window((0.1, 0.9), 50), resolve_window((5, 40), 50), resolve_window((0.2, 45), 50)
+        ((5, 45), (5, 40), (10, 45))
+    """
+    start, end = (round(v * num_steps) if isinstance(v, float) else int(v) for v in window)
+    if not 0 <= start <= end:
+        raise ValueError(f"window must satisfy 0 <= start <= end, got {window} -> ({start}, {end})")
+    return start, min(end, num_steps)
+
+
+def compose(
+    num_steps: int,
+    full_steps: Iterable[int],
+    window: tuple[float, float] | None = None,
+    warmup: int = 0,
+    cooldown: int = 0,
+    max_cached: int | None = None,
+) -> tuple[int, ...]:
+    """Refine a schedule's full steps: cache only inside ``window``, the first ``warmup`` and the last
+    ``cooldown`` steps full, and at most ``max_cached`` cached steps in a row.
+
+    Each rule only adds full steps, so they compose with any base schedule in any order.
+
+    Example:
+        >>> compose(12, uniform(12, 4))
+        (0, 4, 8)
+        >>> compose(12, uniform(12, 4), warmup=2, cooldown=1)
+        (0, 1, 4, 8, 11)
+        >>> compose(12, uniform(12, 4), window=(0.25, 0.75))
+        (0, 1, 2, 4, 8, 9, 10, 11)
+        >>> compose(12, (0,), max_cached=3)
+        (0, 4, 8)
+    """
+    _check_positive(num_steps=num_steps)
+    for name, v in (("warmup", warmup), ("cooldown", cooldown)):
+        if not isinstance(v, (int, np.integer)) or v < 0:
+            raise ValueError(f"{name} must be an integer >= 0, got {v!r}")
+    full = {s for s in full_steps if s < num_steps} | {0}
+    full |= set(range(min(warmup, num_steps))) | set(range(max(num_steps - cooldown, 0), num_steps))
+    if window is not None:
+        start, end = resolve_window(window, num_steps)
+        full |= set(range(start)) | set(range(end, num_steps))
+    if max_cached is not None:
+        full = set(cap_cached_run(num_steps, full, max_cached))
+    return tuple(sorted(full))
+
+
+def cap_cached_run(num_steps: int, full_steps: Iterable[int], max_cached: int) -> tuple[int, ...]:
+    """Add full steps so that no more than ``max_cached`` cached steps follow each other.
+
+    Example:
+        >>> cap_cached_run(10, (0, 7), 2)
+        (0, 3, 6, 7)
+    """
+    if not isinstance(max_cached, (int, np.integer)) or max_cached < 0:
+        raise ValueError(f"max_cached must be an integer >= 0, got {max_cached!r}")
+    given, out, run = set(full_steps), [], 0
+    for step in range(num_steps):
+        if step in given or step == 0 or run == max_cached:
+            out.append(step)
+            run = 0
+        else:
+            run += 1
     return tuple(out)
 
 

@@ -41,7 +41,7 @@ def test_helper_non_uniform_skip_mode_works(sd):
     helper.enable()
     sample(pipe, cond, steps=10)
     helper.disable()
-    full = [s for s, f in helper.engine.stats.calls if f]
+    full = [c.step for c in helper.engine.stats.calls if c.full]
     assert full == list(cachediff.schedule.quadratic_center(10, 4, 3, 1.2))
 
 

@@ -116,7 +116,7 @@ def test_every_unet_evaluation_is_one_step(name):
     with cachediff.deepcache(pipe, interval=3, branch=0) as engine:
         sample(pipe, cond, steps=6)
         n_eval = len(pipe.scheduler.timesteps)
-    assert [s for s, _ in engine.stats.calls] == list(range(n_eval))
+    assert [c.step for c in engine.stats.calls] == list(range(n_eval))
     assert engine.stats.pattern == "".join("F" if s % 3 == 0 else "C" for s in range(n_eval))
 
 
@@ -313,7 +313,7 @@ def test_non_uniform_schedule_uses_the_run_length_from_the_scheduler():
     ) as engine:
         sample(pipe, cond, steps=20)
     expected = schedule.quadratic_center(20, 7, 4, 1.2)
-    assert [s for s, full in engine.stats.calls if full] == list(expected)
+    assert [c.step for c in engine.stats.calls if c.full] == list(expected)
 
 
 def test_non_uniform_on_a_bare_unet_needs_reset_with_num_steps():
@@ -326,7 +326,7 @@ def test_non_uniform_on_a_bare_unet_needs_reset_with_num_steps():
     engine.reset(num_steps=9)
     for t in range(9):
         unet(x, 900 - 100 * t, **cond)
-    assert [s for s, f in engine.stats.calls if f] == list(schedule.quadratic_center(9, 3, 2, 1.2))
+    assert [c.step for c in engine.stats.calls if c.full] == list(schedule.quadratic_center(9, 3, 2, 1.2))
     engine.disable()
 
 
@@ -342,3 +342,61 @@ def test_zeros_ablation_feeds_zeros_instead_of_the_cached_feature():
     channels = unet.up_blocks[2].resnets[-1].out_channels  # the cached feature's part of the input
     assert seen[0][:, :channels].abs().sum() > 0 and torch.all(seen[1][:, :channels] == 0)
     assert not torch.equal(full, ablated)
+
+
+# ----------------------------------------------------------------------------- refined and adaptive
+def test_refined_schedule_follows_the_pure_rule_in_a_pipeline():
+    pipe, cond, _ = baseline("sd")
+    config = DeepCacheConfig(interval=3, warmup=2, cooldown=2, max_cached=1)
+    with cachediff.deepcache(pipe, **vars(config)) as engine:
+        sample(pipe, cond, steps=12)
+    assert [c.step for c in engine.stats.calls if c.full] == list(config.full_steps_for(12))
+
+
+def test_adaptive_with_a_tiny_threshold_is_the_baseline():
+    pipe, cond, base = baseline("sd")
+    with cachediff.deepcache(pipe, schedule="adaptive", threshold=1e-9) as engine:
+        out = sample(pipe, cond)
+    assert engine.stats.pattern == "F" * 10 and torch.equal(out, base)
+
+
+def test_adaptive_with_a_huge_threshold_caches_up_to_the_cap():
+    pipe, cond, _ = baseline("sd")
+    with cachediff.deepcache(pipe, schedule="adaptive", threshold=1e9, max_cached=3, cooldown=1) as engine:
+        sample(pipe, cond)
+    assert engine.stats.pattern == "FCCCFCCCFF"  # cap of 3, last step full
+
+
+def replay(changes, interval, threshold=None):
+    """The adaptive rule re-derived from the recorded changes, independently of the engine."""
+    pattern, drift, seen = "F", 0.0, []
+    for change in changes[1:]:
+        seen.append(change)
+        drift += change
+        full = drift >= (threshold if threshold is not None else interval * sum(seen) / len(seen))
+        pattern += "F" if full else "C"
+        drift = 0.0 if full else drift
+    return pattern
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("interval", [2, 4])
+def test_adaptive_budget_decisions_follow_the_measured_change(kind, interval):
+    pipe, cond, _ = baseline(kind)
+    with cachediff.deepcache(pipe, interval=interval, branch=1, schedule="adaptive") as engine:
+        sample(pipe, cond, steps=16)
+    stats = engine.stats
+    assert stats.changes[0] is None and all(c > 0 for c in stats.changes[1:])
+    assert stats.pattern == replay(stats.changes, interval)
+    assert 1 < stats.full_steps < 16  # it does cache, and it does refresh
+
+
+def test_track_change_records_changes_for_static_schedules_without_changing_the_output():
+    pipe, cond, _ = baseline("sd")
+    with cachediff.deepcache(pipe, interval=3) as plain:
+        a = sample(pipe, cond)
+    with cachediff.deepcache(pipe, interval=3, track_change=True) as tracked:
+        b = sample(pipe, cond)
+    assert torch.equal(a, b) and plain.stats.pattern == tracked.stats.pattern
+    assert all(c is None for c in plain.stats.changes) and tracked.stats.changes[1] > 0
+    assert "10 calls: 4 full, 6 cached" in tracked.stats.summary(2.0, 1.0)

@@ -130,3 +130,80 @@ def test_config_is_frozen():
     with pytest.raises(AttributeError):
         cfg.interval = 5
     assert cfg.replace(interval=5).interval == 5
+
+
+# ----------------------------------------------------------------------------- refinements
+@pytest.mark.parametrize("base_interval", [2, 5, 50])
+@pytest.mark.parametrize(
+    "refine",
+    [
+        dict(warmup=3),
+        dict(cooldown=4),
+        dict(window=(0.2, 0.8)),
+        dict(window=(10, 30)),
+        dict(max_cached=2),
+        dict(warmup=2, cooldown=2, window=(5, 0.9), max_cached=3),
+    ],
+)
+def test_refinements_only_add_full_steps_and_honour_their_rule(base_interval, refine):
+    base = schedule.uniform(40, base_interval)
+    full = schedule.compose(40, base, **refine)
+    assert set(base) <= set(full) and full == tuple(sorted(set(full)))
+    cached = [s for s in range(40) if s not in full]
+    assert all(s >= refine.get("warmup", 0) for s in cached)
+    assert all(s < 40 - refine.get("cooldown", 0) for s in cached)
+    if "window" in refine:
+        start, end = schedule.resolve_window(refine["window"], 40)
+        assert all(start <= s < end for s in cached)
+    if "max_cached" in refine:
+        runs = [b - a - 1 for a, b in zip(full, full[1:] + (40,), strict=False)]
+        assert max(runs) <= refine["max_cached"]
+
+
+def test_refinements_compose_in_any_order():
+    a = schedule.compose(30, schedule.compose(30, (0, 10, 20), warmup=4), max_cached=3)
+    b = schedule.compose(30, (0, 10, 20), warmup=4, max_cached=3)
+    assert a == b
+
+
+def test_mask_schedule():
+    assert schedule.from_mask("fccF") == (0, 3)
+    assert DeepCacheConfig(schedule="explicit", full_steps="FCCFC").full_steps == (0, 3)
+    with pytest.raises(ValueError, match="only 'F'"):
+        schedule.from_mask("FXC")
+
+
+def test_window_errors():
+    with pytest.raises(ValueError, match="0 <= start <= end"):
+        schedule.resolve_window((0.8, 0.2), 10)
+    with pytest.raises(ValueError, match="window must be"):
+        DeepCacheConfig(window=(1, 2, 3))
+
+
+def test_refined_config_rules():
+    cfg = DeepCacheConfig(interval=4, schedule="non-uniform", center=5, warmup=3)
+    rule = cfg.full_step_rule(20)
+    assert [s for s in range(20) if rule(s)] == list(cfg.full_steps_for(20))
+    assert {0, 1, 2} <= set(cfg.full_steps_for(20))
+    with pytest.raises(ValueError, match="with refinements needs the number of steps"):
+        DeepCacheConfig(interval=4, cooldown=2).full_step_rule(None)
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(warmup=-1), "warmup must be an integer >= 0"),
+        (dict(cooldown=1.5), "cooldown must be an integer >= 0"),
+        (dict(max_cached=-2), "max_cached must be"),
+        (dict(threshold=0.1), "only used with schedule='adaptive'"),
+        (dict(schedule="adaptive", threshold=0), "threshold must be > 0"),
+    ],
+)
+def test_refinement_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        DeepCacheConfig(**kwargs)
+
+
+def test_adaptive_has_no_static_schedule():
+    with pytest.raises(ValueError, match="decides at run time"):
+        DeepCacheConfig(schedule="adaptive").full_steps_for(10)

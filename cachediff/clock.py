@@ -1,0 +1,91 @@
+"""The step clock: which denoising step and which call within it a model call belongs to.
+
+Caching decisions are made per *step* of a sampling run, never from the timestep value. With a
+pipeline, steps are counted by ``scheduler.step`` calls (so PLMS and Heun, which evaluate one timestep
+twice, count two steps) and ``scheduler.set_timesteps`` starts a new run; several model calls within
+one step (separate cond/uncond passes) get their own *slot*. Without a pipeline every model call is
+one step. Used by the DeepCache engine and the module-level cache alike.
+
+Example:
+    >>> clock = StepClock()
+    >>> [clock.begin() or clock.end() for _ in range(3)]
+    [(0, 0), (1, 0), (2, 0)]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .hooks import Hooks
+
+
+class StepClock:
+    """Counts steps and slots of one run.
+
+    Args:
+        pipeline: optional owner of a ``.scheduler`` (looked up at every call, so a swapped-in
+            scheduler is followed and starts a new run).
+        on_new_run: called with the run length (or ``None`` if unknown) whenever a run starts.
+    """
+
+    def __init__(self, pipeline=None, on_new_run: Callable[[int | None], None] | None = None):
+        self.pipeline, self.on_new_run = pipeline, on_new_run
+        self._hooks = Hooks()
+        self._scheduler = None
+        self.step = self.slot = 0
+        self.num_steps: int | None = None
+
+    def reset(self, num_steps: int | None = None) -> None:
+        """Start a new run at step 0 (``num_steps`` is the run length, if known)."""
+        self.step = self.slot = 0
+        self.num_steps = num_steps
+        if self.on_new_run is not None:
+            self.on_new_run(num_steps)
+
+    def begin(self) -> tuple[int, int]:
+        """Enter a model call: returns ``(step, slot)``."""
+        self._follow_scheduler()
+        return self.step, self.slot
+
+    def end(self) -> None:
+        """Leave a model call; without a scheduler, each call ends its step."""
+        self.slot += 1
+        if self._scheduler is None:
+            self.advance()
+
+    def advance(self) -> None:
+        """End the current step (called after each ``scheduler.step``)."""
+        self.step += 1
+        self.slot = 0
+
+    def detach(self) -> None:
+        """Stop following the scheduler (restores its methods)."""
+        self._hooks.remove_all()
+        self._scheduler = None
+
+    def _follow_scheduler(self) -> None:
+        current = getattr(self.pipeline, "scheduler", None)
+        if current is self._scheduler:
+            return
+        self.detach()
+        if current is not None:
+            self._scheduler = current
+            self._hooks.wrap(current, _after(lambda: self.reset(self._scheduler_steps())), "set_timesteps")
+            self._hooks.wrap(current, _after(self.advance), "step")
+        self.reset(self._scheduler_steps())
+
+    def _scheduler_steps(self) -> int | None:
+        timesteps = getattr(self._scheduler, "timesteps", None)
+        return len(timesteps) if timesteps is not None else None
+
+
+def _after(callback: Callable[[], None]) -> Callable[[Callable], Callable]:
+    def factory(original: Callable) -> Callable:
+        def method(*args, **kwargs):
+            out = original(*args, **kwargs)
+            callback()
+            return out
+
+        return method
+
+    return factory
