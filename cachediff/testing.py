@@ -143,6 +143,40 @@ def sample(
     return x
 
 
+def tiny_transformer(seed: int = 0, batch: int = 2) -> tuple[torch.nn.Module, dict]:
+    """A tiny seeded PixArt-alpha transformer (adaLN-single DiT with cross-attention) and its inputs.
+
+    ``PixArtTransformer2DModel`` where diffusers has it, else ``Transformer2DModel`` with the same
+    configuration (diffusers 0.24). Call it as ``model(x, timestep=t, **cond)``; latents are ``(B, 4, 8, 8)``.
+    """
+    import diffusers
+
+    cls = getattr(diffusers, "PixArtTransformer2DModel", diffusers.Transformer2DModel)
+    torch.manual_seed(seed)
+    model = cls(
+        num_attention_heads=2,
+        attention_head_dim=8,
+        in_channels=4,
+        out_channels=8,
+        num_layers=4,
+        cross_attention_dim=16,
+        attention_bias=True,
+        sample_size=8,
+        patch_size=2,
+        activation_fn="gelu-approximate",
+        num_embeds_ada_norm=1000,
+        norm_type="ada_norm_single",
+        norm_elementwise_affine=False,
+        norm_eps=1e-6,
+        caption_channels=12,
+    ).eval()
+    cond = dict(
+        encoder_hidden_states=torch.randn(batch, 5, 12, generator=torch.Generator().manual_seed(seed)),
+        added_cond_kwargs={"resolution": None, "aspect_ratio": None},
+    )
+    return model, cond
+
+
 def tiny_pipe(kind: str, scheduler: str = "DDIMScheduler", seed: int = 0) -> tuple[SimpleNamespace, dict]:
     """A pipeline-like ``SimpleNamespace(unet, scheduler)`` with a tiny U-Net, and its CFG inputs."""
     import diffusers

@@ -1,0 +1,237 @@
+"""Module-level caching for any denoiser: U-Net blocks, DiT transformer blocks, anything with a name.
+
+In the spirit of NVIDIA's Cache Diffusion: a list of rules, each a module selector (a wildcard on the
+module's dotted name, or a filter function) and a step predicate ``step -> reuse?``. On a reuse step a
+selected module does not run: it returns its output from its last computed step (``mode="output"``),
+or adds its last computed residual, output minus input, to its new input (``mode="residual"``, the
+right choice for transformer blocks, whose input still carries fresh information from earlier
+blocks). Steps are counted by the same ``StepClock`` as the DeepCache engine.
+
+A selector that matches no module is an error, not a silent no-op; ``plan()`` is a dry run that lists
+exactly which modules are reused on which steps.
+
+Example:
+    >>> import torch
+    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4), torch.nn.Linear(4, 4))
+    >>> cache = ModuleCache(net, [CacheRule("1", every(2), mode="residual")])
+    >>> cache.plan(num_steps=5)
+    {'1': (1, 3)}
+    >>> with cache:
+    ...     _ = [net(torch.ones(1, 4)) for _ in range(5)]
+    >>> cache.stats.pattern, cache.reused
+    ('FCFCF', {'1': 2})
+    >>> ModuleCache(net, [CacheRule("blocks.*", every(2))])
+    Traceback (most recent call last):
+    ...
+    ValueError: rule 0 ('blocks.*') matches no module of Sequential; names look like: 0, 1, 2
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from .clock import StepClock
+from .engine import Call, RunStats, _clone, _first_tensor
+from .hooks import Hooks
+
+Selector = str | Callable[[str, torch.nn.Module], bool]
+
+
+@dataclass(frozen=True)
+class CacheRule:
+    """Which modules to reuse on which steps.
+
+    Args:
+        select: a wildcard on dotted module names (``fnmatch``: ``*`` also crosses dots, so
+            ``"transformer_blocks.*"`` selects every block; descendants of a selected module are
+            dropped, the outermost selection wins), or a filter ``(name, module) -> bool``.
+        reuse: ``step -> bool``: True where the module's stored result is reused. Step 0 always
+            computes, since nothing is stored yet.
+        mode: "output" (reuse the output) or "residual" (add the stored output minus input to the
+            current input; the module must return a tensor shaped like its first input).
+    """
+
+    select: Selector
+    reuse: Callable[[int], bool]
+    mode: str = "output"
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("output", "residual"):
+            raise ValueError(f"mode must be 'output' or 'residual', got {self.mode!r}")
+
+    def matches(self, name: str, module: torch.nn.Module) -> bool:
+        if callable(self.select):
+            return bool(self.select(name, module))
+        return fnmatch.fnmatchcase(name, self.select)
+
+
+def every(interval: int, start: int = 0, end: int | None = None) -> Callable[[int], bool]:
+    """Reuse on all steps but every ``interval``-th, within ``[start, end)`` only (DeepCache's uniform).
+
+    Example:
+        >>> [s for s in range(10) if every(3, start=2)(s)]
+        [3, 4, 6, 7, 9]
+    """
+    if not isinstance(interval, int) or interval < 1:
+        raise ValueError(f"interval must be an integer >= 1, got {interval!r}")
+
+    def reuse(step: int) -> bool:
+        inside = step >= start and (end is None or step < end)
+        return inside and (step - start) % interval != 0
+
+    return reuse
+
+
+class ModuleCache:
+    """Caches selected modules of ``model`` across the steps of each sampling run.
+
+    Args:
+        model: the denoiser (``pipe.transformer``, ``pipe.unet`` or any module), left unmodified.
+        rules: ``CacheRule`` list; a module selected by several rules follows the first.
+        pipeline: optional owner of the ``.scheduler`` that counts steps (see ``cachediff.clock``).
+    """
+
+    def __init__(self, model: torch.nn.Module, rules: list[CacheRule], pipeline=None):
+        self.model, self.rules = model, list(rules)
+        self.selected = self._select()
+        self.clock = StepClock(pipeline, on_new_run=self._new_run)
+        self._hooks = Hooks()
+        self.reset()
+
+    # ----------------------------------------------------------------- plan
+    def _select(self) -> dict[str, CacheRule]:
+        modules = dict(self.model.named_modules())
+        modules.pop("", None)
+        chosen: dict[str, CacheRule] = {}
+        for i, rule in enumerate(self.rules):
+            names = [n for n, m in modules.items() if rule.matches(n, m)]
+            if not names:
+                sample = ", ".join(list(modules)[:8])
+                raise ValueError(
+                    f"rule {i} ({_label(rule.select)}) matches no module of {type(self.model).__name__}; "
+                    f"names look like: {sample}"
+                )
+            for name in names:
+                chosen.setdefault(name, rule)
+        return {n: r for n, r in chosen.items() if not any(n.startswith(p + ".") for p in chosen)}
+
+    def plan(self, num_steps: int) -> dict[str, tuple[int, ...]]:
+        """Dry run: for every selected module, the steps on which it is reused (step 0 never)."""
+        return {
+            name: tuple(s for s in range(1, num_steps) if rule.reuse(s))
+            for name, rule in self.selected.items()
+        }
+
+    def describe(self, num_steps: int) -> str:
+        """The plan as text, one module per line."""
+        lines = [f"{type(self.model).__name__}: {len(self.selected)} cached modules over {num_steps} steps"]
+        for name, steps in self.plan(num_steps).items():
+            rule = self.selected[name]
+            lines.append(f"  {name} [{rule.mode}] reused on {len(steps)} steps: {_ranges(steps)}")
+        return "\n".join(lines)
+
+    # ----------------------------------------------------------------- lifecycle
+    @property
+    def enabled(self) -> bool:
+        return len(self._hooks) > 0
+
+    def enable(self) -> ModuleCache:
+        if not self.enabled:
+            self._hooks.wrap(self.model, self._wrap_root)
+            for name, rule in self.selected.items():
+                self._hooks.wrap(self.model.get_submodule(name), self._wrap_module(name, rule))
+        self.reset()
+        return self
+
+    def disable(self) -> None:
+        self._hooks.remove_all()
+        self.clock.detach()
+        self._store: dict = {}
+
+    def reset(self, num_steps: int | None = None) -> None:
+        self.clock.reset(num_steps)
+
+    def __enter__(self) -> ModuleCache:
+        return self.enable()
+
+    def __exit__(self, *exc) -> None:
+        self.disable()
+
+    def _new_run(self, num_steps: int | None) -> None:
+        self._store = {}  # (module name, slot, occurrence) -> (input key, stored output or residual)
+        self.stats = RunStats()
+        self.reused = dict.fromkeys(self.selected, 0)
+        self._step = self._slot = None
+        self._reused_now = 0
+
+    # ----------------------------------------------------------------- hooks
+    def _wrap_root(self, original: Callable) -> Callable:
+        def forward(*args, **kwargs):
+            self._step, self._slot = self.clock.begin()
+            self._reused_now, self._occurrence = 0, {}
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                seconds = time.perf_counter() - start
+                self.stats.calls.append(Call(self._step, self._reused_now == 0, None, seconds))
+                self._step = None
+                self.clock.end()
+
+        return forward
+
+    def _wrap_module(self, name: str, rule: CacheRule) -> Callable[[Callable], Callable]:
+        def factory(original: Callable) -> Callable:
+            def forward(*args, **kwargs):
+                if self._step is None:  # outside a model call
+                    return original(*args, **kwargs)
+                n = self._occurrence[name] = self._occurrence.get(name, -1) + 1
+                key = (name, self._slot, n)
+                x = _first_tensor((args, kwargs))
+                layout = (tuple(x.shape), x.dtype, x.device)
+                stored = self._store.get(key)
+                if self._step > 0 and stored is not None and stored[0] == layout and rule.reuse(self._step):
+                    self.reused[name] += 1
+                    self._reused_now += 1
+                    return x + stored[1] if rule.mode == "residual" else _clone(stored[1])
+                out = original(*args, **kwargs)
+                if rule.mode == "residual":
+                    if not isinstance(out, torch.Tensor) or out.shape != x.shape:
+                        raise TypeError(
+                            f"{name}: residual mode needs a tensor output shaped like the input "
+                            f"{tuple(x.shape)}; use mode='output'"
+                        )
+                    self._store[key] = (layout, out - x)
+                    return out
+                self._store[key] = (layout, out)  # hand out a copy: the model may modify it in place
+                return _clone(out)
+
+            return forward
+
+        return factory
+
+
+def _label(select: Selector) -> str:
+    return repr(select) if isinstance(select, str) else getattr(select, "__name__", "filter")
+
+
+def _ranges(steps: tuple[int, ...]) -> str:
+    """Compact step ranges.
+
+    Example:
+        >>> _ranges((1, 2, 3, 5, 7, 8))
+        '1-3, 5, 7-8'
+    """
+    out, i = [], 0
+    while i < len(steps):
+        j = i
+        while j + 1 < len(steps) and steps[j + 1] == steps[j] + 1:
+            j += 1
+        out.append(f"{steps[i]}" if i == j else f"{steps[i]}-{steps[j]}")
+        i = j + 1
+    return ", ".join(out) or "none"

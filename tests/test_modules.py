@@ -1,0 +1,126 @@
+"""Layer 3: the module-level caching API on a tiny PixArt-alpha transformer and on tiny U-Nets."""
+
+from __future__ import annotations
+
+import diffusers
+import pytest
+import torch
+
+import cachediff
+from cachediff.modules import CacheRule, ModuleCache, every
+from cachediff.testing import sample, tiny_pipe, tiny_transformer
+
+
+@torch.no_grad()
+def denoise(model, cond, pipe=None, steps: int = 8) -> torch.Tensor:
+    """A DDIM loop through the transformer, as PixArtAlphaPipeline runs it (learned sigma dropped)."""
+    scheduler = diffusers.DDIMScheduler()
+    if pipe is not None:
+        pipe.scheduler = scheduler
+    scheduler.set_timesteps(steps)
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    for t in scheduler.timesteps:
+        out = model(torch.cat([x] * 2), timestep=t.expand(2), **cond, return_dict=False)[0]
+        uncond, text = out[:, :4].chunk(2)
+        x = scheduler.step(uncond + 4.0 * (text - uncond), t, x, return_dict=False)[0]
+    return x
+
+
+@pytest.fixture(scope="module")
+def dit():
+    model, cond = tiny_transformer()
+    return model, cond, denoise(model, cond)
+
+
+def block_rule(interval: int, mode: str = "residual") -> CacheRule:
+    return CacheRule("transformer_blocks.[1-2]", every(interval), mode=mode)
+
+
+def test_interval_one_equals_the_baseline(dit):
+    model, cond, base = dit
+    with ModuleCache(model, [block_rule(1)]) as cache:
+        out = denoise(model, cond)
+    assert torch.equal(out, base) and cache.stats.pattern == "F" * 8
+
+
+@pytest.mark.parametrize("mode", ["residual", "output"])
+def test_cached_blocks_run_only_on_compute_steps_and_the_plan_says_so(dit, mode):
+    model, cond, base = dit
+    runs = {i: 0 for i in range(4)}
+    handles = [
+        b.attn1.register_forward_hook(lambda *_, i=i: runs.__setitem__(i, runs[i] + 1))
+        for i, b in enumerate(model.transformer_blocks)
+    ]
+    try:
+        cache = ModuleCache(model, [block_rule(3, mode)])
+        plan = cache.plan(8)
+        with cache:
+            out = denoise(model, cond)
+    finally:
+        for h in handles:
+            h.remove()
+    assert plan == {"transformer_blocks.1": (1, 2, 4, 5, 7), "transformer_blocks.2": (1, 2, 4, 5, 7)}
+    assert runs == {0: 8, 1: 3, 2: 3, 3: 8}
+    assert cache.reused == {name: len(steps) for name, steps in plan.items()}
+    assert cache.stats.pattern == "FCCFCCFC"
+    assert not torch.equal(out, base)
+
+
+def test_residual_reuse_beats_output_reuse_on_transformer_blocks(dit):
+    model, cond, base = dit
+    err = {}
+    for mode in ("residual", "output"):
+        with ModuleCache(model, [block_rule(2, mode)]):
+            err[mode] = float((denoise(model, cond) - base).norm())
+    assert err["residual"] < err["output"]
+
+
+def test_unmatched_selector_is_an_error(dit):
+    model, _, _ = dit
+    with pytest.raises(ValueError, match=r"rule 1 \('blocks\.\*'\) matches no module"):
+        ModuleCache(model, [block_rule(2), CacheRule("blocks.*", every(2))])
+    with pytest.raises(ValueError, match="rule 0 \\(never\\) matches no module"):
+
+        def never(name, module):
+            return False
+
+        ModuleCache(model, [CacheRule(never, every(2))])
+
+
+def test_outermost_selection_wins_and_filters_select(dit):
+    model, _, _ = dit
+    cache = ModuleCache(model, [CacheRule("transformer_blocks*", every(2))])
+    assert list(cache.selected) == ["transformer_blocks"]
+    attn = ModuleCache(model, [CacheRule(lambda n, m: n.endswith("attn2"), every(2), "output")])
+    assert list(attn.selected) == [f"transformer_blocks.{i}.attn2" for i in range(4)]
+    assert "transformer_blocks.0.attn2 [output] reused on 3 steps: 1, 3, 5" in attn.describe(7)
+
+
+def test_residual_mode_needs_a_shape_preserving_module(dit):
+    model, cond, _ = dit
+    with ModuleCache(model, [CacheRule("proj_out", every(2), mode="residual")]):
+        with pytest.raises(TypeError, match="residual mode needs a tensor output shaped like the input"):
+            denoise(model, cond)
+
+
+def test_a_pipeline_scheduler_counts_the_steps(dit):
+    model, cond, base = dit
+    pipe = type("Pipe", (), {})()
+    with ModuleCache(model, [block_rule(1)], pipeline=pipe) as cache:
+        denoise(model, cond, pipe=pipe)
+        out = denoise(model, cond, pipe=pipe)  # a second run starts afresh
+    assert torch.equal(out, base) and [c.step for c in cache.stats.calls] == list(range(8))
+
+
+@pytest.mark.parametrize("kind,branch", [("sd", 0), ("sd", 5), ("sdxl", 2), ("ddpm", 1)])
+def test_unet_deep_modules_in_output_mode_equal_deepcache(kind, branch):
+    """DeepCache is a special case: reuse every deep module's output on cached steps."""
+    pipe, cond = tiny_pipe(kind)
+    with cachediff.deepcache(pipe, interval=3, branch=branch) as engine:
+        expected = sample(pipe, cond)
+    deep = set(engine.plan.deep)
+    rule = CacheRule(lambda name, m: name in deep, every(3), mode="output")
+    with ModuleCache(pipe.unet, [rule], pipeline=pipe) as cache:
+        out = sample(pipe, cond)
+    assert torch.equal(out, expected)
+    assert cache.stats.pattern == engine.stats.pattern
