@@ -1,12 +1,17 @@
 """cachediff: training-free DeepCache acceleration for unmodified diffusers pipelines.
 
-Two lines on any supported pipeline:
+Two lines on any supported U-Net pipeline:
 
     >>> import cachediff  # doctest: +SKIP
     >>> with cachediff.deepcache(pipe, interval=3, branch=0):  # doctest: +SKIP
     ...     image = pipe("a photo of an astronaut").images[0]
 
-or the official helper's API: ``from cachediff import DeepCacheSDHelper``.
+or the official helper's API: ``from cachediff import DeepCacheSDHelper``. Transformer pipelines
+(PixArt-alpha, DiT) and custom recipes use the module-level API:
+
+    >>> rules = [cachediff.dit_rule(pipe.transformer, interval=2)]  # doctest: +SKIP
+    >>> with cachediff.cache_modules(pipe, rules):  # doctest: +SKIP
+    ...     image = pipe("a photo of an astronaut").images[0]
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from . import schedule
 from .config import SCHEDULES, DeepCacheConfig
 from .engine import Call, DeepCacheEngine, RunStats
 from .helper import DeepCacheSDHelper
+from .modules import CacheRule, ModuleCache, denoiser, dit_rule, every
 from .unets import SPECS, BranchPlan, branch_plan, num_branches
 
 __version__ = "0.1.0"
@@ -27,14 +33,20 @@ __all__ = [
     "SCHEDULES",
     "SPECS",
     "BranchPlan",
+    "CacheRule",
     "Call",
     "DeepCacheConfig",
     "DeepCacheEngine",
     "DeepCacheSDHelper",
+    "ModuleCache",
+    "cache_modules",
     "RunStats",
     "branch_plan",
     "deepcache",
+    "denoiser",
+    "dit_rule",
     "engine_for",
+    "every",
     "num_branches",
     "schedule",
 ]
@@ -76,3 +88,18 @@ def deepcache(
         yield engine
     finally:
         engine.disable()
+
+
+@contextmanager
+def cache_modules(target, rules: list[CacheRule]) -> Iterator[ModuleCache]:
+    """Module-level caching inside a ``with`` block on a pipeline (its scheduler counts steps) or module.
+
+    Yields:
+        The enabled ``ModuleCache`` (``.plan(n)``, ``.describe(n)``, ``.stats``, ``.reused``).
+    """
+    pipeline = None if isinstance(target, torch.nn.Module) else target
+    cache = ModuleCache(denoiser(target), rules, pipeline=pipeline).enable()
+    try:
+        yield cache
+    finally:
+        cache.disable()

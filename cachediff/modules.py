@@ -87,6 +87,45 @@ def every(interval: int, start: int = 0, end: int | None = None) -> Callable[[in
     return reuse
 
 
+def dit_rule(model: torch.nn.Module, interval: int, shallow: int = 1) -> CacheRule:
+    """DeepCache's idea on a DiT (PixArt-alpha, DiT, SD3-style ``transformer_blocks``).
+
+    The first and last ``shallow`` blocks run on every step; the middle blocks run every
+    ``interval``-th step and otherwise add their stored residual.
+
+    Example:
+        >>> from cachediff.testing import tiny_transformer
+        >>> model, _ = tiny_transformer()
+        >>> ModuleCache(model, [dit_rule(model, interval=3)]).plan(5)
+        {'transformer_blocks.1': (1, 2, 4), 'transformer_blocks.2': (1, 2, 4)}
+    """
+    blocks = getattr(model, "transformer_blocks", None)
+    if blocks is None:
+        raise TypeError(f"{type(model).__name__} has no transformer_blocks; write CacheRules for it instead")
+    n = len(blocks)
+    if not 0 <= shallow < n / 2:
+        raise ValueError(f"shallow must be in [0, {n / 2}) for {n} blocks, got {shallow}")
+    middle = frozenset(f"transformer_blocks.{i}" for i in range(shallow, n - shallow))
+
+    def middle_blocks(name: str, module: torch.nn.Module) -> bool:
+        return name in middle
+
+    return CacheRule(middle_blocks, every(interval), mode="residual")
+
+
+def denoiser(target) -> torch.nn.Module:
+    """The denoising network of a pipeline (``.transformer`` or ``.unet``), or the module itself."""
+    for attr in ("transformer", "unet"):
+        model = getattr(target, attr, None)
+        if isinstance(model, torch.nn.Module):
+            return model
+    if isinstance(target, torch.nn.Module):
+        return target
+    raise TypeError(
+        f"expected a pipeline with .transformer or .unet, or a module; got {type(target).__name__}"
+    )
+
+
 class ModuleCache:
     """Caches selected modules of ``model`` across the steps of each sampling run.
 

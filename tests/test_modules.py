@@ -124,3 +124,14 @@ def test_unet_deep_modules_in_output_mode_equal_deepcache(kind, branch):
         out = sample(pipe, cond)
     assert torch.equal(out, expected)
     assert cache.stats.pattern == engine.stats.pattern
+
+
+def test_dit_rule_on_a_pipeline_like_object(dit):
+    model, cond, base = dit
+    pipe = type("Pipe", (), {})()
+    pipe.transformer = model
+    with cachediff.cache_modules(pipe, [cachediff.dit_rule(model, interval=1)]) as cache:
+        out = denoise(model, cond, pipe=pipe)
+    assert torch.equal(out, base) and list(cache.selected) == ["transformer_blocks.1", "transformer_blocks.2"]
+    with pytest.raises(ValueError, match=r"shallow must be in \[0, 2.0\)"):
+        cachediff.dit_rule(model, 2, shallow=2)
