@@ -36,8 +36,8 @@ class DeepCacheConfig:
 
     Args:
         interval: cache interval N: one full step every N steps on average (1 = no caching). For the
-            adaptive schedule without a ``threshold``, N is the budget: a full step whenever the
-            accumulated change reaches N times the mean single-step change seen so far.
+            adaptive schedule without a ``threshold``, N sets the budget of ceil(T / N) full steps,
+            placed where the shallow feature drifts most (see ``DeepCacheEngine._threshold``).
         branch: skip branch id b (official ``cache_branch_id``; the paper's branch is b + 1).
             0 is the shallowest and fastest; valid ids depend on the U-Net (SD 1.x: 0..11).
         schedule: "uniform" (full steps 0, N, 2N, ...), "non-uniform" (the paper's quadratic schedule,

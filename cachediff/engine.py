@@ -34,6 +34,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 import weakref
@@ -64,6 +65,7 @@ class _Slot:
     drift: float = 0.0  # accumulated relative change since the last full step
     changes: list = field(default_factory=list)  # every measured single-step change
     cached_run: int = 0  # cached steps since the last full step
+    full_count: int = 0  # full steps of this slot in the run
 
 
 class Call(NamedTuple):
@@ -270,10 +272,27 @@ class DeepCacheEngine:
         slot.shallow, self._change = x.clone(), change
         if self._full is None:
             slot.drift += change or 0.0
-            threshold = self.config.threshold
-            if threshold is None:
-                threshold = self.config.interval * statistics.fmean(slot.changes or [0.0])
-            self._full = slot.drift >= threshold
+            self._full = slot.drift >= self._threshold(slot)
+
+    def _threshold(self, slot: _Slot) -> float:
+        """The drift that triggers a full step.
+
+        A fixed ``threshold`` if configured. Otherwise a budget of ceil(T / N) full steps, paced: the
+        remaining budget is spread over the remaining steps, so a full step comes when the drift
+        reaches the mean single-step change times the steps left per full step left. Drift above the
+        average spends the budget early, below it saves it for later. Without a known run length T:
+        N times the mean single-step change.
+        """
+        config, n = self.config, self.clock.num_steps
+        if config.threshold is not None:
+            return config.threshold
+        mean = statistics.fmean(slot.changes or [0.0])
+        if n is None:
+            return config.interval * mean
+        step = self.clock.step
+        forced_ahead = sum(self._rule(s) for s in range(step + 1, n))
+        budget_left = math.ceil(n / config.interval) - slot.full_count - forced_ahead
+        return mean * (n - step) / budget_left if budget_left > 0 else math.inf
 
     # ----------------------------------------------------------------- hooks
     def _wrap_unet(self, original: Callable) -> Callable:
@@ -296,6 +315,7 @@ class DeepCacheEngine:
                 full = self._full is not False
                 if full:
                     slot.drift, slot.cached_run = 0.0, 0
+                    slot.full_count += 1
                 else:
                     slot.cached_run += 1
                 self.stats.calls.append(Call(step, full, self._change, time.perf_counter() - start))

@@ -6,9 +6,9 @@ where it stopped: finished shards, feature files and CSV rows are kept, and ever
 atomically (temporary file, then rename).
 
 Example:
-    >>> s = Setting("N5-b2", interval=5, branch=2)
-    >>> s.config().interval, Setting("ddim-50", steps=50).config() is None
-    (5, True)
+    >>> s = Setting("N5-b2", cache=DeepCacheConfig(interval=5, branch=2))
+    >>> s.full_steps(), Setting("ddim-50", steps=50).full_steps()
+    (20, 50)
 """
 
 from __future__ import annotations
@@ -30,24 +30,15 @@ from .io import atomic_path
 
 @dataclass(frozen=True)
 class Setting:
-    """One point of a sweep: a step count and, unless ``interval`` is 1, a DeepCache configuration."""
+    """One point of a sweep: a step count and a DeepCache configuration (``None``: plain sampling)."""
 
     name: str
     steps: int = 100
-    interval: int = 1
-    branch: int = 0
-    schedule: str = "uniform"
-    center: int = 15
-    power: float = 1.4
-    full_steps: tuple[int, ...] | None = None
-    reuse: str = "cache"
+    cache: DeepCacheConfig | None = None
 
-    def config(self) -> DeepCacheConfig | None:
-        """The DeepCache config, or ``None`` for a plain (uncached) run."""
-        if self.interval == 1 and self.schedule != "explicit" and self.reuse == "cache":
-            return None
-        fields = {f.name for f in dataclasses.fields(DeepCacheConfig)}
-        return DeepCacheConfig(**{k: v for k, v in dataclasses.asdict(self).items() if k in fields})
+    def full_steps(self) -> int:
+        """Full steps of a run (static schedules; the adaptive one is recorded per shard instead)."""
+        return self.steps if self.cache is None else len(self.cache.full_steps_for(self.steps))
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
@@ -87,9 +78,8 @@ class Sweep:
         """Images for ``seeds`` under ``setting``, ``(B, C, H, W)`` in [-1, 1]; stats in ``self.engine``."""
         from .runner import unconditional
 
-        config = setting.config()
-        if config is not None:
-            self.engine.configure(config).enable()
+        if setting.cache is not None:
+            self.engine.configure(setting.cache).enable()
         try:
             return unconditional(self.pipe, list(seeds), setting.steps)
         finally:
@@ -106,11 +96,25 @@ class Sweep:
             if not features.exists():
                 if not samples.exists():  # 8-bit, as saved images are; features see exactly these
                     images = self.generate(setting, seeds)
+                    with atomic_path(folder / f"stats_{start:06d}.json") as tmp:
+                        tmp.write_text(json.dumps(self._run_record(setting)))
                     _save_npy(samples, ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy())
                 images = torch.from_numpy(np.load(samples)).float().div(127.5).sub(1)
                 _save_npy(features, np.asarray(self.featurize(images)))
             feats.append(np.load(features))
         return np.concatenate(feats)
+
+    def _run_record(self, setting: Setting) -> dict:
+        if setting.cache is None:
+            return {"full_steps": setting.steps, "pattern": "F" * setting.steps}
+        return {"full_steps": self.engine.stats.full_steps, "pattern": self.engine.stats.pattern}
+
+    def mean_full_steps(self, setting: Setting) -> float:
+        """Full steps per run, averaged over the recorded shards (static schedules: from the rule)."""
+        records = sorted((self.out / setting.name).glob("stats_*.json"))
+        if not records:
+            return float(setting.full_steps())
+        return float(np.mean([json.loads(r.read_text())["full_steps"] for r in records]))
 
     def samples(self, setting: Setting) -> np.ndarray:
         """The setting's saved samples, uint8 ``(N, C, H, W)``."""

@@ -7,6 +7,7 @@ import pytest
 import torch
 from diffusers import DDIMPipeline, DDIMScheduler
 
+from cachediff import DeepCacheConfig
 from cachediff.sweep import Setting, Sweep, read_csv, write_csv
 from cachediff.testing import tiny_unet
 
@@ -21,7 +22,7 @@ def mean_features(images: torch.Tensor) -> np.ndarray:
     return images.flatten(1).mean(1, keepdim=True).double().numpy()
 
 
-SETTING = Setting("N3-b1", steps=6, interval=3, branch=1)
+SETTING = Setting("N3-b1", steps=6, cache=DeepCacheConfig(interval=3, branch=1))
 
 
 def test_samples_do_not_depend_on_the_shard_size(pipe, tmp_path):
@@ -58,7 +59,7 @@ def test_a_setting_name_cannot_be_reused_with_other_parameters(pipe, tmp_path):
     sweep = Sweep(pipe, tmp_path, n_samples=2, shard=2, featurize=mean_features)
     sweep.features(SETTING, progress=False)
     with pytest.raises(ValueError, match="other parameters"):
-        sweep.features(Setting("N3-b1", steps=6, interval=3, branch=2), progress=False)
+        sweep.features(Setting("N3-b1", steps=6, cache=DeepCacheConfig(interval=3, branch=2)), progress=False)
 
 
 def test_csv_round_trip(tmp_path):
@@ -67,3 +68,13 @@ def test_csv_round_trip(tmp_path):
     assert read_csv(tmp_path / "r.csv") == rows
     assert read_csv(tmp_path / "missing.csv") == []
     assert not list(tmp_path.glob("*.tmp*"))
+
+
+def test_full_steps_are_recorded_per_shard_for_adaptive_runs(pipe, tmp_path):
+    sweep = Sweep(pipe, tmp_path, n_samples=4, shard=2, featurize=mean_features)
+    adaptive = Setting("adaptive", steps=8, cache=DeepCacheConfig(interval=3, schedule="adaptive"))
+    sweep.features(adaptive, progress=False)
+    records = sorted((tmp_path / "adaptive").glob("stats_*.json"))
+    assert len(records) == 2
+    assert 1 <= sweep.mean_full_steps(adaptive) < 8
+    assert sweep.mean_full_steps(SETTING) == SETTING.full_steps() == 2
