@@ -13,7 +13,7 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 #: The repository root, where ``assets/`` holds the shipped weights.
@@ -32,7 +32,8 @@ class Preset:
         steps: default number of inference steps (the paper's setting).
         interval: default cache interval N.
         branch: default branch id (paper branch = id + 1).
-        call: further keyword arguments of the pipeline call.
+        scheduler: diffusers scheduler class to use instead of the pipeline's (None: keep it).
+        batch: default images per run.
     """
 
     model: str
@@ -41,7 +42,8 @@ class Preset:
     steps: int
     interval: int
     branch: int
-    call: dict = field(default_factory=dict)
+    scheduler: str | None = None
+    batch: int = 1
 
     def model_path(self, override: str | None = None) -> str:
         """The weights to load: ``override`` if given, else the preset's (shipped paths made absolute)."""
@@ -55,9 +57,11 @@ _SDXL = "stabilityai/stable-diffusion-xl-base-1.0"
 
 PRESETS: dict[str, Preset] = {
     # Trained here (experiments/ddpm/train_mnist.py), shipped under assets/.
-    "ddpm-mnist": Preset("assets/ddpm-mnist", "DDIMPipeline", "unconditional", 100, 5, 2),
+    "ddpm-mnist": Preset("assets/ddpm-mnist", "DDIMPipeline", "unconditional", 100, 5, 2, batch=16),
     # The paper's models (weights from the hub, or a local folder, on a user's machine).
-    "ddpm-cifar10": Preset("google/ddpm-cifar10-32", "DDIMPipeline", "unconditional", 100, 5, 2),
+    "ddpm-cifar10": Preset(
+        "google/ddpm-cifar10-32", "DDIMPipeline", "unconditional", 100, 5, 2, "DDIMScheduler", batch=16
+    ),
     "sd1.5": Preset(_SD15, "StableDiffusionPipeline", "text2image", 50, 5, 1),
     "sd2.1": Preset("stabilityai/stable-diffusion-2-1", "StableDiffusionPipeline", "text2image", 50, 3, 0),
     "sd-img2img": Preset(_SD15, "StableDiffusionImg2ImgPipeline", "img2img", 50, 3, 0),

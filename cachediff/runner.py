@@ -39,6 +39,18 @@ def load_pipeline(preset: Preset, model: str | None = None, device: str = "cpu",
     return pipe.to(device)
 
 
+def set_scheduler(pipe, name: str | None) -> None:
+    """Swap in the diffusers scheduler class ``name`` (same config), or keep the pipeline's if None."""
+    if name is None:
+        return
+    import diffusers
+
+    cls = getattr(diffusers, name, None)
+    if cls is None or not name.endswith("Scheduler"):
+        raise ValueError(f"unknown scheduler {name!r}; give a diffusers class such as DDIMScheduler")
+    pipe.scheduler = cls.from_config(pipe.scheduler.config)
+
+
 def _is_hub_id(name: str) -> bool:
     """'owner/name' with no path syntax (a leading '/', '.', '~' or a second '/')."""
     return name.count("/") == 1 and not name.startswith(("/", ".", "~"))
@@ -46,34 +58,36 @@ def _is_hub_id(name: str) -> bool:
 
 def unconditional(pipe, seeds: list[int], steps: int, **_) -> torch.Tensor:
     """Images in [-1, 1], ``(B, C, H, W)``; image k depends only on ``seeds[k]`` (one generator each)."""
-    generators = [torch.Generator().manual_seed(s) for s in seeds]
-    out = pipe(batch_size=len(seeds), generator=generators, num_inference_steps=steps, output_type="np")
+    out = pipe(
+        batch_size=len(seeds), generator=_generators(seeds), num_inference_steps=steps, output_type="np"
+    )
     return _to_tensor(out.images)
 
 
-def text2image(pipe, seeds: list[int], steps: int, prompt: str = "", **extra) -> torch.Tensor:
-    """Text-to-image (also img2img and inpainting with ``image``/``mask_image`` in ``extra``)."""
+def text2image(pipe, seeds: list[int], steps: int, prompt: str = "", refiner=None, **extra) -> torch.Tensor:
+    """Text-to-image (also img2img and inpainting with ``image``/``mask_image`` in ``extra``).
+
+    With an SDXL ``refiner``, the base pipeline denoises the first 80% and the refiner the rest.
+    """
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor
-    generators = [torch.Generator().manual_seed(s) for s in seeds]
     if "image" not in extra:  # img2img and inpainting take a strength; text-to-image a size
         extra = dict(height=size, width=size, **extra)
-    out = pipe(
-        prompt=[prompt] * len(seeds),
-        generator=generators,
-        num_inference_steps=steps,
-        output_type="np",
-        **extra,
-    )
+    call = dict(prompt=[prompt] * len(seeds), num_inference_steps=steps)
+    if refiner is None:
+        out = pipe(**call, generator=_generators(seeds), output_type="np", **extra)
+    else:
+        latents = pipe(**call, generator=_generators(seeds), output_type="latent", denoising_end=0.8, **extra)
+        out = refiner(**call, image=latents.images, generator=_generators(seeds), denoising_start=0.8,
+                      output_type="np")  # fmt: skip
     return _to_tensor(out.images)
 
 
 def image2video(pipe, seeds: list[int], steps: int, image=None, frames: int = 14, **_) -> torch.Tensor:
     """Image-to-video (SVD): all frames of all videos, flattened to ``(B * F, C, H, W)``."""
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor
-    generators = [torch.Generator().manual_seed(s) for s in seeds]
     out = pipe(
         image, height=size, width=size, num_frames=frames, num_videos_per_prompt=len(seeds),
-        generator=generators, num_inference_steps=steps, output_type="np", decode_chunk_size=frames,
+        generator=_generators(seeds), num_inference_steps=steps, output_type="np", decode_chunk_size=frames,
     )  # fmt: skip
     return _to_tensor(np.asarray(out.frames).reshape(-1, *np.asarray(out.frames).shape[-3:]))
 
@@ -86,6 +100,11 @@ TASKS = {
     "inpaint": text2image,
     "video": image2video,
 }
+
+
+def _generators(seeds: list[int]) -> list[torch.Generator]:
+    """One generator per image, so image k depends on ``seeds[k]`` alone."""
+    return [torch.Generator().manual_seed(s) for s in seeds]
 
 
 def _to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -150,27 +169,31 @@ def compare(
 
     ``task`` names a ``TASKS`` entry; ``inputs`` are its further arguments (prompt, image, ...).
     """
-    engine = DeepCacheEngine(pipe.unet, config, pipeline=pipe)
+    pipes = [pipe] + ([inputs["refiner"]] if inputs.get("refiner") is not None else [])
+    engines = [DeepCacheEngine(p.unet, config, pipeline=p) for p in pipes]
     generate = TASKS[task]
     images = {}
 
     def run(name, cached):
         def fn():
-            if cached:
-                engine.enable()
             try:
+                for e in engines if cached else ():
+                    e.enable()
                 images[name] = generate(pipe, seeds, steps, **inputs)
             finally:
-                engine.disable()
+                for e in engines:
+                    e.disable()
 
         return fn
 
     times = metrics.interleaved(
         {"baseline": run("baseline", False), "deepcache": run("deepcache", True)}, repeats
     )
-    full, cached = unet_step_macs(pipe.unet, config.branch)
-    n_full = engine.stats.full_steps
-    avg = metrics.average_macs(full, cached, n_full, len(engine.stats.calls))
+    per_unet = [(unet_step_macs(e.unet, config.branch), e.stats) for e in engines]  # base, refiner
+    calls = sum(len(stats.calls) for _, stats in per_unet)
+    avg = sum(stats.average_macs(f, c) * len(stats.calls) for (f, c), stats in per_unet) / calls
+    uncached = sum(f * len(stats.calls) for (f, _), stats in per_unet) / calls
+    full, cached = per_unet[0][0]
     result = Comparison(
         baseline_seconds=statistics.median(times["baseline"]),
         deepcache_seconds=statistics.median(times["deepcache"]),
@@ -178,9 +201,9 @@ def compare(
         macs_full=full,
         macs_cached=cached,
         macs_average=avg,
-        mac_speedup_bound=full / avg,
-        full_steps=n_full,
-        steps=len(engine.stats.calls),
+        mac_speedup_bound=uncached / avg,
+        full_steps=sum(stats.full_steps for _, stats in per_unet),
+        steps=calls,
         psnr_db=metrics.psnr(images["baseline"], images["deepcache"]),
         mse=metrics.mse(images["baseline"], images["deepcache"]),
     )
@@ -238,6 +261,18 @@ def write_json(path: Path, data: dict) -> None:
     """Write JSON atomically (a temporary file, then rename)."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, default=str))
+
+
+def save_gif(path: Path, frames: torch.Tensor, fps: int = 7) -> None:
+    """Save video frames ``(F, C, H, W)`` in [-1, 1] as an animated GIF atomically."""
+    from PIL import Image
+
+    arrays = ((frames.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    images = [Image.fromarray(a.squeeze(-1) if a.shape[-1] == 1 else a) for a in arrays]
+    with atomic_path(path) as tmp:
+        images[0].save(
+            tmp, format="GIF", save_all=True, append_images=images[1:], duration=1000 // fps, loop=0
+        )
 
 
 def save_png(path: Path, array: np.ndarray) -> None:

@@ -10,6 +10,9 @@ import pytest
 from packaging.version import Version
 
 import main
+import stable_diffusion
+import stable_diffusion_xl
+import stable_video_diffusion
 from cachediff.pipelines import PRESETS
 from cachediff.testing import save_tiny_pipeline
 
@@ -64,3 +67,49 @@ def test_model_type_runs_end_to_end(model_type, tiny_folders, tmp_path):
     assert results["macs_cached"] < results["macs_full"]
     assert (out / "baseline_vs_deepcache.png").stat().st_size > 0
     assert record["env"]["diffusers"]
+
+
+def run_script(script, folder, out, *extra) -> dict:
+    args = [
+        "--model",
+        str(folder),
+        "--steps",
+        "4",
+        "--batch_size",
+        "1",
+        "--repeats",
+        "1",
+        "--output",
+        str(out),
+    ]
+    assert script.main([*args, *extra]) == 0
+    return json.loads((out / "run.json").read_text())
+
+
+def test_stable_diffusion_script(tiny_folders, tmp_path):
+    euler, folder = "EulerDiscreteScheduler", tiny_folders["sd"]
+    record = run_script(stable_diffusion, folder, tmp_path, "--scheduler", euler, "--cache_interval", "3")
+    assert record["args"]["model_type"] == "sd1.5" and record["args"]["scheduler"] == euler
+    assert (record["results"]["steps"], record["results"]["full_steps"]) == (4, 2)  # steps 0 and 3
+
+
+def test_stable_diffusion_xl_script_with_the_refiner(tiny_folders, tmp_path):
+    folder = tiny_folders["sdxl"]
+    record = run_script(stable_diffusion_xl, folder, tmp_path, "--refine", "--refiner", str(folder))
+    assert record["args"]["refine"] is True
+    results = record["results"]
+    assert results["steps"] == 4 and results["full_steps"] == 2  # base 3 steps (F C C), refiner 1 (F)
+
+
+def test_stable_video_diffusion_script_saves_gifs(tiny_folders, tmp_path):
+    run_script(stable_video_diffusion, tiny_folders["svd"], tmp_path, "--frames", "2")
+    from PIL import Image
+
+    with Image.open(tmp_path / "deepcache.gif") as gif:
+        assert gif.n_frames == 2
+
+
+def test_unknown_scheduler_is_a_clear_error(tiny_folders, tmp_path, capsys):
+    args = ["--model", str(tiny_folders["ddpm"]), "--scheduler", "FooScheduler", "--output", str(tmp_path)]
+    assert main.main(args) == 2
+    assert "unknown scheduler 'FooScheduler'" in capsys.readouterr().err

@@ -12,6 +12,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = [
     "main.py",
+    "stable_diffusion.py",
+    "stable_diffusion_xl.py",
+    "stable_video_diffusion.py",
     "scripts/bench.py",
     "scripts/macs.py",
     "scripts/cache_memory.py",

@@ -5,6 +5,7 @@ Suites (paper tables):
   branch    every branch at N = 5 (Table 12)
   steps     plain DDIM with fewer steps at the MACs of each N (Tables 4 and 6: DeepCache should win)
   zeros     the cached feature replaced by zeros (Table 5: FID should explode)
+  schedules non-uniform and adaptive schedules at the budgets of N = 3, 5, 10 (beyond the paper)
 
 FID uses the standard TF Inception network against MNIST test images. The sweep resumes where it
 stopped (samples and features are saved per shard of seeds; finished rows are kept).
@@ -25,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cachediff import metrics
+from cachediff import DeepCacheConfig, metrics
 from cachediff.datasets import load_mnist
 from cachediff.metrics import fid as F
 from cachediff.pipelines import get_preset
@@ -34,7 +35,12 @@ from cachediff.sweep import Setting, Sweep, read_csv, write_csv
 
 BRANCH = 2  # paper branch 3, as in the paper's DDPM Table 2
 INTERVALS = (2, 3, 5, 10)
-SUITES = ("interval", "branch", "steps", "zeros")
+SUITES = ("interval", "zeros", "steps", "schedules", "branch")
+BUDGETS = (3, 5, 10)  # the schedules suite: full-step budgets of ceil(100 / N)
+SCHEDULES = {  # beyond uniform, at each budget (issue 5); labels end up in setting names
+    "nonuniform": dict(schedule="non-uniform"),  # the paper's, centre 15, power 1.4
+    "adaptive": dict(schedule="adaptive"),
+}
 
 
 def parse_args() -> argparse.Namespace:
@@ -54,24 +60,39 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
+def deepcache(name: str, interval: int, branch: int = BRANCH, **options) -> Setting:
+    return Setting(name, cache=DeepCacheConfig(interval=interval, branch=branch, **options))
+
+
 def settings(suites, full_macs: float, cached_macs: dict[int, float]) -> list[Setting]:
-    """The sweep's settings, baseline first, cheapest-to-read tables first (a stopped sweep resumes).
+    """The sweep's settings, baseline first, most-read tables first (a stopped sweep resumes).
 
     Fewer-steps runs match the MACs of each interval at the default branch.
     """
     out = [Setting("ddim-100")]
     if "interval" in suites:
-        out += [Setting(f"N{n}-b{BRANCH}", interval=n, branch=BRANCH) for n in INTERVALS]
+        out += [deepcache(f"N{n}-b{BRANCH}", n) for n in INTERVALS]
     if "zeros" in suites:
-        out.append(Setting(f"N5-b{BRANCH}-zeros", interval=5, branch=BRANCH, reuse="zeros"))
+        out.append(deepcache(f"N5-b{BRANCH}-zeros", 5, reuse="zeros"))
     if "steps" in suites:
         for n in INTERVALS:
             avg = metrics.average_macs(full_macs, cached_macs[BRANCH], -(-100 // n), 100)
-            steps = round(100 * avg / full_macs)
-            out.append(Setting(f"ddim-{steps}", steps=steps))
+            out.append(Setting(f"ddim-{round(100 * avg / full_macs)}", steps=round(100 * avg / full_macs)))
+    if "schedules" in suites:
+        for n in BUDGETS:
+            out += [deepcache(f"N{n}-b{BRANCH}-{label}", n, **opts) for label, opts in SCHEDULES.items()]
     if "branch" in suites:
-        out += [Setting(f"N5-b{b}", interval=5, branch=b) for b in sorted(cached_macs)]
+        out += [deepcache(f"N5-b{b}", 5, b) for b in sorted(cached_macs)]
     return list({s.name: s for s in out}.values())
+
+
+def method(s: Setting) -> str:
+    """The curve a setting belongs to in the plots."""
+    if s.cache is None:
+        return "DDIM, fewer steps"
+    if s.cache.reuse == "zeros":
+        return "cached feature -> zeros"
+    return s.cache.schedule + (" + refinements" if s.cache.refined else "")
 
 
 def reference_stats(out: Path, n: int):
@@ -104,25 +125,29 @@ def main() -> None:
     base = Setting("ddim-100")
     base_images = None
     for s in settings(args.suites, full, cached):
-        if s.name in rows:
+        if s.name in rows:  # finished; rows of older versions of this script gain the newer columns
+            rows[s.name].update(method=method(s), schedule=(s.cache or DeepCacheConfig(1)).schedule)
             continue
         feats = sweep.features(s)
         if base_images is None:
             base_images = torch.from_numpy(sweep.samples(base)[: args.shard].astype(np.float32))
-        config = s.config()
-        n_full = sum(map(config.full_step_rule(s.steps), range(s.steps))) if config else s.steps
-        macs = metrics.average_macs(full, cached[s.branch], n_full, s.steps) * s.steps / 100
+        n_full = sweep.mean_full_steps(s)
+        macs = metrics.average_macs(full, cached[s.cache.branch if s.cache else 0], n_full, s.steps)
+        macs *= s.steps / 100
         times = metrics.interleaved(
             {k: (lambda k=k: sweep.generate(k, range(args.timing_batch))) for k in (base, s)}, args.repeats
         )
         shard0 = sweep.samples(s)[: args.shard].astype(np.float32)
+        config = s.cache or DeepCacheConfig(interval=1)
         rows[s.name] = dict(
             setting=s.name,
+            method=method(s),
             steps=s.steps,
-            interval=s.interval,
-            branch=s.branch,
-            paper_branch=s.branch + 1,
-            reuse=s.reuse,
+            interval=config.interval,
+            branch=config.branch,
+            paper_branch=config.branch + 1,
+            schedule=config.schedule,
+            reuse=config.reuse,
             full_steps=n_full,
             fid=F.frechet_distance(*F.feature_stats(feats), *ref),
             gmacs_per_image_per_100_steps=macs / 1e9,

@@ -1,0 +1,137 @@
+"""The command line shared by ``main.py`` and the per-model scripts: baseline and DeepCache back to back.
+
+Each script passes the model types it serves; everything else (flags, errors, outputs) is here.
+Outputs go to ``--output``: a side-by-side PNG (left baseline, right DeepCache, same seeds; video
+frames in rows), GIFs for videos, and ``run.json`` with the resolved configuration, the results and
+library versions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from . import runner
+from .config import DeepCacheConfig
+from .pipelines import PRESETS, get_preset
+from .unets import branch_plan
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def parse_args(
+    argv=None, doc: str = __doc__, model_types=tuple(PRESETS), default: str = "ddpm-mnist", refine=False
+) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model_type", default=default, choices=list(model_types), help="model preset")
+    p.add_argument("--model", help="hub id or local folder overriding the preset's weights")
+    p.add_argument("--steps", type=int, help="inference steps (default: the preset's)")
+    p.add_argument("--cache_interval", type=int, help="cache interval N (default: the preset's)")
+    p.add_argument(
+        "--cache_branch_id", type=int, help="skip branch id b, paper branch b+1 (default: preset's)"
+    )
+    p.add_argument(
+        "--schedule",
+        default="uniform",
+        choices=["uniform", "non-uniform", "adaptive"],
+        help="full-step schedule (adaptive: ceil(T/N) full steps where the shallow feature drifts most)",
+    )
+    p.add_argument("--scheduler", help="diffusers scheduler class, e.g. DDIMScheduler (default: preset's)")
+    p.add_argument("--dtype", default="float32", choices=list(DTYPES), help="weights and compute dtype")
+    p.add_argument(
+        "--batch_size", type=int, help="images per run, seeds seed..seed+B-1 (default: the preset's, 16 or 1)"
+    )
+    p.add_argument("--prompt", default="a photograph of an astronaut riding a horse", help="text prompt")
+    p.add_argument("--image", help="init image for img2img, inpainting and video (default: a gradient)")
+    p.add_argument("--mask", help="inpainting mask, white = repaint (default: the centre square)")
+    p.add_argument("--frames", type=int, default=14, help="video frames (SVD)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first image")
+    p.add_argument("--repeats", type=int, default=2, help="timed repeats of each run, after one warm-up")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    p.add_argument("--output", type=Path, default=Path("outputs/main"), help="output folder")
+    if refine:
+        p.add_argument("--refine", action="store_true", help="finish with the SDXL refiner (last 20%%)")
+        p.add_argument(
+            "--refiner",
+            default="stabilityai/stable-diffusion-xl-refiner-1.0",
+            help="refiner hub id or folder",
+        )
+    args = p.parse_args(argv)
+    if min(args.batch_size or 1, args.repeats, args.frames, args.steps or 1) < 1:
+        p.error("--batch_size, --repeats, --frames and --steps must be >= 1")
+    return args
+
+
+def main(argv=None, **script) -> int:
+    """Parse flags (``script``: ``doc``, ``model_types``, ``default``, ``refine``), run, exit status."""
+    args = parse_args(argv, **script)
+    try:
+        return run(args)
+    except (ValueError, TypeError, FileNotFoundError) as err:  # bad input: one clear line, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    preset = get_preset(args.model_type)
+    steps = args.steps or preset.steps
+    args.batch_size = args.batch_size or preset.batch
+    config = DeepCacheConfig(
+        interval=preset.interval if args.cache_interval is None else args.cache_interval,
+        branch=preset.branch if args.cache_branch_id is None else args.cache_branch_id,
+        schedule=args.schedule,
+    )
+    dtype = DTYPES[args.dtype]
+    pipe = runner.load_pipeline(preset, args.model, args.device, dtype)
+    runner.set_scheduler(pipe, args.scheduler or preset.scheduler)
+    branch_plan(pipe.unet, config.branch)  # fail before any sampling if the branch is out of range
+    seeds = list(range(args.seed, args.seed + args.batch_size))
+    branch = f"branch {config.branch} (paper {config.branch + 1})"
+    print(f"{args.model_type}: {steps} steps, N={config.interval}, {branch}")
+    inputs = runner.default_inputs(pipe, preset.task, args.image, args.mask)
+    if preset.task == "video":
+        inputs["frames"] = args.frames
+    elif preset.task != "unconditional":
+        inputs["prompt"] = args.prompt
+    if getattr(args, "refine", False):
+        refiner = runner.load_pipeline(get_preset("sdxl-img2img"), args.refiner, args.device, dtype)
+        inputs["refiner"] = refiner
+    result, base, cached = runner.compare(pipe, config, seeds, steps, args.repeats, preset.task, **inputs)
+
+    args.output.mkdir(parents=True, exist_ok=True)
+    rows = args.batch_size if preset.task == "video" else min(4, args.batch_size)
+    runner.save_png(args.output / "baseline_vs_deepcache.png", runner.side_by_side(base, cached, rows=rows))
+    if preset.task == "video":  # one GIF per run, first video
+        runner.save_gif(args.output / "baseline.gif", base[: args.frames])
+        runner.save_gif(args.output / "deepcache.gif", cached[: args.frames])
+    record = dict(
+        args=vars(args),
+        preset=preset.__dict__,
+        config=config.__dict__,
+        results=runner.as_dict(result),
+        env=runner.environment(),
+    )
+    runner.write_json(args.output / "run.json", record)
+    print_table(result)
+    print(
+        f"saved {args.output / 'baseline_vs_deepcache.png'} (left: baseline, right: DeepCache) and run.json"
+    )
+    return 0
+
+
+def print_table(r: runner.Comparison) -> None:
+    rows = [
+        ("wall time per run (median)", f"{r.baseline_seconds:.2f} s", f"{r.deepcache_seconds:.2f} s"),
+        ("speedup (measured)", "1.00x", f"{r.speedup:.2f}x"),
+        ("MACs per step: full / cached", f"{r.macs_full / 1e6:.1f} M", f"{r.macs_cached / 1e6:.1f} M"),
+        ("MACs per step: average", f"{r.macs_full / 1e6:.1f} M", f"{r.macs_average / 1e6:.1f} M"),
+        ("speedup bound from MACs", "1.00x", f"{r.mac_speedup_bound:.2f}x"),
+        ("full steps", f"{r.steps} / {r.steps}", f"{r.full_steps} / {r.steps}"),
+        ("fidelity to baseline (PSNR)", "-", f"{r.psnr_db:.1f} dB (MSE {r.mse:.2e})"),
+    ]
+    print(f"\n| {'':30s} | {'baseline':>12s} | {'DeepCache':>24s} |")
+    for name, a, b in rows:
+        print(f"| {name:30s} | {a:>12s} | {b:>24s} |")
