@@ -47,7 +47,7 @@ def parse_args(
     p.add_argument("--prompt", default="a photograph of an astronaut riding a horse", help="text prompt")
     p.add_argument("--image", help="init image for img2img, inpainting and video (default: a gradient)")
     p.add_argument("--mask", help="inpainting mask, white = repaint (default: the centre square)")
-    p.add_argument("--frames", type=int, default=14, help="video frames (SVD)")
+    p.add_argument("--frames", type=int, default=14, help="video frames (SVD, Text2Video-Zero)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first image")
     p.add_argument("--repeats", type=int, default=2, help="timed repeats of each run, after one warm-up")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
@@ -92,9 +92,10 @@ def run(args: argparse.Namespace) -> int:
     branch = f"branch {config.branch} (paper {config.branch + 1})"
     print(f"{args.model_type}: {steps} steps, N={config.interval}, {branch}")
     inputs = runner.default_inputs(pipe, preset.task, args.image, args.mask)
-    if preset.task == "video":
+    video = preset.task in ("video", "text2video")
+    if video:
         inputs["frames"] = args.frames
-    elif preset.task != "unconditional":
+    if preset.task not in ("unconditional", "video"):
         inputs["prompt"] = args.prompt
     if getattr(args, "refine", False):
         refiner = runner.load_pipeline(get_preset("sdxl-img2img"), args.refiner, args.device, dtype)
@@ -102,9 +103,9 @@ def run(args: argparse.Namespace) -> int:
     result, base, cached = runner.compare(pipe, config, seeds, steps, args.repeats, preset.task, **inputs)
 
     args.output.mkdir(parents=True, exist_ok=True)
-    rows = args.batch_size if preset.task == "video" else min(4, args.batch_size)
+    rows = args.batch_size if video else min(4, args.batch_size)
     runner.save_png(args.output / "baseline_vs_deepcache.png", runner.side_by_side(base, cached, rows=rows))
-    if preset.task == "video":  # one GIF per run, first video
+    if video:  # one GIF per run, first video
         runner.save_gif(args.output / "baseline.gif", base[: args.frames])
         runner.save_gif(args.output / "deepcache.gif", cached[: args.frames])
     record = dict(

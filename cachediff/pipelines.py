@@ -28,7 +28,7 @@ class Preset:
         model: hub id, or a path relative to the repository root for shipped weights.
         pipeline: diffusers pipeline class name.
         task: a ``cachediff.runner.TASKS`` entry: "unconditional", "text2image", "img2img",
-            "inpaint" or "video".
+            "inpaint", "video" (image-to-video) or "text2video".
         steps: default number of inference steps (the paper's setting).
         interval: default cache interval N.
         branch: default branch id (paper branch = id + 1).
@@ -78,6 +78,11 @@ PRESETS: dict[str, Preset] = {
         3,
         0,
     ),
+    # Needs diffusers >= 0.25: 0.24's TextToVideoZeroPipeline passes requires_safety_checker
+    # positionally into StableDiffusionPipeline's image_encoder slot and cannot be loaded.
+    "t2v-zero": Preset(_SD15, "TextToVideoZeroPipeline", "text2video", 50, 3, 0),
+    # Unconditional latent diffusion (the paper's LDM runs use 250 DDIM steps).
+    "ldm": Preset("CompVis/ldm-celebahq-256", "LDMPipeline", "unconditional", 250, 5, 0),
     "svd": Preset(
         "stabilityai/stable-video-diffusion-img2vid-xt", "StableVideoDiffusionPipeline", "video", 25, 3, 0
     ),

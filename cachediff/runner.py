@@ -29,7 +29,8 @@ def load_pipeline(preset: Preset, model: str | None = None, device: str = "cpu",
     if not Path(path).exists() and not _is_hub_id(path):
         raise FileNotFoundError(f"no model folder {path!r} (give a local directory or a hub id 'owner/name')")
     try:
-        pipe = getattr(diffusers, preset.pipeline).from_pretrained(path, torch_dtype=dtype)
+        cls = getattr(diffusers, preset.pipeline)
+        pipe = cls.from_pretrained(path, torch_dtype=dtype, **_absent_components(path))
     except OSError as err:
         raise FileNotFoundError(
             f"could not load {path!r}: {err}\n"
@@ -49,6 +50,16 @@ def set_scheduler(pipe, name: str | None) -> None:
     if cls is None or not name.endswith("Scheduler"):
         raise ValueError(f"unknown scheduler {name!r}; give a diffusers class such as DDIMScheduler")
     pipe.scheduler = cls.from_config(pipe.scheduler.config)
+
+
+def _absent_components(path: str) -> dict:
+    """Components a local folder saved as absent (``[null, null]``, e.g. no safety checker), passed as
+    ``None`` so pipelines loaded under another class (Text2Video-Zero from SD weights) accept them."""
+    index = Path(path) / "model_index.json"
+    if not index.exists():
+        return {}
+    entries = json.loads(index.read_text()).items()
+    return {k: None for k, v in entries if isinstance(v, list) and v and v[0] is None}
 
 
 def _is_hub_id(name: str) -> bool:
@@ -92,6 +103,22 @@ def image2video(pipe, seeds: list[int], steps: int, image=None, frames: int = 14
     return _to_tensor(np.asarray(out.frames).reshape(-1, *np.asarray(out.frames).shape[-3:]))
 
 
+def text2video(pipe, seeds: list[int], steps: int, prompt: str = "", frames: int = 8, **_) -> torch.Tensor:
+    """Text2Video-Zero: one video per seed, frames flattened to ``(B * F, C, H, W)``.
+
+    Its t1 > t0 count steps from the end of the run: the first frame is denoised for T - t1 - 1 steps,
+    then all frames for the last t1 + 1. The paper's 47 and 44 of 50 keep their distance to the start.
+    """
+    t1 = max(steps - 3, 1)
+    t0 = min(max(steps - 6, 0), t1 - 1)
+    videos = [
+        pipe(prompt=prompt, video_length=frames, num_inference_steps=steps, t0=t0, t1=t1,
+             generator=torch.Generator().manual_seed(s), output_type="np").images
+        for s in seeds
+    ]  # fmt: skip
+    return _to_tensor(np.concatenate(videos))
+
+
 #: task name -> generation function ``(pipe, seeds, steps, **inputs) -> (N, C, H, W) in [-1, 1]``
 TASKS = {
     "unconditional": unconditional,
@@ -99,6 +126,7 @@ TASKS = {
     "img2img": text2image,
     "inpaint": text2image,
     "video": image2video,
+    "text2video": text2video,
 }
 
 

@@ -256,6 +256,7 @@ TINY_PIPELINES = {
     "sdxl": "StableDiffusionXLPipeline",
     "svd": "StableVideoDiffusionPipeline",
     "ddpm": "DDIMPipeline",
+    "ldm": "LDMPipeline",
 }
 
 
@@ -269,6 +270,14 @@ def save_tiny_pipeline(kind: str, folder, seed: int = 0):
     if kind == "ddpm":
         unet, _ = tiny_unet("ddpm", seed)
         pipe = diffusers.DDIMPipeline(unet=unet, scheduler=diffusers.DDIMScheduler())
+    elif kind == "ldm":  # a VQ autoencoder (8x8x3 latents of 16x16 images) and a latent UNet2DModel
+        vq = diffusers.VQModel(
+            in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+            up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), latent_channels=3,
+            norm_num_groups=8, num_vq_embeddings=32, vq_embed_dim=3, sample_size=16,
+        )  # fmt: skip
+        unet, _ = tiny_unet("ddpm", seed)
+        pipe = diffusers.LDMPipeline(vqvae=vq.eval(), unet=unet, scheduler=diffusers.DDIMScheduler())
     elif kind in ("sd", "sd-img2img", "sd-inpaint"):
         unet, _ = tiny_unet("sd", seed)
         if kind == "sd-inpaint":  # 9 input channels: latent, mask, masked-image latent

@@ -28,6 +28,8 @@ TINY_FOR = {
     "sdxl-img2img": "sdxl",
     "sdxl-inpaint": "sdxl",
     "svd": "svd",
+    "t2v-zero": "sd",
+    "ldm": "ldm",
 }
 
 
@@ -41,14 +43,14 @@ def tiny_folders(tmp_path_factory):
     return {kind: save_tiny_pipeline(kind, root / kind) for kind in sorted(set(TINY_FOR.values()))}
 
 
-#: Known failures, tracked in issue 4: with diffusers 0.24.0 (not 0.42.1), img2img on the tiny pipeline
-#: reaches the mid-block attention with a zero-size tensor ("cannot reshape tensor of 0 elements").
-KNOWN_FAILURES = {"sd-img2img", "sdxl-img2img"}
+#: Known failures on diffusers 0.24.0 (not 0.42.1): img2img on the tiny pipeline reaches the mid-block
+#: attention with a zero-size tensor ("cannot reshape tensor of 0 elements"), tracked in issue 4; and
+#: 0.24's TextToVideoZeroPipeline cannot be loaded at all (its __init__ passes requires_safety_checker
+#: positionally into StableDiffusionPipeline's image_encoder slot).
+KNOWN_FAILURES = {"sd-img2img", "sdxl-img2img", "t2v-zero"}
 OLD_DIFFUSERS = Version(diffusers.__version__) < Version("0.42")
 CASES = [
-    pytest.param(
-        t, marks=pytest.mark.xfail(OLD_DIFFUSERS, strict=True, reason="tiny img2img on diffusers 0.24")
-    )
+    pytest.param(t, marks=pytest.mark.xfail(OLD_DIFFUSERS, strict=True, reason="diffusers 0.24 bugs"))
     if t in KNOWN_FAILURES
     else t
     for t in sorted(TINY_FOR)
@@ -63,7 +65,8 @@ def test_model_type_runs_end_to_end(model_type, tiny_folders, tmp_path):
     assert main.main(args) == 0
     record = json.loads((out / "run.json").read_text())
     results = record["results"]
-    assert results["steps"] >= 3 and results["full_steps"] < results["steps"]  # inpaint: strength < 1
+    # fewer calls than steps: inpainting (strength < 1), Text2Video-Zero (first-frame loop)
+    assert results["steps"] >= 2 and results["full_steps"] < results["steps"]
     assert results["macs_cached"] < results["macs_full"]
     assert (out / "baseline_vs_deepcache.png").stat().st_size > 0
     assert record["env"]["diffusers"]
