@@ -20,25 +20,29 @@ import pandas as pd  # noqa: E402
 
 
 def groups(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """Rows by method: plain DDIM (fewer steps), DeepCache per interval at one branch, ablation."""
-    plain = df[(df.interval == 1) & (df.reuse == "cache")].sort_values("gmacs_per_image_per_100_steps")
-    cached = df[(df.interval > 1) & (df.reuse == "cache")]
+    """Curves of the Pareto view: one per method (plain DDIM with fewer steps, each schedule), at the
+    sweep's main branch; the uncached 100-step baseline belongs to every curve as its costliest point."""
+    if "method" not in df:  # CSVs of older sweeps
+        df = df.assign(method=["DDIM, fewer steps" if i == 1 else "uniform" for i in df.interval])
+    cached = df[df.interval > 1]
     main_branch = cached.branch.mode().iloc[0] if len(cached) else 0
-    return {
-        "DDIM, fewer steps": plain,
-        f"DeepCache, branch {main_branch} (paper {main_branch + 1})": cached[
-            cached.branch == main_branch
-        ].sort_values("gmacs_per_image_per_100_steps"),
-        "cached feature -> zeros": df[df.reuse == "zeros"],
-    }
+    base = df[(df.steps == df.steps.max()) & (df.method == "DDIM, fewer steps")]
+    out = {}
+    for method, rows in df[(df.branch == main_branch) | (df.interval == 1)].groupby("method", sort=False):
+        if method == "uniform":
+            rows = rows[rows.schedule == "uniform"] if "schedule" in rows else rows
+        out[method] = pd.concat([rows, base]).drop_duplicates("setting").sort_values(COST)
+    return out
+
+
+COST = "gmacs_per_image_per_100_steps"
 
 
 def pareto(df: pd.DataFrame, out: Path) -> None:
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for (label, rows), marker in zip(groups(df).items(), "osx", strict=True):
-        if len(rows):
-            axes[0].plot(rows.gmacs_per_image_per_100_steps * 1000, rows.fid, marker=marker, label=label)
-            axes[1].plot(rows.measured_speedup, rows.fid, marker=marker, label=label)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    for (label, rows), marker in zip(groups(df).items(), "osx^vDP<>", strict=False):
+        axes[0].plot(rows[COST] * 1000, rows.fid, marker=marker, label=label)
+        axes[1].plot(rows.measured_speedup, rows.fid, marker=marker, label=label)
     axes[0].set(xlabel="MMACs per image per step (average over 100 steps)", ylabel="FID (lower is better)")
     axes[1].set(xlabel="measured speedup over 100 DDIM steps", ylabel="FID")
     axes[0].legend(fontsize=8)
@@ -47,7 +51,8 @@ def pareto(df: pd.DataFrame, out: Path) -> None:
 
 
 def per_branch(df: pd.DataFrame, out: Path) -> None:
-    rows = df[(df.interval == 5) & (df.reuse == "cache")].sort_values("branch")
+    uniform = df.method == "uniform" if "method" in df else df.reuse == "cache"
+    rows = df[(df.interval == 5) & uniform].sort_values("branch")
     if not len(rows):
         return
     fig, ax = plt.subplots(figsize=(5, 3.5))
@@ -70,8 +75,9 @@ def main() -> None:
     pareto(df, args.out)
     per_branch(df, args.out)
     df.to_csv(args.out / "results.csv", index=False)
-    cols = ["setting", "steps", "interval", "paper_branch", "reuse", "fid", "gmacs_per_image_per_100_steps"]
+    cols = ["setting", "method", "steps", "interval", "paper_branch", "full_steps", "fid", COST]
     cols += ["mac_speedup", "measured_speedup", "psnr_vs_ddim100_db", "samples"]
+    cols = [c for c in cols if c in df]
     (args.out / "table.md").write_text(df[cols].to_markdown(index=False, floatfmt=".3g") + "\n")
     print(f"wrote {args.out}/fid_vs_cost.png, per_branch.png, table.md, results.csv")
 

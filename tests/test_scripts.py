@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -80,17 +81,24 @@ def test_macs_script_prints_every_branch(tmp_path):
 
 
 def test_plot_sweep_writes_plots_and_table(tmp_path):
+    plain, uniform = dict(method="DDIM, fewer steps", interval=1), dict(method="uniform", interval=5)
     rows = [
-        dict(setting="ddim-100", steps=100, interval=1, branch=0, paper_branch=1, reuse="cache", fid=5.0),
-        dict(setting="ddim-50", steps=50, interval=1, branch=0, paper_branch=1, reuse="cache", fid=6.0),
-        dict(setting="N5-b2", steps=100, interval=5, branch=2, paper_branch=3, reuse="cache", fid=5.5),
-        dict(setting="N5-b0", steps=100, interval=5, branch=0, paper_branch=1, reuse="cache", fid=7.0),
-        dict(setting="N5-b2-zeros", steps=100, interval=5, branch=2, paper_branch=3, reuse="zeros", fid=90.0),
+        dict(setting="ddim-100", steps=100, branch=0, fid=5.0, **plain),
+        dict(setting="ddim-50", steps=50, branch=0, fid=6.0, **plain),
+        dict(setting="N5-b2", steps=100, branch=2, fid=5.5, **uniform),
+        dict(setting="N5-b0", steps=100, branch=0, fid=7.0, **uniform),
+        dict(
+            setting="N5-b2-zeros", steps=100, interval=5, branch=2, fid=90.0, method="cached feature -> zeros"
+        ),
+        dict(setting="N5-b2-adaptive", steps=100, interval=5, branch=2, fid=5.2, method="adaptive"),
     ]
     for r in rows:
         r.update(gmacs_per_image_per_100_steps=0.1 * r["steps"] / 100, mac_speedup=1.5, measured_speedup=1.4)
-        r.update(psnr_vs_ddim100_db=30.0, samples=10)
+        r.update(psnr_vs_ddim100_db=30.0, samples=10, paper_branch=r["branch"] + 1, full_steps=20)
+        r.update(schedule=r["method"] if r["method"] == "adaptive" else "uniform")
     pd.DataFrame(rows).to_csv(tmp_path / "r.csv", index=False)
     run("scripts/plot_sweep.py", str(tmp_path / "r.csv"), "--out", str(tmp_path / "out"))
+    table = (tmp_path / "out" / "table.md").read_text()
+    assert re.search(r"\| N5-b2-adaptive\s+\| adaptive\s+\|", table), table
     for name in ("fid_vs_cost.png", "per_branch.png", "table.md", "results.csv"):
         assert (tmp_path / "out" / name).stat().st_size > 0
