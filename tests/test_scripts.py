@@ -21,6 +21,7 @@ SCRIPTS = [
     "scripts/cache_memory.py",
     "scripts/plot_sweep.py",
     "experiments/ddpm/sweep_mnist.py",
+    "experiments/ddpm/schedule_proxy.py",
     "experiments/ddpm/train_mnist.py",
     "experiments/ddpm/training_report.py",
 ]

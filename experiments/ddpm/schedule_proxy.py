@@ -1,0 +1,72 @@
+"""A fast proxy for choosing schedule parameters: PSNR of each schedule's output to the uncached
+100-step output, on held-out seeds (10000 and up, disjoint from the FID seeds 0..1999 of the sweep).
+
+The headline comparison is FID (``sweep_mnist.py --suites schedules``); this proxy only picks the
+parameters that the sweep then measures, so the FID seeds are never used for tuning.
+
+Example:
+    python experiments/ddpm/schedule_proxy.py --images 32 --out runs/schedule-proxy.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from cachediff import DeepCacheConfig, metrics
+from cachediff.engine import DeepCacheEngine
+from cachediff.pipelines import get_preset
+from cachediff.runner import load_pipeline, unconditional
+from cachediff.sweep import write_csv
+
+sys.path.insert(0, str(Path(__file__).parent))
+from sweep_mnist import BRANCH, BUDGETS, SCHEDULES  # noqa: E402
+
+#: Candidates beyond the sweep's own schedules (label -> N -> config fields).
+CANDIDATES = {
+    "uniform": lambda n: {},
+    **SCHEDULES,
+    "nonuniform-c50": lambda n: dict(schedule="non-uniform", center=50),
+    "nonuniform-c60": lambda n: dict(schedule="non-uniform", center=60),
+    "adaptive-warmup5": lambda n: dict(schedule="adaptive", warmup=5),
+}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--images", type=int, default=32, help="held-out images per schedule")
+    p.add_argument("--first-seed", type=int, default=10000, help="first held-out seed")
+    p.add_argument("--budgets", type=int, nargs="+", default=list(BUDGETS), help="intervals N to match")
+    p.add_argument("--out", type=Path, default=Path("runs/schedule-proxy.csv"), help="CSV of the results")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    args = p.parse_args()
+    if args.images < 1 or min(args.budgets) < 2:
+        p.error("--images must be >= 1 and every budget N >= 2")
+    torch.set_num_threads(args.threads)
+    pipe = load_pipeline(get_preset("ddpm-mnist"))
+    pipe.set_progress_bar_config(disable=True)
+    seeds = list(range(args.first_seed, args.first_seed + args.images))
+    base = unconditional(pipe, seeds, 100)
+    engine = DeepCacheEngine(pipe.unet, DeepCacheConfig(), pipeline=pipe)
+    rows = []
+    jobs = [(n, label) for n in args.budgets for label in CANDIDATES]
+    for n, label in tqdm(jobs, desc="schedules"):
+        config = DeepCacheConfig(branch=BRANCH, **{"interval": n, **CANDIDATES[label](n)})
+        engine.configure(config).enable()
+        try:
+            out = unconditional(pipe, seeds, 100)
+        finally:
+            engine.disable()
+        psnr = metrics.psnr(out, base, 2.0)
+        rows.append(dict(budget_n=n, schedule=label, full_steps=engine.stats.full_steps, psnr_db=psnr))
+        write_csv(rows, args.out)
+        tqdm.write(f"N={n:<3d} {label:18s} full steps {engine.stats.full_steps:3d}  PSNR {psnr:.2f} dB")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
