@@ -60,7 +60,8 @@ def parse_args(
             help="refiner hub id or folder",
         )
     args = p.parse_args(argv)
-    if min(args.batch_size or 1, args.repeats, args.frames, args.steps or 1) < 1:
+    counts = (args.batch_size, args.repeats, args.frames, args.steps)
+    if min(c for c in counts if c is not None) < 1:
         p.error("--batch_size, --repeats, --frames and --steps must be >= 1")
     return args
 

@@ -8,8 +8,12 @@ one step. Used by the DeepCache engine and the module-level cache alike.
 
 Example:
     >>> clock = StepClock()
-    >>> [clock.begin() or clock.end() for _ in range(3)]
-    [(0, 0), (1, 0), (2, 0)]
+    >>> for _ in range(3):
+    ...     print(clock.begin())
+    ...     clock.end()
+    (0, 0)
+    (1, 0)
+    (2, 0)
 """
 
 from __future__ import annotations
