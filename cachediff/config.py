@@ -119,11 +119,6 @@ class DeepCacheConfig:
         """Whether a window, warm-up, cool-down or cap refines the base schedule."""
         return bool(self.window is not None or self.warmup or self.cooldown or self.max_cached is not None)
 
-    @property
-    def caches(self) -> bool:
-        """Whether this config can cache at all (interval 1 without explicit steps never does)."""
-        return self.schedule in ("explicit", "adaptive") or self.interval > 1 or self.reuse != "cache"
-
     def replace(self, **changes) -> DeepCacheConfig:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)

@@ -1,4 +1,5 @@
-"""Atomic file writes: a result file is either complete or absent, never half-written.
+"""File helpers: atomic writes (a result file is either complete or absent, never half-written) and
+the check that weights to load exist locally or name a hub repository.
 
 Example:
     >>> import tempfile, pathlib
@@ -28,3 +29,21 @@ def atomic_path(path: Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def require_weights(path: str, what: str = "model") -> None:
+    """Raise ``FileNotFoundError`` unless ``path`` is an existing folder or looks like a hub id
+    ('owner/name' with no path syntax: no leading '/', '.', '~' and no second '/').
+
+    Example:
+        >>> require_weights("runwayml/stable-diffusion-v1-5")
+        >>> require_weights("/no/such/folder", "CLIP")
+        Traceback (most recent call last):
+        ...
+        FileNotFoundError: no CLIP folder '/no/such/folder' (give a local directory or a hub id 'owner/name')
+    """
+    hub_id = path.count("/") == 1 and not path.startswith(("/", ".", "~"))
+    if not Path(path).exists() and not hub_id:
+        raise FileNotFoundError(
+            f"no {what} folder {path!r} (give a local directory or a hub id 'owner/name')"
+        )

@@ -17,7 +17,7 @@ import torch
 from . import metrics
 from .config import DeepCacheConfig
 from .engine import DeepCacheEngine
-from .io import atomic_path
+from .io import atomic_path, require_weights
 from .pipelines import Preset
 
 
@@ -26,8 +26,7 @@ def load_pipeline(preset: Preset, model: str | None = None, device: str = "cpu",
     import diffusers
 
     path = preset.model_path(model)
-    if not Path(path).exists() and not _is_hub_id(path):
-        raise FileNotFoundError(f"no model folder {path!r} (give a local directory or a hub id 'owner/name')")
+    require_weights(path)
     try:
         cls = getattr(diffusers, preset.pipeline)
         pipe = cls.from_pretrained(path, torch_dtype=dtype, **_absent_components(path))
@@ -60,11 +59,6 @@ def _absent_components(path: str) -> dict:
         return {}
     entries = json.loads(index.read_text()).items()
     return {k: None for k, v in entries if isinstance(v, list) and v and v[0] is None}
-
-
-def _is_hub_id(name: str) -> bool:
-    """'owner/name' with no path syntax (a leading '/', '.', '~' or a second '/')."""
-    return name.count("/") == 1 and not name.startswith(("/", ".", "~"))
 
 
 def unconditional(pipe, seeds: list[int], steps: int, **_) -> torch.Tensor:
@@ -113,8 +107,8 @@ def text2video(pipe, seeds: list[int], steps: int, prompt: str = "", frames: int
     t0 = min(max(steps - 6, 0), t1 - 1)
     videos = [
         pipe(prompt=prompt, video_length=frames, num_inference_steps=steps, t0=t0, t1=t1,
-             generator=torch.Generator().manual_seed(s), output_type="np").images
-        for s in seeds
+             generator=generator, output_type="np").images
+        for generator in _generators(seeds)
     ]  # fmt: skip
     return _to_tensor(np.concatenate(videos))
 

@@ -18,6 +18,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+COST = "gmacs_per_image_per_100_steps"
+
 
 def groups(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """Curves of the Pareto view: one per method (plain DDIM with fewer steps, each schedule), at the
@@ -33,9 +35,6 @@ def groups(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
             rows = rows[rows.schedule == "uniform"] if "schedule" in rows else rows
         out[method] = pd.concat([rows, base]).drop_duplicates("setting").sort_values(COST)
     return out
-
-
-COST = "gmacs_per_image_per_100_steps"
 
 
 def pareto(df: pd.DataFrame, out: Path) -> None:

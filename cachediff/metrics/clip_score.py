@@ -12,10 +12,10 @@ Example:
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
+
+from ..io import require_weights
 
 DEFAULT_CLIP = "laion/CLIP-ViT-g-14-laion2B-s34B-b88K"
 
@@ -24,9 +24,7 @@ def load_clip(model: str = DEFAULT_CLIP, device: str = "cpu"):
     """``(CLIPModel, CLIPProcessor)`` from a local folder or a hub id, with a clear error if missing."""
     from transformers import CLIPModel, CLIPProcessor
 
-    hub_id = model.count("/") == 1 and not model.startswith(("/", ".", "~"))
-    if not Path(model).exists() and not hub_id:
-        raise FileNotFoundError(f"no CLIP folder {model!r} (give a local directory or a hub id 'owner/name')")
+    require_weights(model, "CLIP")
     try:
         return CLIPModel.from_pretrained(model).eval().to(device), CLIPProcessor.from_pretrained(model)
     except OSError as err:

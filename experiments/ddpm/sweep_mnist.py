@@ -145,20 +145,20 @@ def main() -> None:
     base = Setting("ddim-100")
     base_images = None
     for s in settings(args.suites, full, cached):
+        config = s.cache or DeepCacheConfig(interval=1)
         if s.name in rows:  # finished; rows of older versions of this script gain the newer columns
-            rows[s.name].update(method=method(s), schedule=(s.cache or DeepCacheConfig(1)).schedule)
+            rows[s.name].update(method=method(s), schedule=config.schedule)
             continue
         feats = sweep.features(s)
         if base_images is None:
             base_images = torch.from_numpy(sweep.samples(base)[: args.shard].astype(np.float32))
         n_full = sweep.mean_full_steps(s)
-        macs = metrics.average_macs(full, cached[s.cache.branch if s.cache else 0], n_full, s.steps)
+        macs = metrics.average_macs(full, cached[config.branch], n_full, s.steps)
         macs *= s.steps / 100
         times = metrics.interleaved(
             {k: (lambda k=k: sweep.generate(k, range(args.timing_batch))) for k in (base, s)}, args.repeats
         )
         shard0 = sweep.samples(s)[: args.shard].astype(np.float32)
-        config = s.cache or DeepCacheConfig(interval=1)
         rows[s.name] = dict(
             setting=s.name,
             method=method(s),
