@@ -84,13 +84,23 @@ def build(name: str, seed: int = 0, **overrides) -> torch.nn.Module:
 
 
 def example_inputs(unet: torch.nn.Module, batch: int = 1, size: int | None = None, frames: int = 2) -> dict:
-    """Random inputs for one forward of ``unet`` at latent side ``size`` (default: its sample size)."""
+    """Random inputs for one forward of ``unet`` (or a PixArt transformer) at latent side ``size``
+    (default: its sample size)."""
     cfg = unet.config
     size = size or (cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0])
     name = type(unet).__name__
     t = torch.tensor(500)
     if name == "UNet2DModel":
         return dict(sample=torch.randn(batch, cfg.in_channels, size, size), timestep=t)
+    if getattr(cfg, "caption_channels", None):  # PixArt-alpha DiT (1024 px models take size conditions)
+        return dict(
+            hidden_states=torch.randn(batch, cfg.in_channels, size, size),
+            timestep=t.expand(batch),
+            encoder_hidden_states=torch.randn(batch, 120, cfg.caption_channels),
+            added_cond_kwargs=dict(
+                resolution=torch.full((batch, 2), 8.0 * size), aspect_ratio=torch.ones(batch, 1)
+            ),
+        )
     if name == "UNetSpatioTemporalConditionModel":
         return dict(
             sample=torch.randn(batch, frames, cfg.in_channels, size, size),

@@ -17,7 +17,6 @@ import torch
 from . import runner
 from .config import DeepCacheConfig
 from .pipelines import PRESETS, get_preset
-from .unets import branch_plan
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -31,7 +30,10 @@ def parse_args(
     p.add_argument("--steps", type=int, help="inference steps (default: the preset's)")
     p.add_argument("--cache_interval", type=int, help="cache interval N (default: the preset's)")
     p.add_argument(
-        "--cache_branch_id", type=int, help="skip branch id b, paper branch b+1 (default: preset's)"
+        "--cache_branch_id",
+        type=int,
+        help="skip branch id b, paper branch b+1; on a DiT (pixart), blocks at each end that always run "
+        "(default: preset's)",
     )
     p.add_argument(
         "--schedule",
@@ -88,9 +90,13 @@ def run(args: argparse.Namespace) -> int:
     dtype = DTYPES[args.dtype]
     pipe = runner.load_pipeline(preset, args.model, args.device, dtype)
     runner.set_scheduler(pipe, args.scheduler or preset.scheduler)
-    branch_plan(pipe.unet, config.branch)  # fail before any sampling if the branch is out of range
+    runner.accelerator(pipe, config, steps)  # fail before any sampling if the branch is out of range
     seeds = list(range(args.seed, args.seed + args.batch_size))
-    branch = f"branch {config.branch} (paper {config.branch + 1})"
+    branch = (
+        f"branch {config.branch} (paper {config.branch + 1})"
+        if getattr(pipe, "unet", None) is not None
+        else f"first and last {config.branch} blocks on every step"
+    )
     print(f"{args.model_type}: {steps} steps, N={config.interval}, {branch}")
     inputs = runner.default_inputs(pipe, preset.task, args.image, args.mask)
     video = preset.task in ("video", "text2video")

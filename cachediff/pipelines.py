@@ -83,6 +83,9 @@ PRESETS: dict[str, Preset] = {
     "t2v-zero": Preset(_SD15, "TextToVideoZeroPipeline", "text2video", 50, 3, 0),
     # Unconditional latent diffusion (the paper's LDM runs use 250 DDIM steps).
     "ldm": Preset("CompVis/ldm-celebahq-256", "LDMPipeline", "unconditional", 250, 5, 0),
+    # A DiT: the middle transformer blocks are cached (cachediff.modules.dit_rule); the branch id counts
+    # the blocks at each end that run on every step.
+    "pixart": Preset("PixArt-alpha/PixArt-XL-2-512x512", "PixArtAlphaPipeline", "text2image", 20, 3, 1),
     "svd": Preset(
         "stabilityai/stable-video-diffusion-img2vid-xt", "StableVideoDiffusionPipeline", "video", 25, 3, 0
     ),

@@ -5,10 +5,11 @@ Scripts stay thin: they parse flags and call ``compare`` and ``save``.
 
 from __future__ import annotations
 
+import inspect
 import json
 import platform
 import statistics
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from . import metrics
 from .config import DeepCacheConfig
 from .engine import DeepCacheEngine
 from .io import atomic_path, require_weights
+from .modules import ModuleCache, denoiser, dit_rule
 from .pipelines import Preset
 
 
@@ -74,9 +76,11 @@ def text2image(pipe, seeds: list[int], steps: int, prompt: str = "", refiner=Non
 
     With an SDXL ``refiner``, the base pipeline denoises the first 80% and the refiner the rest.
     """
-    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
     if "image" not in extra:  # img2img and inpainting take a strength; text-to-image a size
+        size = image_size(pipe)
         extra = dict(height=size, width=size, **extra)
+        if "use_resolution_binning" in inspect.signature(pipe.__call__).parameters:
+            extra["use_resolution_binning"] = False  # PixArt: square at the native size, already a bin
     call = dict(prompt=[prompt] * len(seeds), num_inference_steps=steps)
     if refiner is None:
         out = pipe(**call, generator=_generators(seeds), output_type="np", **extra)
@@ -89,7 +93,7 @@ def text2image(pipe, seeds: list[int], steps: int, prompt: str = "", refiner=Non
 
 def image2video(pipe, seeds: list[int], steps: int, image=None, frames: int = 14, **_) -> torch.Tensor:
     """Image-to-video (SVD): all frames of all videos, flattened to ``(B * F, C, H, W)``."""
-    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    size = image_size(pipe)
     out = pipe(
         image, height=size, width=size, num_frames=frames, num_videos_per_prompt=len(seeds),
         generator=_generators(seeds), num_inference_steps=steps, output_type="np", decode_chunk_size=frames,
@@ -124,6 +128,12 @@ TASKS = {
 }
 
 
+def image_size(pipe) -> int:
+    """The side of the images a pipeline makes natively (its denoiser's sample size in pixels)."""
+    size = denoiser(pipe).config.sample_size
+    return (size if isinstance(size, int) else size[0]) * pipe.vae_scale_factor
+
+
 def _generators(seeds: list[int]) -> list[torch.Generator]:
     """One generator per image, so image k depends on ``seeds[k]`` alone."""
     return [torch.Generator().manual_seed(s) for s in seeds]
@@ -139,7 +149,7 @@ def default_inputs(pipe, task: str, image: str | None = None, mask: str | None =
 
     if task not in ("img2img", "inpaint", "video"):
         return {}
-    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    size = image_size(pipe)
     if image:
         init = Image.open(image).convert("RGB").resize((size, size))
     else:  # a smooth colour gradient: deterministic, no data needed
@@ -192,7 +202,7 @@ def compare(
     ``task`` names a ``TASKS`` entry; ``inputs`` are its further arguments (prompt, image, ...).
     """
     pipes = [pipe] + ([inputs["refiner"]] if inputs.get("refiner") is not None else [])
-    engines = [DeepCacheEngine(p.unet, config, pipeline=p) for p in pipes]
+    engines = [accelerator(p, config, steps) for p in pipes]
     generate = TASKS[task]
     images = {}
 
@@ -211,7 +221,7 @@ def compare(
     times = metrics.interleaved(
         {"baseline": run("baseline", False), "deepcache": run("deepcache", True)}, repeats
     )
-    per_unet = [(unet_step_macs(e.unet, config.branch), e.stats) for e in engines]  # base, refiner
+    per_unet = [(step_macs(e), e.stats) for e in engines]  # base, refiner
     calls = sum(len(stats.calls) for _, stats in per_unet)
     avg = sum(stats.average_macs(f, c) * len(stats.calls) for (f, c), stats in per_unet) / calls
     uncached = sum(f * len(stats.calls) for (f, _), stats in per_unet) / calls
@@ -232,19 +242,41 @@ def compare(
     return result, images["baseline"], images["deepcache"]
 
 
-def unet_step_macs(unet: torch.nn.Module, branch: int) -> tuple[int, int]:
-    """Full and cached MACs of one U-Net sample (batch 1), counted on a ``meta`` copy (no compute),
-    or on the U-Net itself where its forward cannot run on ``meta`` (SVD's temporal mixer)."""
+def accelerator(pipe, config: DeepCacheConfig, steps: int) -> DeepCacheEngine | ModuleCache:
+    """DeepCache for the pipeline's denoiser: the engine on a U-Net; on a DiT (PixArt-alpha), the
+    module cache of its middle transformer blocks, where ``config.branch`` counts the blocks at each
+    end that run on every step and the static schedule for ``steps`` picks the full steps."""
+    if getattr(pipe, "unet", None) is not None:
+        return DeepCacheEngine(pipe.unet, config, pipeline=pipe)
+    model = denoiser(pipe)
+    if config.schedule == "adaptive" or config.reuse != "cache":
+        raise ValueError(
+            "transformer models take static schedules with reuse='cache' (adaptive needs a U-Net)"
+        )
+    full = frozenset(config.full_steps_for(steps))
+    rule = replace(dit_rule(model, config.interval, config.branch), reuse=lambda step: step not in full)
+    return ModuleCache(model, [rule], pipeline=pipe)
+
+
+def step_macs(cache: DeepCacheEngine | ModuleCache) -> tuple[int, int]:
+    """Full and cached MACs of one denoiser call (batch 1), counted on a ``meta`` copy (no compute),
+    or on the model itself where its forward cannot run on ``meta`` (SVD's temporal mixer)."""
     from .architectures import example_inputs
 
+    def count(model: torch.nn.Module, inputs: dict) -> tuple[int, int]:
+        if isinstance(cache, DeepCacheEngine):
+            return metrics.step_macs(model, inputs, cache.config.branch)
+        return metrics.module_step_macs(model, inputs, cache.rules)
+
+    model = cache.unet if isinstance(cache, DeepCacheEngine) else cache.model
     try:
         with torch.device("meta"):
-            shadow = type(unet).from_config(unet.config)
-            return metrics.step_macs(shadow, example_inputs(shadow, batch=1), branch)
+            shadow = type(model).from_config(model.config)
+            return count(shadow, example_inputs(shadow, batch=1))
     except RuntimeError:
-        inputs = example_inputs(unet, batch=1)
-        device = next(unet.parameters()).device
-        return metrics.step_macs(unet, torch.utils._pytree.tree_map(lambda t: t.to(device), inputs), branch)
+        inputs = example_inputs(model, batch=1)
+        device = next(model.parameters()).device
+        return count(model, torch.utils._pytree.tree_map(lambda t: t.to(device), inputs))
 
 
 def grid(images: torch.Tensor, rows: int) -> np.ndarray:

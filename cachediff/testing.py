@@ -202,6 +202,23 @@ def tiny_clip_tokenizer(folder):
     return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=16)
 
 
+def tiny_t5_tokenizer(words: str = "a an the of on in with photograph astronaut riding horse red fox"):
+    """A T5-style SentencePiece-Unigram tokenizer over ``words`` and single letters (no download)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import T5TokenizerFast
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    pieces += [("\u2581" + w, -1.0) for w in words.split()] + [
+        (c, -5.0) for c in "abcdefghijklmnopqrstuvwxyz"
+    ]
+    tok = Tokenizer(models.Unigram(pieces, unk_id=2))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return T5TokenizerFast(
+        tokenizer_object=tok, eos_token="</s>", pad_token="<pad>", unk_token="<unk>", extra_ids=0
+    )
+
+
 def _byte_alphabet() -> list[str]:
     """GPT-2 / CLIP byte-level BPE's 256 printable stand-ins for the bytes 0..255."""
     printable = [
@@ -257,6 +274,7 @@ TINY_PIPELINES = {
     "svd": "StableVideoDiffusionPipeline",
     "ddpm": "DDIMPipeline",
     "ldm": "LDMPipeline",
+    "pixart": "PixArtAlphaPipeline",
 }
 
 
@@ -320,6 +338,19 @@ def save_tiny_pipeline(kind: str, folder, seed: int = 0):
             unet=unet,
             scheduler=diffusers.EulerDiscreteScheduler(),
             feature_extractor=CLIPImageProcessor(crop_size=32, size=32),
+        )
+    elif kind == "pixart":  # the tiny DiT, a 2-layer T5 encoder over caption_channels=12
+        from transformers import T5Config, T5EncoderModel
+
+        transformer, _ = tiny_transformer(seed)
+        tokenizer = tiny_t5_tokenizer()
+        t5 = T5Config(vocab_size=len(tokenizer), d_model=12, d_kv=4, d_ff=24, num_layers=2, num_heads=2)
+        pipe = diffusers.PixArtAlphaPipeline(
+            tokenizer=tokenizer,
+            text_encoder=T5EncoderModel(t5).eval(),
+            vae=_tiny_vae(),
+            transformer=transformer,
+            scheduler=diffusers.DPMSolverMultistepScheduler(),
         )
     else:
         raise ValueError(f"kind must be one of {list(TINY_PIPELINES)}, got {kind!r}")

@@ -30,6 +30,7 @@ TINY_FOR = {
     "svd": "svd",
     "t2v-zero": "sd",
     "ldm": "ldm",
+    "pixart": "pixart",
 }
 
 

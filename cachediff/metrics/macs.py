@@ -8,6 +8,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import torch
@@ -54,6 +55,27 @@ def step_macs(unet: torch.nn.Module, inputs: dict, branch: int, attention: bool 
         cached = count_macs(lambda: unet(**inputs), attention)
     finally:
         engine.disable()
+    return full, cached
+
+
+def module_step_macs(model: torch.nn.Module, inputs: dict, rules, attention: bool = False) -> tuple[int, int]:
+    """MACs of one full call and one call with every module the ``rules`` select reused
+    (``cachediff.modules.CacheRule`` list; their step predicates are ignored). Works on ``meta``.
+
+    Example:
+        >>> from cachediff.modules import CacheRule, every
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 8), torch.nn.Linear(8, 2))
+        >>> module_step_macs(net, dict(input=torch.ones(1, 4)), [CacheRule("1", every(1))])
+        (112, 48)
+    """
+    from ..modules import ModuleCache, every
+
+    cache = ModuleCache(model, [dataclasses.replace(r, reuse=every(2)) for r in rules]).enable()
+    try:
+        full = count_macs(lambda: model(**inputs), attention)
+        cached = count_macs(lambda: model(**inputs), attention)
+    finally:
+        cache.disable()
     return full, cached
 
 

@@ -53,10 +53,10 @@ def cooldown_for_budget(n: int) -> dict:
 #: Beyond uniform, at each budget N (issue 5): label -> N -> config fields. The centre 40 and the cap
 #: N + 2 were picked by PSNR to the 100-step output on 32 held-out seeds (10000+), not on the FID seeds.
 SCHEDULES = {
-    "nonuniform": lambda n: dict(schedule="non-uniform"),  # the paper's: centre 15, power 1.4
     "nonuniform-c40": lambda n: dict(schedule="non-uniform", center=40),
-    "adaptive": lambda n: dict(schedule="adaptive"),
     "adaptive-cap": lambda n: dict(schedule="adaptive", max_cached=n + 2),
+    "nonuniform": lambda n: dict(schedule="non-uniform"),  # the paper's: centre 15, power 1.4
+    "adaptive": lambda n: dict(schedule="adaptive"),
     "cooldown": cooldown_for_budget,
 }
 
@@ -67,7 +67,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--samples", type=int, default=2000, help="images per setting for FID")
     p.add_argument("--reference", type=int, default=2000, help="MNIST test images for the reference stats")
     p.add_argument("--shard", type=int, default=250, help="images per generated batch and file")
-    p.add_argument("--suites", nargs="+", default=list(SUITES), choices=SUITES, help="which tables to run")
+    p.add_argument(
+        "--suites", nargs="+", default=list(SUITES), choices=SUITES, help="which tables to run, in this order"
+    )
     p.add_argument("--timing-batch", type=int, default=64, help="images per timed run")
     p.add_argument("--repeats", type=int, default=3, help="interleaved timed repeats per setting")
     p.add_argument("--out", type=Path, default=Path("runs/mnist-sweep"), help="samples, features, CSV")
@@ -84,26 +86,30 @@ def deepcache(name: str, interval: int, branch: int = BRANCH, **options) -> Sett
 
 
 def settings(suites, full_macs: float, cached_macs: dict[int, float]) -> list[Setting]:
-    """The sweep's settings, baseline first, most-read tables first (a stopped sweep resumes).
+    """The sweep's settings: the baseline, then each suite in the order given (a stopped sweep resumes).
 
-    Fewer-steps runs match the MACs of each interval at the default branch.
+    Fewer-steps runs match the MACs of each interval at the default branch. The schedules suite runs
+    each schedule at every budget before the next schedule, the proxy's best candidates first.
     """
-    out = [Setting("ddim-100")]
-    if "interval" in suites:
-        out += [deepcache(f"N{n}-b{BRANCH}", n) for n in INTERVALS]
-    if "zeros" in suites:
-        out.append(deepcache(f"N5-b{BRANCH}-zeros", 5, reuse="zeros"))
-    if "steps" in suites:
-        for n in INTERVALS:
-            avg = metrics.average_macs(full_macs, cached_macs[BRANCH], -(-100 // n), 100)
-            out.append(Setting(f"ddim-{round(100 * avg / full_macs)}", steps=round(100 * avg / full_macs)))
-    if "schedules" in suites:
-        for n in BUDGETS:
-            for label, options in SCHEDULES.items():
-                out.append(deepcache(f"N{n}-b{BRANCH}-{label}", **{"interval": n, **options(n)}))
-    if "branch" in suites:
-        out += [deepcache(f"N5-b{b}", 5, b) for b in sorted(cached_macs)]
+    suite = {
+        "interval": lambda: [deepcache(f"N{n}-b{BRANCH}", n) for n in INTERVALS],
+        "zeros": lambda: [deepcache(f"N5-b{BRANCH}-zeros", 5, reuse="zeros")],
+        "steps": lambda: [Setting(f"ddim-{k}", steps=k) for k in fewer_steps(full_macs, cached_macs)],
+        "schedules": lambda: [
+            deepcache(f"N{n}-b{BRANCH}-{label}", **{"interval": n, **options(n)})
+            for label, options in SCHEDULES.items()
+            for n in BUDGETS
+        ],
+        "branch": lambda: [deepcache(f"N5-b{b}", 5, b) for b in sorted(cached_macs)],
+    }
+    out = [Setting("ddim-100")] + [s for name in suites for s in suite[name]()]
     return list({s.name: s for s in out}.values())
+
+
+def fewer_steps(full_macs: float, cached_macs: dict[int, float]) -> list[int]:
+    """DDIM step counts whose MACs match 100 steps of DeepCache at each interval (default branch)."""
+    avg = [metrics.average_macs(full_macs, cached_macs[BRANCH], -(-100 // n), 100) for n in INTERVALS]
+    return [round(100 * a / full_macs) for a in avg]
 
 
 def method(s: Setting) -> str:
