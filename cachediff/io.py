@@ -23,7 +23,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` (same suffix, so writers pick the same format); rename
     it onto ``path`` when the block succeeds, delete it when the block fails."""
     path = Path(path)
-    tmp = path.with_name(f"{path.stem}.tmp{path.suffix}")
+    tmp = path.with_name(f"{path.stem}.tmp{os.getpid()}{path.suffix}")  # one per process
     try:
         yield tmp
         os.replace(tmp, path)

@@ -71,8 +71,11 @@ def unconditional(pipe, seeds: list[int], steps: int, **_) -> torch.Tensor:
     return _to_tensor(out.images)
 
 
-def text2image(pipe, seeds: list[int], steps: int, prompt: str = "", refiner=None, **extra) -> torch.Tensor:
-    """Text-to-image (also img2img and inpainting with ``image``/``mask_image`` in ``extra``).
+def text2image(
+    pipe, seeds: list[int], steps: int, prompt: str | list[str] = "", refiner=None, **extra
+) -> torch.Tensor:
+    """Text-to-image (also img2img and inpainting with ``image``/``mask_image`` in ``extra``); one
+    prompt for all images or one per seed.
 
     With an SDXL ``refiner``, the base pipeline denoises the first 80% and the refiner the rest.
     """
@@ -81,7 +84,7 @@ def text2image(pipe, seeds: list[int], steps: int, prompt: str = "", refiner=Non
         extra = dict(height=size, width=size, **extra)
         if "use_resolution_binning" in inspect.signature(pipe.__call__).parameters:
             extra["use_resolution_binning"] = False  # PixArt: square at the native size, already a bin
-    call = dict(prompt=[prompt] * len(seeds), num_inference_steps=steps)
+    call = dict(prompt=_per_seed(prompt, seeds), num_inference_steps=steps)
     if refiner is None:
         out = pipe(**call, generator=_generators(seeds), output_type="np", **extra)
     else:
@@ -101,7 +104,9 @@ def image2video(pipe, seeds: list[int], steps: int, image=None, frames: int = 14
     return _to_tensor(np.asarray(out.frames).reshape(-1, *np.asarray(out.frames).shape[-3:]))
 
 
-def text2video(pipe, seeds: list[int], steps: int, prompt: str = "", frames: int = 8, **_) -> torch.Tensor:
+def text2video(
+    pipe, seeds: list[int], steps: int, prompt: str | list[str] = "", frames: int = 8, **_
+) -> torch.Tensor:
     """Text2Video-Zero: one video per seed, frames flattened to ``(B * F, C, H, W)``.
 
     Its t1 > t0 count steps from the end of the run: the first frame is denoised for T - t1 - 1 steps,
@@ -110,9 +115,9 @@ def text2video(pipe, seeds: list[int], steps: int, prompt: str = "", frames: int
     t1 = max(steps - 3, 1)
     t0 = min(max(steps - 6, 0), t1 - 1)
     videos = [
-        pipe(prompt=prompt, video_length=frames, num_inference_steps=steps, t0=t0, t1=t1,
+        pipe(prompt=text, video_length=frames, num_inference_steps=steps, t0=t0, t1=t1,
              generator=generator, output_type="np").images
-        for generator in _generators(seeds)
+        for text, generator in zip(_per_seed(prompt, seeds), _generators(seeds), strict=True)
     ]  # fmt: skip
     return _to_tensor(np.concatenate(videos))
 
@@ -132,6 +137,14 @@ def image_size(pipe) -> int:
     """The side of the images a pipeline makes natively (its denoiser's sample size in pixels)."""
     size = denoiser(pipe).config.sample_size
     return (size if isinstance(size, int) else size[0]) * pipe.vae_scale_factor
+
+
+def _per_seed(prompt: str | list[str], seeds: list[int]) -> list[str]:
+    """One prompt per seed."""
+    prompts = [prompt] * len(seeds) if isinstance(prompt, str) else list(prompt)
+    if len(prompts) != len(seeds):
+        raise ValueError(f"{len(prompts)} prompts for {len(seeds)} seeds")
+    return prompts
 
 
 def _generators(seeds: list[int]) -> list[torch.Generator]:

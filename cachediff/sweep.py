@@ -24,8 +24,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import DeepCacheConfig
-from .engine import DeepCacheEngine
 from .io import atomic_path
+from .modules import denoiser
 
 
 @dataclass(frozen=True)
@@ -47,20 +47,33 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 
 
 class Sweep:
-    """Generate, featurise and score settings on one unconditional pipeline.
+    """Generate, featurise and score settings on one pipeline; samples addressable by seed.
 
     Args:
-        pipe: a diffusers pipeline with ``.unet`` whose call takes ``batch_size``, ``generator``,
-            ``num_inference_steps`` and ``output_type="np"`` (DDPM/DDIM/LDM pipelines).
+        pipe: a diffusers pipeline with a ``.unet`` or ``.transformer`` (see ``cachediff.runner``).
         out: the sweep folder.
         n_samples: images per setting (seeds 0 .. n_samples - 1).
         shard: images per generated batch and file.
         featurize: ``images (N, C, H, W) in [-1, 1] -> features (N, D)``, e.g. Inception features.
+        task: a ``cachediff.runner.TASKS`` entry.
+        prompts: image k is generated from seed k and prompt ``prompts[k % len(prompts)]``.
+        inputs: further arguments of the task (init image, mask, frames).
     """
 
-    def __init__(self, pipe, out: Path, n_samples: int, shard: int, featurize: Callable):
+    def __init__(
+        self,
+        pipe,
+        out: Path,
+        n_samples: int,
+        shard: int,
+        featurize: Callable | None = None,
+        task: str = "unconditional",
+        prompts: Sequence[str] | None = None,
+        **inputs,
+    ):
         self.pipe, self.out, self.n, self.shard, self.featurize = pipe, Path(out), n_samples, shard, featurize
-        self.engine = DeepCacheEngine(pipe.unet, DeepCacheConfig(), pipeline=pipe)
+        self.task, self.prompts, self.inputs = task, prompts, inputs
+        self.cache = None  # the accelerator of the last cached run (its ``stats``)
         pipe.set_progress_bar_config(disable=True)  # one bar per setting instead
 
     def folder(self, setting: Setting) -> Path:
@@ -68,60 +81,120 @@ class Sweep:
         folder = self.out / setting.name
         folder.mkdir(parents=True, exist_ok=True)
         meta, params = folder / "setting.json", json.dumps(dataclasses.asdict(setting), sort_keys=True)
-        if meta.exists() and meta.read_text() != params:
+        if not meta.exists():
+            with atomic_path(meta) as tmp:
+                tmp.write_text(params)
+        elif meta.read_text() != params:
             raise ValueError(f"{folder} holds samples of other parameters: {meta.read_text()}")
-        meta.write_text(params)
         return folder
 
     @torch.no_grad()
     def generate(self, setting: Setting, seeds: Sequence[int]) -> torch.Tensor:
-        """Images for ``seeds`` under ``setting``, ``(B, C, H, W)`` in [-1, 1]; stats in ``self.engine``."""
-        from .runner import unconditional
+        """Images for ``seeds`` under ``setting``, ``(B, C, H, W)`` in [-1, 1]; stats in ``self.cache``."""
+        from .runner import TASKS, accelerator
 
-        if setting.cache is not None:
-            self.engine.configure(setting.cache).enable()
+        seeds, extra = list(seeds), dict(self.inputs)
+        if self.prompts is not None:
+            extra["prompt"] = [self.prompts[s % len(self.prompts)] for s in seeds]
+        self.cache = None if setting.cache is None else accelerator(self.pipe, setting.cache, setting.steps)
+        calls = []  # denoiser calls of an uncached run (img2img and inpainting make fewer than steps)
+        hook = denoiser(self.pipe).register_forward_pre_hook(lambda *_: calls.append(1))
+        if self.cache is not None:
+            self.cache.enable()
         try:
-            return unconditional(self.pipe, list(seeds), setting.steps)
+            return TASKS[self.task](self.pipe, seeds, setting.steps, **extra)
         finally:
-            self.engine.disable()
+            hook.remove()
+            self._calls = len(calls)
+            if self.cache is not None:
+                self.cache.disable()
+
+    def starts(self, rank: int = 0, world: int = 1) -> range:
+        """First seeds of the shards that process ``rank`` of ``world`` owns (every ``world``-th)."""
+        return range(0, self.n, self.shard)[rank::world]
+
+    def generate_missing(
+        self, setting: Setting, rank: int = 0, world: int = 1, progress: bool = True
+    ) -> None:
+        """Generate and save the missing sample shards this process owns (all of them by default)."""
+        folder = self.folder(setting)
+        for start in tqdm(self.starts(rank, world), desc=setting.name, disable=not progress, leave=False):
+            samples = folder / f"samples_{start:06d}.npy"
+            if samples.exists():
+                continue
+            images = self.generate(setting, range(start, min(start + self.shard, self.n)))
+            with atomic_path(folder / f"stats_{start:06d}.json") as tmp:
+                tmp.write_text(json.dumps(self._run_record(setting)))
+            _save_npy(samples, ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy())
 
     def features(self, setting: Setting, progress: bool = True) -> np.ndarray:
-        """Features of the setting's ``n_samples`` images, generating and featurising missing shards."""
-        folder = self.folder(setting)
-        feats = []
-        starts = range(0, self.n, self.shard)
-        for start in tqdm(starts, desc=setting.name, disable=not progress, leave=False):
-            seeds = range(start, min(start + self.shard, self.n))
-            samples, features = folder / f"samples_{start:06d}.npy", folder / f"features_{start:06d}.npy"
-            if not features.exists():
-                if not samples.exists():  # 8-bit, as saved images are; features see exactly these
-                    images = self.generate(setting, seeds)
-                    with atomic_path(folder / f"stats_{start:06d}.json") as tmp:
-                        tmp.write_text(json.dumps(self._run_record(setting)))
-                    _save_npy(samples, ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy())
-                images = torch.from_numpy(np.load(samples)).float().div(127.5).sub(1)
-                _save_npy(features, np.asarray(self.featurize(images)))
-            feats.append(np.load(features))
+        """Features of the setting's ``n_samples`` images, generating and featurising missing shards.
+
+        Features see exactly the saved 8-bit samples, as they would see saved images."""
+        self.generate_missing(setting, progress=progress)
+        folder, feats = self.folder(setting), []
+        for start in self.starts():
+            path = folder / f"features_{start:06d}.npy"
+            if not path.exists():
+                images = (
+                    torch.from_numpy(np.load(folder / f"samples_{start:06d}.npy")).float().div(127.5).sub(1)
+                )
+                _save_npy(path, np.asarray(self.featurize(images)))
+            feats.append(np.load(path))
         return np.concatenate(feats)
 
     def _run_record(self, setting: Setting) -> dict:
-        if setting.cache is None:
-            return {"full_steps": setting.steps, "pattern": "F" * setting.steps}
-        return {"full_steps": self.engine.stats.full_steps, "pattern": self.engine.stats.pattern}
+        pattern = "F" * self._calls if self.cache is None else self.cache.stats.pattern
+        return {"full_steps": pattern.count("F"), "pattern": pattern}
+
+    def _records(self, setting: Setting) -> list[dict]:
+        return [json.loads(r.read_text()) for r in sorted((self.out / setting.name).glob("stats_*.json"))]
 
     def mean_full_steps(self, setting: Setting) -> float:
         """Full steps per run, averaged over the recorded shards (static schedules: from the rule)."""
-        records = sorted((self.out / setting.name).glob("stats_*.json"))
+        records = self._records(setting)
         if not records:
             return float(setting.full_steps())
-        return float(np.mean([json.loads(r.read_text())["full_steps"] for r in records]))
+        return float(np.mean([r["full_steps"] for r in records]))
+
+    def step_macs(self, setting: Setting) -> tuple[int, int]:
+        """MACs of one full and one cached denoiser call for one image (see ``runner.step_macs``)."""
+        from .runner import accelerator, step_macs
+
+        return step_macs(accelerator(self.pipe, setting.cache or DeepCacheConfig(interval=1), setting.steps))
+
+    def macs_per_image(self, setting: Setting) -> float:
+        """Denoiser MACs of one image's run: full and cached calls as recorded (a CFG pipeline's
+        second pass per call not included, the same for every setting)."""
+        full, cached = self.step_macs(setting)
+        records = self._records(setting) or [
+            {"full_steps": setting.full_steps(), "pattern": "?" * setting.steps}
+        ]
+        runs = [(r["full_steps"], len(r["pattern"]) - r["full_steps"]) for r in records]  # full, cached
+        return float(np.mean([f * full + c * cached for f, c in runs]))
+
+    def seconds(self, settings: Sequence[Setting], images: int, repeats: int) -> dict[str, list[float]]:
+        """Wall times of generating ``images`` images under each setting, interleaved (A B A B ...)."""
+        from .metrics import interleaved
+
+        runs = {s.name: (lambda s=s: self.generate(s, range(images))) for s in settings}
+        return interleaved(runs, repeats)
 
     def samples(self, setting: Setting) -> np.ndarray:
         """The setting's saved samples, uint8 ``(N, C, H, W)``."""
         folder = self.out / setting.name
-        return np.concatenate(
-            [np.load(folder / f"samples_{s:06d}.npy") for s in range(0, self.n, self.shard)]
-        )
+        return np.concatenate([np.load(folder / f"samples_{s:06d}.npy") for s in self.starts()])
+
+
+def speed(sweep: Sweep, base: Setting, setting: Setting, images: int, repeats: int) -> dict:
+    """Measured speedup of ``setting`` over ``base`` and its seconds per image, interleaved runs."""
+    from .metrics import speedup
+
+    times = sweep.seconds([base, setting], images, repeats)
+    return dict(
+        measured_speedup=speedup(times[base.name], times[setting.name]),
+        seconds_per_image=float(np.median(times[setting.name])) / images,
+    )
 
 
 def write_csv(rows: list[dict], path: Path) -> None:

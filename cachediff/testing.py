@@ -219,6 +219,26 @@ def tiny_t5_tokenizer(words: str = "a an the of on in with photograph astronaut 
     )
 
 
+def save_tiny_clip(folder):
+    """Save a tiny random CLIP model and processor (32 px images, the tiny tokenizer) to ``folder``."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    folder = Path(folder)
+    torch.manual_seed(0)
+    tokenizer = tiny_clip_tokenizer(folder / "_tokenizer")
+    config = CLIPConfig(
+        text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                         vocab_size=tokenizer.vocab_size, max_position_embeddings=16,
+                         eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        projection_dim=16,
+    )  # fmt: skip
+    CLIPModel(config).save_pretrained(folder)
+    CLIPProcessor(CLIPImageProcessor(size=32, crop_size=32), tokenizer).save_pretrained(folder)
+    return folder
+
+
 def _byte_alphabet() -> list[str]:
     """GPT-2 / CLIP byte-level BPE's 256 printable stand-ins for the bytes 0..255."""
     printable = [

@@ -6,27 +6,12 @@ import pytest
 import torch
 
 from cachediff.metrics.clip_score import clip_cosine, clip_score, load_clip
-from cachediff.testing import tiny_clip_tokenizer
+from cachediff.testing import save_tiny_clip
 
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
-
-    folder = tmp_path_factory.mktemp("clip")
-    torch.manual_seed(0)
-    tokenizer = tiny_clip_tokenizer(folder / "_tokenizer")
-    config = CLIPConfig(
-        text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                         vocab_size=tokenizer.vocab_size, max_position_embeddings=16,
-                         eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=32, patch_size=8),
-        projection_dim=16,
-    )  # fmt: skip
-    CLIPModel(config).save_pretrained(folder)
-    CLIPProcessor(CLIPImageProcessor(size=32, crop_size=32), tokenizer).save_pretrained(folder)
-    return load_clip(str(folder))
+    return load_clip(str(save_tiny_clip(tmp_path_factory.mktemp("clip"))))
 
 
 def images(n: int, seed: int = 0) -> torch.Tensor:

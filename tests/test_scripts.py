@@ -20,6 +20,7 @@ SCRIPTS = [
     "scripts/macs.py",
     "scripts/cache_memory.py",
     "scripts/plot_sweep.py",
+    "scripts/sweep.py",
     "experiments/ddpm/sweep_mnist.py",
     "experiments/ddpm/schedule_proxy.py",
     "experiments/ddpm/train_mnist.py",

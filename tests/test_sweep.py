@@ -33,26 +33,38 @@ def test_samples_do_not_depend_on_the_shard_size(pipe, tmp_path):
 
 
 def test_an_interrupted_sweep_resumes_without_redoing_work(pipe, tmp_path, monkeypatch):
-    calls = []
+    sweep = Sweep(pipe, tmp_path, n_samples=6, shard=2, featurize=mean_features)
+    generated, original = [], sweep.generate
 
-    def flaky(images):
-        calls.append(len(images))
-        if len(calls) == 2:
-            raise KeyboardInterrupt  # interrupted while featurising the second shard
-        return mean_features(images)
+    def interrupted_at_the_second_shard(setting, seeds):
+        generated.append(list(seeds))
+        if len(generated) == 2:
+            raise KeyboardInterrupt
+        return original(setting, seeds)
 
-    sweep = Sweep(pipe, tmp_path, n_samples=6, shard=2, featurize=flaky)
+    monkeypatch.setattr(sweep, "generate", interrupted_at_the_second_shard)
     with pytest.raises(KeyboardInterrupt):
         sweep.features(SETTING, progress=False)
-    generated = []
-    original = sweep.generate
-    monkeypatch.setattr(
-        sweep, "generate", lambda s, seeds: generated.append(list(seeds)) or original(s, seeds)
-    )
+    featurised = []
+    sweep.featurize = lambda images: featurised.append(len(images)) or mean_features(images)
     resumed = sweep.features(SETTING, progress=False)
-    assert generated == [[4, 5]]  # shard 0 was complete, shard 1's samples were saved before the crash
+    assert generated == [[0, 1], [2, 3], [2, 3], [4, 5]]  # shard 0 was kept
+    assert sweep.features(SETTING, progress=False).shape == (6, 1) and featurised == [2, 2, 2]  # once each
     fresh = Sweep(pipe, tmp_path / "fresh", n_samples=6, shard=2, featurize=mean_features)
     assert np.array_equal(resumed, fresh.features(SETTING, progress=False))
+
+
+def test_processes_share_the_shards_and_match_one_process(pipe, tmp_path):
+    one = Sweep(pipe, tmp_path / "one", n_samples=5, shard=2, featurize=mean_features)
+    two = Sweep(pipe, tmp_path / "two", n_samples=5, shard=2, featurize=mean_features)
+    assert [list(two.starts(r, 2)) for r in (0, 1)] == [[0, 4], [2]]
+    for rank in (1, 0):  # as two processes would, in either order
+        two.generate_missing(SETTING, rank, 2, progress=False)
+    one.generate_missing(SETTING, progress=False)
+    files = [sorted((tmp_path / name).rglob("*.npy")) for name in ("one", "two")]
+    assert len(files[0]) == len(files[1]) == 3
+    for a, b in zip(*files, strict=True):
+        assert a.name == b.name and a.read_bytes() == b.read_bytes()
 
 
 def test_a_setting_name_cannot_be_reused_with_other_parameters(pipe, tmp_path):

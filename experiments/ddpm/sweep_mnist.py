@@ -20,20 +20,19 @@ from __future__ import annotations
 import argparse
 import datetime
 import platform
-import statistics
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from cachediff import DeepCacheConfig, metrics
-from cachediff.datasets import load_mnist
 from cachediff.metrics import fid as F
 from cachediff.pipelines import get_preset
 from cachediff.runner import load_pipeline
-from cachediff.sweep import Setting, Sweep, read_csv, write_csv
+from cachediff.sweep import Setting, Sweep, read_csv, speed, write_csv
 
 BRANCH = 2  # paper branch 3, as in the paper's DDPM Table 2
+BRANCHES = 4  # skip branches of the shipped U-Net (4 resolution levels)
 INTERVALS = (2, 3, 5, 10)
 SUITES = ("interval", "zeros", "steps", "schedules", "branch")
 BUDGETS = (5, 10)  # the schedules suite: full-step budgets of ceil(100 / N)
@@ -74,6 +73,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="interleaved timed repeats per setting")
     p.add_argument("--out", type=Path, default=Path("runs/mnist-sweep"), help="samples, features, CSV")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--retime", action="store_true", help="measure the speed of finished settings again")
     args = p.parse_args()
     if min(args.samples, args.reference, args.shard, args.timing_batch, args.repeats) < 1:
         p.error("counts must be >= 1")
@@ -85,7 +85,7 @@ def deepcache(name: str, interval: int, branch: int = BRANCH, **options) -> Sett
     return Setting(name, cache=DeepCacheConfig(interval=interval, branch=branch, **options))
 
 
-def settings(suites, full_macs: float, cached_macs: dict[int, float]) -> list[Setting]:
+def settings(suites, full_macs: float, cached_macs: float) -> list[Setting]:
     """The sweep's settings: the baseline, then each suite in the order given (a stopped sweep resumes).
 
     Fewer-steps runs match the MACs of each interval at the default branch. The schedules suite runs
@@ -100,15 +100,15 @@ def settings(suites, full_macs: float, cached_macs: dict[int, float]) -> list[Se
             for label, options in SCHEDULES.items()
             for n in BUDGETS
         ],
-        "branch": lambda: [deepcache(f"N5-b{b}", 5, b) for b in sorted(cached_macs)],
+        "branch": lambda: [deepcache(f"N5-b{b}", 5, b) for b in range(BRANCHES)],
     }
     out = [Setting("ddim-100")] + [s for name in suites for s in suite[name]()]
     return list({s.name: s for s in out}.values())
 
 
-def fewer_steps(full_macs: float, cached_macs: dict[int, float]) -> list[int]:
+def fewer_steps(full_macs: float, cached_macs: float) -> list[int]:
     """DDIM step counts whose MACs match 100 steps of DeepCache at each interval (default branch)."""
-    avg = [metrics.average_macs(full_macs, cached_macs[BRANCH], -(-100 // n), 100) for n in INTERVALS]
+    avg = [metrics.average_macs(full_macs, cached_macs, -(-100 // n), 100) for n in INTERVALS]
     return [round(100 * a / full_macs) for a in avg]
 
 
@@ -121,14 +121,6 @@ def method(s: Setting) -> str:
     return s.cache.schedule + (" + refinements" if s.cache.refined else "")
 
 
-def reference_stats(out: Path, n: int):
-    path = out / f"reference_mnist_test_{n}.npz"
-    if not path.exists():
-        images = torch.from_numpy(load_mnist("test")[:n].copy()).float().div(127.5).sub(1).unsqueeze(1)
-        F.save_stats(path, *F.feature_stats(F.inception_features(images, batch_size=50)))
-    return F.load_stats(path)
-
-
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
@@ -138,32 +130,24 @@ def main() -> None:
     sweep = Sweep(
         pipe, args.out, args.samples, args.shard, lambda x: F.inception_features(x, inception, 50, False)
     )
-    ref = reference_stats(args.out, args.reference)
-
-    inputs = dict(sample=torch.randn(1, 1, 28, 28), timestep=torch.tensor(500))
-    n_branches = sweep.engine.plan.num_branches
-    per_branch = {b: metrics.step_macs(pipe.unet, inputs, b) for b in range(n_branches)}
-    full = per_branch[0][0]
-    cached = {b: c for b, (_, c) in per_branch.items()}
+    ref = F.mnist_reference(args.out / f"reference_mnist_test_{args.reference}.npz", args.reference)
+    base = Setting("ddim-100")
+    full, cached = sweep.step_macs(deepcache("probe", 2))
 
     csv = args.out / "results.csv"
     rows = {r["setting"]: r for r in read_csv(csv)}
-    base = Setting("ddim-100")
     base_images = None
     for s in settings(args.suites, full, cached):
-        config = s.cache or DeepCacheConfig(interval=1)
-        if s.name in rows:  # finished; rows of older versions of this script gain the newer columns
-            rows[s.name].update(method=method(s), schedule=config.schedule)
+        if s.name in rows:  # finished: keep, or only measure its speed again
+            if args.retime and s != base:
+                rows[s.name].update(speed(sweep, base, s, args.timing_batch, args.repeats))
+                write_csv(list(rows.values()), csv)
             continue
         feats = sweep.features(s)
         if base_images is None:
             base_images = torch.from_numpy(sweep.samples(base)[: args.shard].astype(np.float32))
-        n_full = sweep.mean_full_steps(s)
-        macs = metrics.average_macs(full, cached[config.branch], n_full, s.steps)
-        macs *= s.steps / 100
-        times = metrics.interleaved(
-            {k: (lambda k=k: sweep.generate(k, range(args.timing_batch))) for k in (base, s)}, args.repeats
-        )
+        config = s.cache or DeepCacheConfig(interval=1)
+        macs = sweep.macs_per_image(s) / 100  # per step of the 100-step budget
         shard0 = sweep.samples(s)[: args.shard].astype(np.float32)
         rows[s.name] = dict(
             setting=s.name,
@@ -174,12 +158,11 @@ def main() -> None:
             paper_branch=config.branch + 1,
             schedule=config.schedule,
             reuse=config.reuse,
-            full_steps=n_full,
+            full_steps=sweep.mean_full_steps(s),
             fid=F.frechet_distance(*F.feature_stats(feats), *ref),
             gmacs_per_image_per_100_steps=macs / 1e9,
             mac_speedup=full / macs,
-            measured_speedup=metrics.speedup(times[base], times[s]),
-            seconds_per_image=statistics.median(times[s]) / args.timing_batch,
+            **speed(sweep, base, s, args.timing_batch, args.repeats),
             psnr_vs_ddim100_db=metrics.psnr(torch.from_numpy(shard0), base_images, 255.0),
             samples=args.samples,
         )

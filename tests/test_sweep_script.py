@@ -1,0 +1,87 @@
+"""``scripts/sweep.py`` end to end on tiny pipelines: the grid, resumption, CLIP score, and sharding
+across two processes under ``torchrun`` with files identical to one process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from cachediff.testing import save_tiny_clip, save_tiny_pipeline
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+import sweep as script  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def ddpm(tmp_path_factory):
+    return save_tiny_pipeline("ddpm", tmp_path_factory.mktemp("ddpm"))
+
+
+def args(model, out, *extra) -> list[str]:
+    base = ["--model_type", "ddpm-cifar10", "--model", str(model), "--steps", "6", "--samples", "3"]
+    return [*base, "--shard", "2", "--repeats", "1", "--timing-images", "1", "--out", str(out), *extra]
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("samples_*.npy"))}
+
+
+def test_grid_rows_and_resumption(ddpm, tmp_path, monkeypatch):
+    grid = ["--intervals", "2", "3", "--branches", "0", "1", "--schedules", "uniform", "adaptive"]
+    assert script.main(args(ddpm, tmp_path, *grid, "--fewer-steps", "4")) == 0
+    rows = pd.read_csv(tmp_path / "results.csv")
+    assert len(rows) == 1 + 2 * 2 * 2 + 1 and rows.setting.is_unique
+    base = rows.set_index("setting").loc["base-6"]
+    assert base.method == "uncached" and base.mac_speedup == 1 and base.full_steps == 6
+    cached = rows[rows.interval > 1]
+    assert (cached.mac_speedup > 1).all() and (cached.full_steps < 6).all() and cached.psnr_db.notna().all()
+    assert rows.set_index("setting").loc["steps-4"].mac_speedup == pytest.approx(1.5)
+
+    before = files(tmp_path)
+    (tmp_path / "results.csv").write_text(rows.drop(index=3).to_csv(index=False))  # lose one row
+    generated = []
+    monkeypatch.setattr(
+        script.Sweep, "generate", lambda *a: generated.append(a) or pytest.fail("regenerated")
+    )
+    monkeypatch.setattr(script, "speed", lambda *a: {})  # timing would generate again
+    assert script.main(args(ddpm, tmp_path, *grid, "--fewer-steps", "4")) == 0
+    again = pd.read_csv(tmp_path / "results.csv")
+    assert len(again) == len(rows) and not generated and files(tmp_path) == before
+    restored = again.set_index("setting").loc[rows.setting[3]]
+    assert restored.gmacs_per_image == pytest.approx(rows.gmacs_per_image[3])
+
+
+def test_text_to_image_with_prompts_and_clip_score(tmp_path):
+    sd, clip = save_tiny_pipeline("sd", tmp_path / "sd"), save_tiny_clip(tmp_path / "clip")
+    extra = ["--model_type", "sd1.5", "--model", str(sd), "--steps", "4", "--samples", "2", "--shard", "2"]
+    extra += ["--intervals", "2", "--repeats", "0", "--clip", str(clip), "--out", str(tmp_path / "out")]
+    assert script.main(extra) == 0
+    rows = pd.read_csv(tmp_path / "out" / "results.csv")
+    assert rows.clip_score.between(0, 100).all() and "measured_speedup" not in rows
+
+
+def test_bad_input_is_a_clear_error(ddpm, tmp_path, capsys):
+    assert script.main(args(ddpm, tmp_path, "--fid-reference", str(tmp_path / "none.npz"))) == 2
+    assert "no FID reference statistics" in capsys.readouterr().err
+    assert script.main(args(ddpm, tmp_path, "--branches", "99")) == 2
+    assert "branch must be" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        script.main(args(ddpm, tmp_path, "--intervals", "0"))
+
+
+def test_two_processes_write_the_files_of_one(ddpm, tmp_path):
+    common = ["--intervals", "2", "--repeats", "0", "--samples", "5", "--threads", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    launched = [*torchrun, str(ROOT / "scripts" / "sweep.py"), *args(ddpm, tmp_path / "two", *common)]
+    subprocess.run(launched, check=True, env=env, capture_output=True, timeout=600)
+    assert script.main(args(ddpm, tmp_path / "one", *common)) == 0
+    one, two = files(tmp_path / "one"), files(tmp_path / "two")
+    assert len(one) == 2 * 3 and one == two  # base and N2, shards at seeds 0, 2, 4
+    assert pd.read_csv(tmp_path / "two" / "results.csv").equals(pd.read_csv(tmp_path / "one" / "results.csv"))
