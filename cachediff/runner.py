@@ -84,6 +84,8 @@ def text2image(
         extra = dict(height=size, width=size, **extra)
         if "use_resolution_binning" in inspect.signature(pipe.__call__).parameters:
             extra["use_resolution_binning"] = False  # PixArt: square at the native size, already a bin
+    else:  # one init image (and mask) per seed: 0.24's img2img encodes image[i] for generator i
+        extra.update({k: [extra[k]] * len(seeds) for k in ("image", "mask_image") if k in extra})
     call = dict(prompt=_per_seed(prompt, seeds), num_inference_steps=steps)
     if refiner is None:
         out = pipe(**call, generator=_generators(seeds), output_type="np", **extra)

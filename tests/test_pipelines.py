@@ -44,14 +44,13 @@ def tiny_folders(tmp_path_factory):
     return {kind: save_tiny_pipeline(kind, root / kind) for kind in sorted(set(TINY_FOR.values()))}
 
 
-#: Known failures on diffusers 0.24.0 (not 0.42.1): img2img on the tiny pipeline reaches the mid-block
-#: attention with a zero-size tensor ("cannot reshape tensor of 0 elements"), tracked in issue 4; and
-#: 0.24's TextToVideoZeroPipeline cannot be loaded at all (its __init__ passes requires_safety_checker
-#: positionally into StableDiffusionPipeline's image_encoder slot).
-KNOWN_FAILURES = {"sd-img2img", "sdxl-img2img", "t2v-zero"}
+#: Known failure on diffusers 0.24.0 (not 0.42.1): its TextToVideoZeroPipeline cannot be loaded at all
+#: (its __init__ passes requires_safety_checker positionally into StableDiffusionPipeline's
+#: image_encoder slot).
+KNOWN_FAILURES = {"t2v-zero"}
 OLD_DIFFUSERS = Version(diffusers.__version__) < Version("0.42")
 CASES = [
-    pytest.param(t, marks=pytest.mark.xfail(OLD_DIFFUSERS, strict=True, reason="diffusers 0.24 bugs"))
+    pytest.param(t, marks=pytest.mark.xfail(OLD_DIFFUSERS, strict=True, reason="diffusers 0.24 bug"))
     if t in KNOWN_FAILURES
     else t
     for t in sorted(TINY_FOR)
