@@ -22,6 +22,7 @@ from contextlib import contextmanager
 import torch
 
 from . import schedule
+from .compiling import compile_denoiser, uncompile
 from .config import SCHEDULES, DeepCacheConfig
 from .engine import Call, DeepCacheEngine, RunStats
 from .helper import DeepCacheSDHelper
@@ -40,6 +41,7 @@ __all__ = [
     "DeepCacheSDHelper",
     "ModuleCache",
     "cache_modules",
+    "compile_denoiser",
     "RunStats",
     "branch_plan",
     "deepcache",
@@ -49,6 +51,7 @@ __all__ = [
     "every",
     "num_branches",
     "schedule",
+    "uncompile",
 ]
 
 

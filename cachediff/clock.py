@@ -46,6 +46,12 @@ class StepClock:
         if self.on_new_run is not None:
             self.on_new_run(num_steps)
 
+    def start(self, num_steps: int | None = None) -> None:
+        """Start a new run and follow the pipeline's scheduler from now on, so that a ``step`` looked
+        up before the first model call (``scheduler.step(unet(...))``) is counted too."""
+        self.reset(num_steps)
+        self._follow_scheduler()
+
     def begin(self) -> tuple[int, int]:
         """Enter a model call: returns ``(step, slot)``."""
         self._follow_scheduler()

@@ -191,7 +191,7 @@ class DeepCacheEngine:
             self._hooks.wrap(self.unet, self._wrap_unet)
             for name in self.plan.deep:
                 self._hooks.wrap(self.unet.get_submodule(name), self._wrap_deep(name))
-        self.reset()
+        self.clock.start()
         return self
 
     def disable(self) -> None:

@@ -184,7 +184,7 @@ class ModuleCache:
             self._hooks.wrap(self.model, self._wrap_root)
             for name, rule in self.selected.items():
                 self._hooks.wrap(self.model.get_submodule(name), self._wrap_module(name, rule))
-        self.reset()
+        self.clock.start()
         return self
 
     def disable(self) -> None:

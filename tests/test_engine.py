@@ -401,3 +401,17 @@ def test_track_change_records_changes_for_static_schedules_without_changing_the_
     assert torch.equal(a, b) and plain.stats.pattern == tracked.stats.pattern
     assert all(c is None for c in plain.stats.changes) and tracked.stats.changes[1] > 0
     assert "10 calls: 4 full, 6 cached" in tracked.stats.summary(2.0, 1.0)
+
+
+def test_a_step_method_looked_up_before_the_first_call_is_counted():
+    """``scheduler.step(unet(...))`` fetches ``step`` before the U-Net runs: the engine must already
+    follow the scheduler when it is enabled, not only from its first call on."""
+    pipe, cond = tiny_pipe("sd")
+    with cachediff.deepcache(pipe, interval=3, branch=1) as engine:
+        pipe.scheduler.set_timesteps(7)
+        x = torch.randn(2, 4, 8, 8)
+        with torch.no_grad():
+            for t in pipe.scheduler.timesteps:
+                x = pipe.scheduler.step(pipe.unet(x, t, **cond).sample, t, x).prev_sample
+        assert [c.step for c in engine.stats.calls] == list(range(7))
+        assert engine.stats.pattern == "FCCFCCF"

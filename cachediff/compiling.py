@@ -1,0 +1,48 @@
+"""``torch.compile`` with caching: compile the denoiser's own forward, then enable caching.
+
+The caching hooks wrap module methods on the instance. Compiled underneath them, the denoiser's
+forward traces the hooks of its inner modules too: dynamo guards on the engine's per-call decision, so
+a static schedule compiles to one graph per kind of step (the first full step of a run, later full
+steps, cached steps) with no graph break (``fullgraph=True`` holds), and later steps and later runs
+reuse those graphs without recompiling. Step counting, timing and statistics stay outside, in the
+engine's wrapper of the denoiser call. The adaptive schedule reads the shallow feature's change on the
+host, which breaks the graph: compile it with ``fullgraph=False``.
+
+Example:
+    >>> import cachediff  # doctest: +SKIP
+    >>> cachediff.compile_denoiser(pipe, fullgraph=True)  # doctest: +SKIP
+    >>> with cachediff.deepcache(pipe, interval=3, branch=0):  # doctest: +SKIP
+    ...     image = pipe("a red fox").images[0]  # the first run compiles, later runs do not
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .modules import denoiser
+
+
+def compile_denoiser(target, **options) -> torch.nn.Module:
+    """Compile the denoiser of ``target`` (a pipeline or the module) in place; return the module.
+
+    ``options`` go to ``torch.compile`` (``backend``, ``mode``, ``fullgraph``, ``dynamic``). Undo with
+    ``uncompile(model)``.
+
+    Raises:
+        RuntimeError: the forward is already wrapped (caching enabled, or compiled): compile first.
+    """
+    model = denoiser(target)
+    if "forward" in vars(model):
+        raise RuntimeError(
+            f"{type(model).__name__}.forward is already wrapped (caching enabled or compiled); "
+            "call compile_denoiser before enabling caching"
+        )
+    model.forward = torch.compile(model.forward, **options)
+    return model
+
+
+def uncompile(target) -> torch.nn.Module:
+    """Restore the eager forward of a denoiser compiled by ``compile_denoiser``."""
+    model = denoiser(target)
+    vars(model).pop("forward", None)
+    return model

@@ -1,0 +1,61 @@
+"""torch.compile under caching: one graph per kind of step, no graph break, no recompilation after the
+first run. Dynamo's tracing is what is tested, so the fast ``eager`` backend stands in for inductor
+(the slow test runs inductor too)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+import cachediff
+from cachediff.testing import tiny_pipe
+
+
+def run(pipe, cond, steps: int = 10) -> torch.Tensor:
+    pipe.scheduler.set_timesteps(steps)
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for t in pipe.scheduler.timesteps:
+            x = pipe.scheduler.step(pipe.unet(x, t, **cond).sample, t, x).prev_sample
+    return x
+
+
+def compiled_runs(backend: str):
+    torch._dynamo.reset()
+    pipe, cond = tiny_pipe("sd")
+    with cachediff.deepcache(pipe, interval=3, branch=1):
+        eager = run(pipe, cond)
+    cachediff.compile_denoiser(pipe, backend=backend, fullgraph=True)  # a graph break would raise
+    try:
+        with cachediff.deepcache(pipe, interval=3, branch=1) as engine:
+            counters.clear()
+            first = run(pipe, cond)
+            graphs = counters["stats"]["unique_graphs"]
+            counters.clear()
+            second = run(pipe, cond)
+            assert engine.stats.pattern == "FCCFCCFCCF"
+            return eager, first, second, graphs, dict(counters["stats"])
+    finally:
+        cachediff.uncompile(pipe)
+
+
+def test_static_schedule_compiles_once_without_graph_breaks():
+    eager, first, second, graphs, later = compiled_runs("eager")
+    assert graphs == 3  # first full step of a run, full steps, cached steps
+    assert later.get("unique_graphs", 0) == 0  # a second run reuses them
+    assert torch.equal(first, eager) and torch.equal(second, eager)
+
+
+def test_compile_after_enabling_is_refused():
+    pipe, _ = tiny_pipe("sd")
+    with cachediff.deepcache(pipe), pytest.raises(RuntimeError, match="compile_denoiser before"):
+        cachediff.compile_denoiser(pipe)
+    assert "forward" not in vars(pipe.unet)
+
+
+@pytest.mark.slow
+def test_inductor_matches_eager():
+    eager, first, second, graphs, later = compiled_runs("inductor")
+    assert graphs == 3 and later.get("unique_graphs", 0) == 0
+    torch.testing.assert_close(second, eager, rtol=1e-4, atol=1e-4)
