@@ -9,6 +9,7 @@ time ratio cachediff / official (with the spread over repeats), and the bytes ea
 Example:
     python scripts/bench.py --out docs/results/bench            # the full table (slow on a CPU)
     python scripts/bench.py --quick                             # tiny models, one repeat (CI smoke test)
+    python scripts/bench.py --compile --archs ddpm-cifar10 --out docs/results/bench   # eager vs compiled
 """
 
 from __future__ import annotations
@@ -16,13 +17,15 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 from diffusers import DDIMScheduler
 
-from cachediff import DeepCacheSDHelper
+import cachediff
+from cachediff import DeepCacheSDHelper, metrics
 from cachediff.architectures import build, example_inputs
 from cachediff.engine import tree_nbytes
 from cachediff.metrics import average_macs, step_macs
@@ -57,7 +60,6 @@ def bench_config(pipe, inputs, steps, interval, branch, repeats) -> dict:
         h.set_params(cache_interval=interval, cache_branch_id=branch)
     times: dict[str, list[float]] = {"baseline": [], "official": [], "cachediff": []}
     held = {}
-    import time
 
     for r in range(repeats + 1):  # round 0 is the warm-up
         for name in times:
@@ -96,6 +98,52 @@ def bench_config(pipe, inputs, steps, interval, branch, repeats) -> dict:
     )
 
 
+def bench_compile(pipe, inputs, steps, interval, branch, repeats) -> dict:
+    """Eager vs ``torch.compile`` (inductor), uncached and with cachediff, interleaved after a warm-up
+    round that compiles; reports speedups and whether anything compiled again after the warm-up."""
+    from torch._dynamo.utils import counters
+
+    helper = DeepCacheSDHelper(pipe)
+    helper.set_params(cache_interval=interval, cache_branch_id=branch)
+    cachediff.compile_denoiser(pipe, fullgraph=True)  # before the helper's hooks, as documented
+    compiled = vars(pipe.unet).pop("forward")
+
+    def variant(compile_on: bool, cached: bool):
+        def run():
+            if compile_on:
+                pipe.unet.forward = compiled
+            if cached:
+                helper.enable()
+            try:
+                loop(pipe, inputs, steps)
+            finally:
+                helper.disable()
+                vars(pipe.unet).pop("forward", None)
+
+        return run
+
+    names = {"eager": (False, False), "compiled": (True, False), "eager_cached": (False, True)}
+    names["compiled_cached"] = (True, True)
+    counters.clear()
+    variants = {k: variant(*v) for k, v in names.items()}
+    metrics.interleaved(variants, repeats=0, warmup=1)  # compiles every graph
+    graphs = counters["stats"]["unique_graphs"]
+    times = metrics.interleaved(variants, repeats, warmup=0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return dict(
+        interval=interval,
+        branch=branch,
+        eager_s=med["eager"],
+        compiled_over_eager=med["eager"] / med["compiled"],
+        cachediff_eager_speedup=med["eager"] / med["eager_cached"],
+        cachediff_compiled_speedup=med["eager"] / med["compiled_cached"],
+        compiled_cachediff_over_eager_cachediff=med["eager_cached"] / med["compiled_cached"],
+        graphs=graphs,
+        graphs_after_warmup=counters["stats"]["unique_graphs"] - graphs,
+        graph_breaks=sum(counters["graph_break"].values()),
+    )
+
+
 def model_and_inputs(arch: str, quick: bool):
     if quick:
         kind = {"sd1.5": "sd", "sdxl": "sdxl", "svd": "svd", "ddpm-cifar10": "ddpm"}[arch]
@@ -118,7 +166,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3, help="timed repeats after one warm-up round")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--quick", action="store_true", help="tiny models, 6 steps, 1 repeat: a smoke test")
-    p.add_argument("--out", type=Path, help="folder for results.csv and table.md")
+    p.add_argument("--compile", action="store_true", help="eager vs torch.compile instead (I=3/B=0 only)")
+    p.add_argument("--out", type=Path, help="folder for results.csv and table.md (compile.csv, .md)")
     args = p.parse_args()
     if args.steps < 1 or args.repeats < 1:
         p.error("--steps and --repeats must be >= 1")
@@ -129,6 +178,11 @@ def main() -> None:
     for arch in args.archs:
         unet, inputs = model_and_inputs(arch, args.quick)
         pipe = SimpleNamespace(unet=unet, scheduler=DDIMScheduler())
+        if args.compile:
+            row = dict(arch=arch, **bench_compile(pipe, inputs, args.steps, *CONFIGS[0], args.repeats))
+            rows.append(row)
+            print(row, flush=True)
+            continue
         for interval, branch in CONFIGS:
             row = dict(arch=arch, **bench_config(pipe, inputs, args.steps, interval, branch, args.repeats))
             rows.append(row)
@@ -145,8 +199,11 @@ def main() -> None:
         import pandas as pd
 
         args.out.mkdir(parents=True, exist_ok=True)
-        write_csv(rows, args.out / "results.csv")
-        (args.out / "table.md").write_text(pd.DataFrame(rows).to_markdown(index=False, floatfmt=".3g") + "\n")
+        name = "compile" if args.compile else "table"
+        write_csv(rows, args.out / f"{'compile' if args.compile else 'results'}.csv")
+        (args.out / f"{name}.md").write_text(
+            pd.DataFrame(rows).to_markdown(index=False, floatfmt=".3g") + "\n"
+        )
 
 
 if __name__ == "__main__":
