@@ -1,10 +1,13 @@
-"""Plots and a Markdown table from a sweep CSV (``experiments/ddpm/sweep_mnist.py``'s results.csv).
+"""Plots and a Markdown table from a sweep CSV (``scripts/sweep.py`` or ``sweep_mnist.py``).
 
-Quality against cost (average MACs and measured speedup: the Pareto view), DeepCache vs plain DDIM
-with fewer steps, and FID and MACs per branch.
+Quality (FID, CLIP score or PSNR to the baseline) against cost, as average MACs and as measured
+speedup: the Pareto view, one curve per method (each schedule, and plain sampling with fewer steps,
+which shares the uncached baseline as its costliest point). Quality and MACs per branch at the interval
+swept over most branches.
 
 Example:
     python scripts/plot_sweep.py runs/mnist-sweep/results.csv --out docs/results/mnist
+    python scripts/plot_sweep.py runs/sweep/results.csv --out runs/sweep/plots --quality clip_score
 """
 
 from __future__ import annotations
@@ -18,67 +21,94 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-COST = "gmacs_per_image_per_100_steps"
+#: cost columns (GMACs per image; the MNIST sweep divides by its 100 steps), quality columns
+COSTS = {
+    "gmacs_per_image_per_100_steps": "MMACs per step (average over a 100-step run)",
+    "gmacs_per_image": "MMACs per image",
+}
+QUALITIES = {"fid": "FID (lower is better)", "clip_score": "CLIP score", "psnr_db": "PSNR to baseline (dB)"}
+QUALITIES["psnr_vs_ddim100_db"] = QUALITIES["psnr_db"]
+FEWER = "fewer steps"
 
 
-def groups(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """Curves of the Pareto view: one per method (plain DDIM with fewer steps, each schedule), at the
-    sweep's main branch; the uncached 100-step baseline belongs to every curve as its costliest point."""
+def column(df: pd.DataFrame, names) -> str:
+    found = [c for c in names if c in df and df[c].notna().any()]
+    if not found:
+        raise SystemExit(f"error: the CSV has none of the columns {', '.join(names)}")
+    return found[0]
+
+
+def groups(df: pd.DataFrame, cost: str) -> dict[str, pd.DataFrame]:
+    """Curves of the Pareto view at the sweep's main branch: one per method, uncached runs (any step
+    count) on the fewer-steps curve, whose uncached baseline closes every curve at full cost."""
     if "method" not in df:  # CSVs of older sweeps
-        df = df.assign(method=["DDIM, fewer steps" if i == 1 else "uniform" for i in df.interval])
-    cached = df[df.interval > 1]
+        df = df.assign(method="uniform")
+    uncached = df.interval == 1
+    df = df.assign(method=df.method.where(~uncached, FEWER))
+    base = df[uncached & (df.steps == df.steps.max())]
+    cached = df[~uncached & (df.method != "cached feature -> zeros")]
     main_branch = cached.branch.mode().iloc[0] if len(cached) else 0
-    base = df[(df.steps == df.steps.max()) & (df.method == "DDIM, fewer steps")]
     out = {}
-    for method, rows in df[(df.branch == main_branch) | (df.interval == 1)].groupby("method", sort=False):
-        if method == "uniform":
-            rows = rows[rows.schedule == "uniform"] if "schedule" in rows else rows
-        out[method] = pd.concat([rows, base]).drop_duplicates("setting").sort_values(COST)
+    for method, rows in df[(df.branch == main_branch) | uncached].groupby("method", sort=False):
+        if method == "uniform" and "schedule" in rows:
+            rows = rows[rows.schedule == "uniform"]
+        if method != "cached feature -> zeros":
+            out[method] = pd.concat([rows, base]).drop_duplicates("setting").sort_values(cost)
     return out
 
 
-def pareto(df: pd.DataFrame, out: Path) -> None:
+def pareto(df: pd.DataFrame, out: Path, cost: str, quality: str) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
-    for (label, rows), marker in zip(groups(df).items(), "osx^vDP<>", strict=False):
-        axes[0].plot(rows[COST] * 1000, rows.fid, marker=marker, label=label)
-        axes[1].plot(rows.measured_speedup, rows.fid, marker=marker, label=label)
-    axes[0].set(xlabel="MMACs per image per step (average over 100 steps)", ylabel="FID (lower is better)")
-    axes[1].set(xlabel="measured speedup over 100 DDIM steps", ylabel="FID")
+    for (label, rows), marker in zip(groups(df, cost).items(), "osx^vDP<>", strict=False):
+        axes[0].plot(rows[cost] * 1000, rows[quality], marker=marker, label=label)
+        if "measured_speedup" in rows:
+            axes[1].plot(rows.measured_speedup, rows[quality], marker=marker, label=label)
+    axes[0].set(xlabel=COSTS[cost], ylabel=QUALITIES[quality])
+    axes[1].set(xlabel="measured speedup over the uncached baseline", ylabel=QUALITIES[quality])
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "fid_vs_cost.png", dpi=120)
+    path = out / f"{quality.split('_vs_')[0]}_vs_cost.png"
+    fig.savefig(path, dpi=120)
+    return path
 
 
-def per_branch(df: pd.DataFrame, out: Path) -> None:
-    uniform = df.method == "uniform" if "method" in df else df.reuse == "cache"
-    rows = df[(df.interval == 5) & uniform].sort_values("branch")
-    if not len(rows):
-        return
+def per_branch(df: pd.DataFrame, out: Path, cost: str, quality: str) -> Path | None:
+    cached = df[(df.interval > 1) & (df.get("method", "uniform") == "uniform")]
+    if cached.branch.nunique() < 2:
+        return None
+    interval = cached.groupby("interval").branch.nunique().idxmax()
+    rows = cached[cached.interval == interval].sort_values("branch")
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.plot(rows.paper_branch, rows.fid, "o-", color="C0")
-    ax.set(xlabel="paper branch (branch id + 1)", ylabel="FID", title="N = 5, per branch")
+    ax.plot(rows.branch + 1, rows[quality], "o-", color="C0")
+    ax.set(
+        xlabel="paper branch (branch id + 1)", ylabel=QUALITIES[quality], title=f"N = {interval}, per branch"
+    )
     twin = ax.twinx()
-    twin.plot(rows.paper_branch, rows.gmacs_per_image_per_100_steps * 1000, "s--", color="C1")
-    twin.set_ylabel("MMACs per step (average)", color="C1")
+    twin.plot(rows.branch + 1, rows[cost] * 1000, "s--", color="C1")
+    twin.set_ylabel(COSTS[cost], color="C1")
     fig.tight_layout()
     fig.savefig(out / "per_branch.png", dpi=120)
+    return out / "per_branch.png"
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("csv", type=Path, help="the sweep's results.csv")
     p.add_argument("--out", type=Path, required=True, help="folder for the PNGs, table and a CSV copy")
+    p.add_argument("--quality", choices=list(QUALITIES), help="quality column (default: FID if measured)")
     args = p.parse_args()
     df = pd.read_csv(args.csv)
+    cost, quality = column(df, COSTS), column(df, [args.quality] if args.quality else list(QUALITIES))
     args.out.mkdir(parents=True, exist_ok=True)
-    pareto(df, args.out)
-    per_branch(df, args.out)
+    finite = df.replace([float("inf")], float("nan"))  # the baseline's PSNR to itself
+    written = [pareto(finite, args.out, cost, quality), per_branch(finite, args.out, cost, quality)]
     df.to_csv(args.out / "results.csv", index=False)
-    cols = ["setting", "method", "steps", "interval", "paper_branch", "full_steps", "fid", COST]
-    cols += ["mac_speedup", "measured_speedup", "psnr_vs_ddim100_db", "samples"]
-    cols = [c for c in cols if c in df]
-    (args.out / "table.md").write_text(df[cols].to_markdown(index=False, floatfmt=".3g") + "\n")
-    print(f"wrote {args.out}/fid_vs_cost.png, per_branch.png, table.md, results.csv")
+    cols = ["setting", "method", "steps", "interval", "paper_branch", "full_steps", *QUALITIES, cost]
+    table = df.assign(paper_branch=df.branch + 1)
+    table = table[[c for c in [*cols, "mac_speedup", "measured_speedup", "samples"] if c in table]]
+    (args.out / "table.md").write_text(table.to_markdown(index=False, floatfmt=".3g") + "\n")
+    names = ", ".join(p.name for p in written if p)
+    print(f"wrote {args.out}: {names}, table.md, results.csv")
 
 
 if __name__ == "__main__":

@@ -104,3 +104,26 @@ def test_plot_sweep_writes_plots_and_table(tmp_path):
     assert re.search(r"\| N5-b2-adaptive\s+\| adaptive\s+\|", table), table
     for name in ("fid_vs_cost.png", "per_branch.png", "table.md", "results.csv"):
         assert (tmp_path / "out" / name).stat().st_size > 0
+
+
+def test_plot_sweep_reads_the_pipeline_sweep_columns(tmp_path):
+    rows = [
+        dict(setting="base-50", method="uncached", steps=50, interval=1, branch=0, clip_score=30.0),
+        dict(setting="steps-25", method="fewer steps", steps=25, interval=1, branch=0, clip_score=29.0),
+        dict(setting="N3-b0-uniform", method="uniform", steps=50, interval=3, branch=0, clip_score=29.8),
+        dict(setting="N3-b1-uniform", method="uniform", steps=50, interval=3, branch=1, clip_score=29.9),
+    ]
+    for r in rows:
+        r.update(gmacs_per_image=r["steps"] / (r["interval"] + 1), psnr_db=30.0, measured_speedup=1.5)
+    pd.DataFrame(rows).to_csv(tmp_path / "r.csv", index=False)
+    out = run(
+        "scripts/plot_sweep.py",
+        str(tmp_path / "r.csv"),
+        "--out",
+        str(tmp_path / "o"),
+        "--quality",
+        "clip_score",
+    )
+    assert "clip_score_vs_cost.png, per_branch.png" in out.stdout
+    table = (tmp_path / "o" / "table.md").read_text()
+    assert "paper_branch" in table and "clip_score" in table and "gmacs_per_image" in table

@@ -49,13 +49,8 @@ def step_macs(unet: torch.nn.Module, inputs: dict, branch: int, attention: bool 
 
     Works on the ``meta`` device, where it costs no compute.
     """
-    engine = DeepCacheEngine(unet, DeepCacheConfig(interval=2, branch=branch)).enable()
-    try:
-        full = count_macs(lambda: unet(**inputs), attention)
-        cached = count_macs(lambda: unet(**inputs), attention)
-    finally:
-        engine.disable()
-    return full, cached
+    engine = DeepCacheEngine(unet, DeepCacheConfig(interval=2, branch=branch))
+    return _full_then_cached(engine, lambda: unet(**inputs), attention)
 
 
 def module_step_macs(model: torch.nn.Module, inputs: dict, rules, attention: bool = False) -> tuple[int, int]:
@@ -70,13 +65,17 @@ def module_step_macs(model: torch.nn.Module, inputs: dict, rules, attention: boo
     """
     from ..modules import ModuleCache, every
 
-    cache = ModuleCache(model, [dataclasses.replace(r, reuse=every(2)) for r in rules]).enable()
+    cache = ModuleCache(model, [dataclasses.replace(r, reuse=every(2)) for r in rules])
+    return _full_then_cached(cache, lambda: model(**inputs), attention)
+
+
+def _full_then_cached(cache, call: Callable[[], object], attention: bool) -> tuple[int, int]:
+    """MACs of two calls under ``cache`` (enabled for them): step 0 is full, step 1 cached."""
+    cache.enable()
     try:
-        full = count_macs(lambda: model(**inputs), attention)
-        cached = count_macs(lambda: model(**inputs), attention)
+        return count_macs(call, attention), count_macs(call, attention)
     finally:
         cache.disable()
-    return full, cached
 
 
 def average_macs(full: int, cached: int, n_full: int, n_steps: int) -> float:

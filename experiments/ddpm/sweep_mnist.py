@@ -73,7 +73,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="interleaved timed repeats per setting")
     p.add_argument("--out", type=Path, default=Path("runs/mnist-sweep"), help="samples, features, CSV")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    p.add_argument("--retime", action="store_true", help="measure the speed of finished settings again")
+    p.add_argument(
+        "--retime", nargs="*", metavar="SETTING", help="measure the speed of these finished settings again "
+        "(none named: all), e.g. after other jobs shared the CPU",
+    )  # fmt: skip
     args = p.parse_args()
     if min(args.samples, args.reference, args.shard, args.timing_batch, args.repeats) < 1:
         p.error("counts must be >= 1")
@@ -139,7 +142,7 @@ def main() -> None:
     base_images = None
     for s in settings(args.suites, full, cached):
         if s.name in rows:  # finished: keep, or only measure its speed again
-            if args.retime and s != base:
+            if args.retime is not None and s != base and (not args.retime or s.name in args.retime):
                 rows[s.name].update(speed(sweep, base, s, args.timing_batch, args.repeats))
                 write_csv(list(rows.values()), csv)
             continue
