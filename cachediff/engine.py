@@ -344,7 +344,9 @@ class DeepCacheEngine:
                     return out
                 if is_producer and self.config.reuse == "cache":
                     return _clone(slot.feature)
-                return _placeholder(*slot.layouts[name])  # zeros (also the "zeros" ablation)
+                if is_producer:  # the "zeros" ablation
+                    return _placeholder(*slot.layouts[name], torch.zeros)
+                return _placeholder(*slot.layouts[name], torch.empty)  # only deep modules read it
 
             return forward
 
@@ -363,8 +365,10 @@ def _layout(out) -> tuple[list, Any]:
     return meta, spec
 
 
-def _placeholder(meta: list, spec) -> Any:
-    leaves = [m[1] if m[0] == "value" else torch.zeros(m[0], dtype=m[1], device=m[2]) for m in meta]
+def _placeholder(meta: list, spec, make: Callable = torch.empty) -> Any:
+    """An output of the recorded layout: ``torch.empty`` (no memory touched) where only skipped
+    modules read it, ``torch.zeros`` where a running module does."""
+    leaves = [m[1] if m[0] == "value" else make(m[0], dtype=m[1], device=m[2]) for m in meta]
     return pytree.tree_unflatten(leaves, spec)
 
 
