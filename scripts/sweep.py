@@ -135,6 +135,8 @@ def run(args) -> int:
         torch.distributed.barrier()
     if rank == 0:
         score(args, sweep, settings, prompts)
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
     return 0
 
 
