@@ -16,6 +16,7 @@ import torch
 
 from . import runner
 from .config import DeepCacheConfig
+from .engine import DeepCacheEngine
 from .pipelines import PRESETS, get_preset
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -90,11 +91,11 @@ def run(args: argparse.Namespace) -> int:
     dtype = DTYPES[args.dtype]
     pipe = runner.load_pipeline(preset, args.model, args.device, dtype)
     runner.set_scheduler(pipe, args.scheduler or preset.scheduler)
-    runner.accelerator(pipe, config, steps)  # fail before any sampling if the branch is out of range
+    cache = runner.accelerator(pipe, config, steps)  # fails before any sampling on a bad branch
     seeds = list(range(args.seed, args.seed + args.batch_size))
     branch = (
         f"branch {config.branch} (paper {config.branch + 1})"
-        if getattr(pipe, "unet", None) is not None
+        if isinstance(cache, DeepCacheEngine)
         else f"first and last {config.branch} blocks on every step"
     )
     print(f"{args.model_type}: {steps} steps, N={config.interval}, {branch}")

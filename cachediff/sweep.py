@@ -98,16 +98,15 @@ class Sweep:
             extra["prompt"] = [self.prompts[s % len(self.prompts)] for s in seeds]
         self.cache = None if setting.cache is None else accelerator(self.pipe, setting.cache, setting.steps)
         calls = []  # denoiser calls of an uncached run (img2img and inpainting make fewer than steps)
-        hook = denoiser(self.pipe).register_forward_pre_hook(lambda *_: calls.append(1))
-        if self.cache is not None:
-            self.cache.enable()
+        if self.cache is None:
+            undo = denoiser(self.pipe).register_forward_pre_hook(lambda *_: calls.append(1)).remove
+        else:
+            undo = self.cache.enable().disable
         try:
             return TASKS[self.task](self.pipe, seeds, setting.steps, **extra)
         finally:
-            hook.remove()
+            undo()
             self._calls = len(calls)
-            if self.cache is not None:
-                self.cache.disable()
 
     def starts(self, rank: int = 0, world: int = 1) -> range:
         """First seeds of the shards that process ``rank`` of ``world`` owns (every ``world``-th)."""
@@ -136,9 +135,7 @@ class Sweep:
         for start in self.starts():
             path = folder / f"features_{start:06d}.npy"
             if not path.exists():
-                images = (
-                    torch.from_numpy(np.load(folder / f"samples_{start:06d}.npy")).float().div(127.5).sub(1)
-                )
+                images = _unit_range(np.load(folder / f"samples_{start:06d}.npy"))
                 _save_npy(path, np.asarray(self.featurize(images)))
             feats.append(np.load(path))
         return np.concatenate(feats)
@@ -167,11 +164,9 @@ class Sweep:
         """Denoiser MACs of one image's run: full and cached calls as recorded (a CFG pipeline's
         second pass per call not included, the same for every setting)."""
         full, cached = self.step_macs(setting)
-        records = self._records(setting) or [
-            {"full_steps": setting.full_steps(), "pattern": "?" * setting.steps}
-        ]
-        runs = [(r["full_steps"], len(r["pattern"]) - r["full_steps"]) for r in records]  # full, cached
-        return float(np.mean([f * full + c * cached for f, c in runs]))
+        runs = [(r["full_steps"], len(r["pattern"])) for r in self._records(setting)]  # full, calls
+        runs = runs or [(setting.full_steps(), setting.steps)]
+        return float(np.mean([f * full + (n - f) * cached for f, n in runs]))
 
     def seconds(self, settings: Sequence[Setting], images: int, repeats: int) -> dict[str, list[float]]:
         """Wall times of generating ``images`` images under each setting, interleaved (A B A B ...)."""
@@ -184,6 +179,15 @@ class Sweep:
         """The setting's saved samples, uint8 ``(N, C, H, W)``."""
         folder = self.out / setting.name
         return np.concatenate([np.load(folder / f"samples_{s:06d}.npy") for s in self.starts()])
+
+    def images(self, setting: Setting) -> torch.Tensor:
+        """The setting's saved samples as floats in [-1, 1], ``(N, C, H, W)``."""
+        return _unit_range(self.samples(setting))
+
+
+def _unit_range(samples: np.ndarray) -> torch.Tensor:
+    """uint8 samples -> float images in [-1, 1]."""
+    return torch.from_numpy(samples).float() / 127.5 - 1
 
 
 def speed(sweep: Sweep, base: Setting, setting: Setting, images: int, repeats: int) -> dict:

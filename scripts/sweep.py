@@ -145,17 +145,14 @@ def score(args, sweep: Sweep, settings: list[Setting], prompts: list[str] | None
     csv = args.out / "results.csv"
     rows = {r["setting"]: r for r in read_csv(csv)}
     base = settings[0]
-    base_macs, base_images = sweep.macs_per_image(base), _images(sweep, base)
+    base_macs, base_images = sweep.macs_per_image(base), sweep.images(base)
     reference = fid_reference(args.fid_reference, args.out) if args.fid_reference else None
     clip = C.load_clip(args.clip, args.device) if args.clip else None
     for s in settings:
         if s.name in rows:
             continue
-        config, images, macs = (
-            s.cache or DeepCacheConfig(interval=1),
-            _images(sweep, s),
-            sweep.macs_per_image(s),
-        )
+        config, images = s.cache or DeepCacheConfig(interval=1), sweep.images(s)
+        macs = sweep.macs_per_image(s)
         row = dict(
             setting=s.name,
             method=s.cache.schedule if s.cache else "uncached" if s == base else "fewer steps",
@@ -180,10 +177,6 @@ def score(args, sweep: Sweep, settings: list[Setting], prompts: list[str] | None
         write_csv(list(rows.values()), csv)
         print(row, flush=True)
     print(f"wrote {csv}")
-
-
-def _images(sweep: Sweep, setting: Setting) -> torch.Tensor:
-    return torch.from_numpy(sweep.samples(setting)).float() / 127.5 - 1
 
 
 if __name__ == "__main__":
