@@ -175,6 +175,11 @@ class Sweep:
         runs = {s.name: (lambda s=s: self.generate(s, range(images))) for s in settings}
         return interleaved(runs, repeats)
 
+    def first_shard(self, setting: Setting) -> torch.Tensor:
+        """The setting's first shard (seeds 0 .. shard - 1) in [-1, 1], generated alone if missing."""
+        self.generate_missing(setting, world=len(self.starts()), progress=False)  # rank 0 owns shard 0 only
+        return _unit_range(np.load(self.folder(setting) / "samples_000000.npy"))
+
     def samples(self, setting: Setting) -> np.ndarray:
         """The setting's saved samples, uint8 ``(N, C, H, W)``."""
         folder = self.out / setting.name

@@ -12,6 +12,7 @@ stopped (samples and features are saved per shard of seeds; finished rows are ke
 
 Example:
     python experiments/ddpm/sweep_mnist.py --samples 2000 > runs/sweep.log 2>&1
+    python experiments/ddpm/sweep_mnist.py --suites schedules --only 'N10-*'  # one budget only
     python experiments/ddpm/sweep_mnist.py --samples 64 --suites interval --out /tmp/quick  # smoke test
 """
 
@@ -19,10 +20,10 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import fnmatch
 import platform
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from cachediff import DeepCacheConfig, metrics
@@ -30,9 +31,9 @@ from cachediff.metrics import fid as F
 from cachediff.pipelines import get_preset
 from cachediff.runner import load_pipeline
 from cachediff.sweep import Setting, Sweep, read_csv, speed, write_csv
+from cachediff.unets import num_branches
 
 BRANCH = 2  # paper branch 3, as in the paper's DDPM Table 2
-BRANCHES = 4  # skip branches of the shipped U-Net (4 resolution levels)
 INTERVALS = (2, 3, 5, 10)
 SUITES = ("interval", "zeros", "steps", "schedules", "branch")
 BUDGETS = (5, 10)  # the schedules suite: full-step budgets of ceil(100 / N)
@@ -69,6 +70,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument(
         "--suites", nargs="+", default=list(SUITES), choices=SUITES, help="which tables to run, in this order"
     )
+    p.add_argument(
+        "--only", nargs="+", metavar="PATTERN", help="run only the settings whose names match one of these "
+        "wildcards (e.g. 'ddim-*' 'N10-*'); the baseline always runs",
+    )  # fmt: skip
     p.add_argument("--timing-batch", type=int, default=64, help="images per timed run")
     p.add_argument("--repeats", type=int, default=3, help="interleaved timed repeats per setting")
     p.add_argument("--out", type=Path, default=Path("runs/mnist-sweep"), help="samples, features, CSV")
@@ -88,7 +93,7 @@ def deepcache(name: str, interval: int, branch: int = BRANCH, **options) -> Sett
     return Setting(name, cache=DeepCacheConfig(interval=interval, branch=branch, **options))
 
 
-def settings(suites, full_macs: float, cached_macs: float) -> list[Setting]:
+def settings(suites, full_macs: float, cached_macs: float, branches: int) -> list[Setting]:
     """The sweep's settings: the baseline, then each suite in the order given (a stopped sweep resumes).
 
     Fewer-steps runs match the MACs of each interval at the default branch. The schedules suite runs
@@ -103,7 +108,7 @@ def settings(suites, full_macs: float, cached_macs: float) -> list[Setting]:
             for label, options in SCHEDULES.items()
             for n in BUDGETS
         ],
-        "branch": lambda: [deepcache(f"N5-b{b}", 5, b) for b in range(BRANCHES)],
+        "branch": lambda: [deepcache(f"N5-b{b}", 5, b) for b in range(branches)],
     }
     out = [Setting("ddim-100")] + [s for name in suites for s in suite[name]()]
     return list({s.name: s for s in out}.values())
@@ -140,7 +145,9 @@ def main() -> None:
     csv = args.out / "results.csv"
     rows = {r["setting"]: r for r in read_csv(csv)}
     base_images = None
-    for s in settings(args.suites, full, cached):
+    for s in settings(args.suites, full, cached, num_branches(pipe.unet)):
+        if args.only and s != base and not any(fnmatch.fnmatch(s.name, p) for p in args.only):
+            continue
         if s.name in rows:  # finished: keep, or only measure its speed again
             if args.retime is not None and s != base and (not args.retime or s.name in args.retime):
                 rows[s.name].update(speed(sweep, base, s, args.timing_batch, args.repeats))
@@ -148,10 +155,9 @@ def main() -> None:
             continue
         feats = sweep.features(s)
         if base_images is None:
-            base_images = torch.from_numpy(sweep.samples(base)[: args.shard].astype(np.float32))
+            base_images = sweep.first_shard(base)
         config = s.cache or DeepCacheConfig(interval=1)
         macs = sweep.macs_per_image(s) / 100  # per step of the 100-step budget
-        shard0 = sweep.samples(s)[: args.shard].astype(np.float32)
         rows[s.name] = dict(
             setting=s.name,
             method=method(s),
@@ -166,7 +172,7 @@ def main() -> None:
             gmacs_per_image_per_100_steps=macs / 1e9,
             mac_speedup=full / macs,
             **speed(sweep, base, s, args.timing_batch, args.repeats),
-            psnr_vs_ddim100_db=metrics.psnr(torch.from_numpy(shard0), base_images, 255.0),
+            psnr_vs_ddim100_db=metrics.psnr(sweep.first_shard(s), base_images, 2.0),
             samples=args.samples,
         )
         write_csv(list(rows.values()), csv)
