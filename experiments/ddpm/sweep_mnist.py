@@ -5,6 +5,7 @@ Suites (paper tables):
   branch    every branch at N = 5 (Table 12)
   steps     plain DDIM with fewer steps at the MACs of each N (Tables 4 and 6: DeepCache should win)
   zeros     the cached feature replaced by zeros (Table 5: FID should explode)
+  curve     plain DDIM with 50, 30, 20, 10 steps: where this model's FID is best
   schedules non-uniform, adaptive and cool-down schedules at the budgets of N = 5, 10 (beyond the paper)
 
 FID uses the standard TF Inception network against MNIST test images. The sweep resumes where it
@@ -35,7 +36,8 @@ from cachediff.unets import num_branches
 
 BRANCH = 2  # paper branch 3, as in the paper's DDPM Table 2
 INTERVALS = (2, 3, 5, 10)
-SUITES = ("interval", "zeros", "steps", "schedules", "branch")
+SUITES = ("interval", "zeros", "steps", "curve", "schedules", "branch")
+CURVE = (50, 30, 20, 10)  # the curve suite: DDIM step counts
 BUDGETS = (5, 10)  # the schedules suite: full-step budgets of ceil(100 / N)
 
 
@@ -103,6 +105,7 @@ def settings(suites, full_macs: float, cached_macs: float, branches: int) -> lis
         "interval": lambda: [deepcache(f"N{n}-b{BRANCH}", n) for n in INTERVALS],
         "zeros": lambda: [deepcache(f"N5-b{BRANCH}-zeros", 5, reuse="zeros")],
         "steps": lambda: [Setting(f"ddim-{k}", steps=k) for k in fewer_steps(full_macs, cached_macs)],
+        "curve": lambda: [Setting(f"ddim-{k}", steps=k) for k in CURVE],
         "schedules": lambda: [
             deepcache(f"N{n}-b{BRANCH}-{label}", **{"interval": n, **options(n)})
             for label, options in SCHEDULES.items()
