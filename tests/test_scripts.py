@@ -127,3 +127,20 @@ def test_plot_sweep_reads_the_pipeline_sweep_columns(tmp_path):
     assert "clip_score_vs_cost.png, per_branch.png" in out.stdout
     table = (tmp_path / "o" / "table.md").read_text()
     assert "paper_branch" in table and "clip_score" in table and "gmacs_per_image" in table
+
+
+@pytest.mark.slow  # about a minute on 2 cores: 100-step baseline, Inception and two 2048-d FIDs
+def test_sweep_mnist_runs_only_the_settings_asked_for(tmp_path):
+    out = tmp_path / "sweep"
+    args = ["--samples", "4", "--shard", "2", "--reference", "4", "--timing-batch", "2", "--repeats", "1"]
+    run("experiments/ddpm/sweep_mnist.py", *args, "--suites", "curve", "--only", "ddim-1?", "--out", str(out))
+    rows = pd.read_csv(out / "results.csv").set_index("setting")
+    assert list(rows.index) == ["ddim-100", "ddim-10"]
+    assert rows.loc["ddim-10", "mac_speedup"] == pytest.approx(10.0)
+    assert (
+        rows.loc["ddim-10", "psnr_vs_ddim100_db"] < rows.loc["ddim-100", "psnr_vs_ddim100_db"] == float("inf")
+    )
+    assert sorted(p.name for p in (out / "ddim-10").glob("samples_*")) == [
+        "samples_000000.npy",
+        "samples_000002.npy",
+    ]

@@ -90,3 +90,11 @@ def test_full_steps_are_recorded_per_shard_for_adaptive_runs(pipe, tmp_path):
     assert len(records) == 2
     assert 1 <= sweep.mean_full_steps(adaptive) < 8
     assert sweep.mean_full_steps(SETTING) == SETTING.full_steps() == 2
+
+
+def test_first_shard_generates_the_first_shard_alone(pipe, tmp_path):
+    sweep = Sweep(pipe, tmp_path, n_samples=6, shard=2, featurize=mean_features)
+    first = sweep.first_shard(SETTING)
+    assert [p.name for p in (tmp_path / SETTING.name).glob("samples_*")] == ["samples_000000.npy"]
+    sweep.features(SETTING, progress=False)
+    assert len(first) == 2 and torch.equal(first, sweep.images(SETTING)[:2])
