@@ -53,10 +53,13 @@ class Sweep:
         pipe: a diffusers pipeline with a ``.unet`` or ``.transformer`` (see ``cachediff.runner``).
         out: the sweep folder.
         n_samples: images per setting (seeds 0 .. n_samples - 1).
-        shard: images per generated batch and file.
+        shard: images per saved file (and per work unit shared between processes).
         featurize: ``images (N, C, H, W) in [-1, 1] -> features (N, D)``, e.g. Inception features.
         task: a ``cachediff.runner.TASKS`` entry.
         prompts: image k is generated from seed k and prompt ``prompts[k % len(prompts)]``.
+        batch: images per pipeline call (default: ``shard``); small batches run faster on a CPU whose
+            cache holds their activations. The adaptive schedule decides per call for the whole
+            batch, so its samples depend on ``batch``; every other setting's do not.
         inputs: further arguments of the task (init image, mask, frames).
     """
 
@@ -69,9 +72,11 @@ class Sweep:
         featurize: Callable | None = None,
         task: str = "unconditional",
         prompts: Sequence[str] | None = None,
+        batch: int | None = None,
         **inputs,
     ):
         self.pipe, self.out, self.n, self.shard, self.featurize = pipe, Path(out), n_samples, shard, featurize
+        self.batch = batch or shard
         self.task, self.prompts, self.inputs = task, prompts, inputs
         self.cache = None  # the accelerator of the last cached run (its ``stats``)
         pipe.set_progress_bar_config(disable=True)  # one bar per setting instead
@@ -121,9 +126,10 @@ class Sweep:
             samples = folder / f"samples_{start:06d}.npy"
             if samples.exists():
                 continue
-            images = self.generate(setting, range(start, min(start + self.shard, self.n)))
-            with atomic_path(folder / f"stats_{start:06d}.json") as tmp:
-                tmp.write_text(json.dumps(self._run_record(setting)))
+            seeds = range(start, min(start + self.shard, self.n))
+            images = torch.cat(
+                [self._generate_recorded(setting, chunk) for chunk in _chunks(seeds, self.batch)]
+            )
             _save_npy(samples, ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy())
 
     def features(self, setting: Setting, progress: bool = True) -> np.ndarray:
@@ -140,19 +146,25 @@ class Sweep:
             feats.append(np.load(path))
         return np.concatenate(feats)
 
-    def _run_record(self, setting: Setting) -> dict:
+    def _generate_recorded(self, setting: Setting, seeds: range) -> torch.Tensor:
+        """Images for ``seeds``, recording the run's full steps in ``stats_<first seed>.json``."""
+        images = self.generate(setting, seeds)
         pattern = "F" * self._calls if self.cache is None else self.cache.stats.pattern
-        return {"full_steps": pattern.count("F"), "pattern": pattern}
+        with atomic_path(self.folder(setting) / f"stats_{seeds[0]:06d}.json") as tmp:
+            tmp.write_text(
+                json.dumps({"full_steps": pattern.count("F"), "pattern": pattern, "images": len(seeds)})
+            )
+        return images
 
     def _records(self, setting: Setting) -> list[dict]:
         return [json.loads(r.read_text()) for r in sorted((self.out / setting.name).glob("stats_*.json"))]
 
     def mean_full_steps(self, setting: Setting) -> float:
-        """Full steps per run, averaged over the recorded shards (static schedules: from the rule)."""
+        """Full steps per run, averaged over the recorded runs (static schedules: from the rule)."""
         records = self._records(setting)
         if not records:
             return float(setting.full_steps())
-        return float(np.mean([r["full_steps"] for r in records]))
+        return float(np.average([r["full_steps"] for r in records], weights=_weights(records)))
 
     def step_macs(self, setting: Setting) -> tuple[int, int]:
         """MACs of one full and one cached denoiser call for one image (see ``runner.step_macs``)."""
@@ -164,9 +176,11 @@ class Sweep:
         """Denoiser MACs of one image's run: full and cached calls as recorded (a CFG pipeline's
         second pass per call not included, the same for every setting)."""
         full, cached = self.step_macs(setting)
-        runs = [(r["full_steps"], len(r["pattern"])) for r in self._records(setting)]  # full, calls
-        runs = runs or [(setting.full_steps(), setting.steps)]
-        return float(np.mean([f * full + (n - f) * cached for f, n in runs]))
+        records = self._records(setting) or [
+            dict(full_steps=setting.full_steps(), pattern="?" * setting.steps)
+        ]
+        macs = [r["full_steps"] * full + (len(r["pattern"]) - r["full_steps"]) * cached for r in records]
+        return float(np.average(macs, weights=_weights(records)))
 
     def seconds(self, settings: Sequence[Setting], images: int, repeats: int) -> dict[str, list[float]]:
         """Wall times of generating ``images`` images under each setting, interleaved (A B A B ...)."""
@@ -188,6 +202,21 @@ class Sweep:
     def images(self, setting: Setting) -> torch.Tensor:
         """The setting's saved samples as floats in [-1, 1], ``(N, C, H, W)``."""
         return _unit_range(self.samples(setting))
+
+
+def _weights(records: list[dict]) -> list[int]:
+    """Images per recorded run (records of older sweeps, one per shard, count alike)."""
+    return [r.get("images", 1) for r in records]
+
+
+def _chunks(seeds: range, size: int) -> list[range]:
+    """``seeds`` in consecutive runs of at most ``size``.
+
+    Example:
+        >>> _chunks(range(3, 8), 2)
+        [range(3, 5), range(5, 7), range(7, 8)]
+    """
+    return [seeds[i : i + size] for i in range(0, len(seeds), size)]
 
 
 def _unit_range(samples: np.ndarray) -> torch.Tensor:

@@ -25,11 +25,16 @@ def mean_features(images: torch.Tensor) -> np.ndarray:
 SETTING = Setting("N3-b1", steps=6, cache=DeepCacheConfig(interval=3, branch=1))
 
 
-def test_samples_do_not_depend_on_the_shard_size(pipe, tmp_path):
+def test_samples_do_not_depend_on_the_shard_or_batch_size(pipe, tmp_path):
     a = Sweep(pipe, tmp_path / "a", n_samples=4, shard=2, featurize=mean_features)
     b = Sweep(pipe, tmp_path / "b", n_samples=4, shard=4, featurize=mean_features)
-    a.features(SETTING, progress=False), b.features(SETTING, progress=False)
+    c = Sweep(pipe, tmp_path / "c", n_samples=4, shard=4, featurize=mean_features, batch=3)
+    for sweep in (a, b, c):
+        sweep.features(SETTING, progress=False)
     assert np.array_equal(a.samples(SETTING), b.samples(SETTING))
+    assert np.array_equal(a.samples(SETTING), c.samples(SETTING))
+    assert [r["images"] for r in c._records(SETTING)] == [3, 1]  # one record per pipeline call
+    assert c.mean_full_steps(SETTING) == 2 and c.macs_per_image(SETTING) == b.macs_per_image(SETTING)
 
 
 def test_an_interrupted_sweep_resumes_without_redoing_work(pipe, tmp_path, monkeypatch):

@@ -68,7 +68,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--model", help="model folder (default: the shipped assets/ddpm-mnist)")
     p.add_argument("--samples", type=int, default=2000, help="images per setting for FID")
     p.add_argument("--reference", type=int, default=2000, help="MNIST test images for the reference stats")
-    p.add_argument("--shard", type=int, default=250, help="images per generated batch and file")
+    p.add_argument("--shard", type=int, default=250, help="images per saved file")
+    p.add_argument("--batch", type=int, default=32, help="images per pipeline call (faster when small)")
     p.add_argument(
         "--suites", nargs="+", default=list(SUITES), choices=SUITES, help="which tables to run, in this order"
     )
@@ -85,7 +86,7 @@ def parse_args() -> argparse.Namespace:
         "(none named: all), e.g. after other jobs shared the CPU",
     )  # fmt: skip
     args = p.parse_args()
-    if min(args.samples, args.reference, args.shard, args.timing_batch, args.repeats) < 1:
+    if min(args.samples, args.reference, args.shard, args.batch, args.timing_batch, args.repeats) < 1:
         p.error("counts must be >= 1")
     return args
 
@@ -138,9 +139,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     pipe = load_pipeline(get_preset("ddpm-mnist"), args.model)
     inception = F.load_inception()
-    sweep = Sweep(
-        pipe, args.out, args.samples, args.shard, lambda x: F.inception_features(x, inception, 50, False)
-    )
+    featurize = lambda x: F.inception_features(x, inception, 50, False)  # noqa: E731
+    sweep = Sweep(pipe, args.out, args.samples, args.shard, featurize, batch=args.batch)
     ref = F.mnist_reference(args.out / f"reference_mnist_test_{args.reference}.npz", args.reference)
     base = Setting("ddim-100")
     full, cached = sweep.step_macs(deepcache("probe", 2))
