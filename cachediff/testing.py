@@ -239,6 +239,27 @@ def save_tiny_clip(folder):
     return folder
 
 
+def save_tiny_open_clip(folder) -> tuple[Path, str]:
+    """Save a tiny random open_clip model (32 px images, open_clip's own tokenizer, which ships in its
+    wheel): returns the weights file and the architecture name it registers with open_clip."""
+    import json
+
+    import open_clip
+
+    folder, arch = Path(folder), "tiny-clip-test"
+    folder.mkdir(parents=True, exist_ok=True)
+    config = dict(
+        embed_dim=16,
+        vision_cfg=dict(image_size=32, layers=1, width=32, head_width=16, patch_size=8),
+        text_cfg=dict(context_length=77, vocab_size=49408, width=32, heads=2, layers=1),
+    )
+    (folder / f"{arch}.json").write_text(json.dumps(config))
+    open_clip.add_model_config(folder / f"{arch}.json")
+    torch.manual_seed(0)
+    torch.save(open_clip.create_model(arch).state_dict(), folder / "open_clip_model.pt")
+    return folder / "open_clip_model.pt", arch
+
+
 def _byte_alphabet() -> list[str]:
     """GPT-2 / CLIP byte-level BPE's 256 printable stand-ins for the bytes 0..255."""
     printable = [

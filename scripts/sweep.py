@@ -55,7 +55,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--image", help="init image for img2img, inpainting and video (default: a gradient)")
     p.add_argument("--mask", help="inpainting mask, white = repaint (default: the centre square)")
     p.add_argument("--frames", type=int, default=14, help="video frames (SVD, Text2Video-Zero)")
-    p.add_argument("--clip", help="CLIP weights (folder or hub id) for the CLIP score")
+    p.add_argument(
+        "--clip", help="CLIP weights for the CLIP score: an open_clip file or tag (laion2b_s34b_b88k, the "
+        "paper's), or a transformers folder or hub id",
+    )  # fmt: skip
+    p.add_argument("--clip-arch", default="ViT-g-14", help="open_clip architecture of --clip (the paper's)")
     p.add_argument("--fid-reference", help="FID reference statistics (.npz) or 'mnist' (MNIST test set)")
     p.add_argument("--timing-images", type=int, default=2, help="images per timed run")
     p.add_argument("--repeats", type=int, default=2, help="interleaved timed repeats (0: no timing)")
@@ -147,7 +151,7 @@ def score(args, sweep: Sweep, settings: list[Setting], prompts: list[str] | None
     base = settings[0]
     base_macs, base_images = sweep.macs_per_image(base), sweep.images(base)
     reference = fid_reference(args.fid_reference, args.out) if args.fid_reference else None
-    clip = C.load_clip(args.clip, args.device) if args.clip else None
+    clip = C.load_clip(args.clip, args.clip_arch, args.device) if args.clip else None
     for s in settings:
         if s.name in rows:
             continue
@@ -172,7 +176,7 @@ def score(args, sweep: Sweep, settings: list[Setting], prompts: list[str] | None
             row["fid"] = F.frechet_distance(*F.feature_stats(sweep.features(s)), *reference)
         if clip is not None and prompts is not None:
             texts = [prompts[k % len(prompts)] for k in range(len(images))]
-            row["clip_score"] = C.clip_score(images, texts, *clip).mean().item()
+            row["clip_score"] = C.clip_score(images, texts, clip).mean().item()
         rows[s.name] = row
         write_csv(list(rows.values()), csv)
         print(row, flush=True)

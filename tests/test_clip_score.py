@@ -1,49 +1,83 @@
-"""CLIP score on a tiny random CLIP saved to a folder and loaded through the user's code path."""
+"""CLIP score on tiny random CLIP models saved to disk and loaded through the user's code path:
+transformers (every environment) and open_clip (where open_clip and a matching torchvision import)."""
 
 from __future__ import annotations
 
+import importlib.util
+
+import numpy as np
 import pytest
 import torch
 
 from cachediff.metrics.clip_score import clip_cosine, clip_score, load_clip
-from cachediff.testing import save_tiny_clip
+from cachediff.testing import save_tiny_clip, save_tiny_open_clip
 
 
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory):
-    return load_clip(str(save_tiny_clip(tmp_path_factory.mktemp("clip"))))
+def _open_clip_works() -> bool:
+    if importlib.util.find_spec("open_clip") is None:
+        return False
+    try:
+        import open_clip  # noqa: F401
+    except RuntimeError:  # a torchvision build that does not match torch
+        return False
+    return True
+
+
+OPEN_CLIP = _open_clip_works()
+needs_open_clip = pytest.mark.skipif(not OPEN_CLIP, reason="open_clip with a matching torchvision")
+
+
+@pytest.fixture(scope="module", params=["transformers", pytest.param("open_clip", marks=needs_open_clip)])
+def clip(request, tmp_path_factory):
+    folder = tmp_path_factory.mktemp(request.param)
+    if request.param == "transformers":
+        return load_clip(str(save_tiny_clip(folder)))
+    weights, arch = save_tiny_open_clip(folder)
+    return load_clip(str(weights), arch=arch)
 
 
 def images(n: int, seed: int = 0) -> torch.Tensor:
     return torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed)) * 2 - 1
 
 
+def test_the_backend_follows_the_weights(clip):
+    assert clip.backend == ("open_clip" if "tiny-clip-test" in clip.source else "transformers")
+
+
 def test_score_is_100_times_the_clamped_cosine_of_the_embeddings(clip):
-    model, processor = clip
     prompts = ["a red fox", "a cat", "a tree"]
-    scores = clip_score(images(3), prompts, model, processor, batch_size=2)
+    scores = clip_score(images(3), prompts, clip, batch_size=2)
     pixels = ((images(3) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
-    inputs = processor(text=prompts, images=list(pixels), return_tensors="pt", padding=True)
     with torch.no_grad():
-        out = model(**inputs)
-    image = out.image_embeds / out.image_embeds.norm(dim=-1, keepdim=True)
-    text = out.text_embeds / out.text_embeds.norm(dim=-1, keepdim=True)
+        image, text = clip.embed(np.ascontiguousarray(pixels), prompts)
+    image, text = image / image.norm(dim=-1, keepdim=True), text / text.norm(dim=-1, keepdim=True)
     expected = 100 * (image * text).sum(-1).clamp_min(0)
     assert scores.shape == (3,) and torch.allclose(scores, expected, atol=1e-4)
     assert ((0 <= scores) & (scores <= 100)).all()
 
 
 def test_cosine_depends_on_the_prompt_and_the_image(clip):
-    model, processor = clip
-    a = clip_cosine(images(2), ["a red fox", "a red fox"], model, processor)
-    b = clip_cosine(images(2), ["a red fox", "blue sky"], model, processor)
-    c = clip_cosine(images(2, seed=1), ["a red fox", "a red fox"], model, processor)
-    assert a[0] == b[0] and a[1] != b[1] and not torch.equal(a, c)
+    a = clip_cosine(images(2), ["a red fox", "a red fox"], clip)
+    b = clip_cosine(images(2), ["a red fox", "blue sky"], clip)
+    c = clip_cosine(images(2, seed=1), ["a red fox", "a red fox"], clip)
+    assert torch.allclose(a[0], b[0], atol=1e-6) and not torch.allclose(a[1], b[1], atol=1e-4)
+    assert not torch.allclose(a, c, atol=1e-4)
 
 
 def test_errors(clip, tmp_path):
-    model, processor = clip
     with pytest.raises(ValueError, match="one prompt per image"):
-        clip_score(images(2), ["x"], model, processor)
+        clip_score(images(2), ["x"], clip)
     with pytest.raises(FileNotFoundError, match="no CLIP folder"):
         load_clip(str(tmp_path / "missing" / "clip" / "x"))
+
+
+@needs_open_clip
+def test_an_unknown_open_clip_tag_names_the_known_ones():
+    with pytest.raises(FileNotFoundError, match="laion2b_s34b_b88k"):
+        load_clip("no-such-tag", arch="ViT-g-14")
+
+
+@pytest.mark.skipif(OPEN_CLIP, reason="open_clip works here")
+def test_open_clip_weights_without_open_clip_say_what_to_install():
+    with pytest.raises(ImportError, match="open_clip_torch and torchvision"):
+        load_clip("laion2b_s34b_b88k")
