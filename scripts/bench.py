@@ -4,7 +4,8 @@ Random-weight U-Nets of the real architectures at sizes a CPU can run, a DDIM lo
 interleaved in one process (baseline, official, cachediff, baseline, ...; warm-up first; medians of
 the repeats). Per configuration it reports the measured speedup of both helpers, the MAC bound
 (baseline MACs over the schedule's average MACs), efficiency = measured speedup / MAC bound, the
-time ratio cachediff / official (with the spread over repeats), and the bytes each cache holds.
+time ratio cachediff / official (with the spread over repeats), the bytes each cache holds, and the
+peak memory of one run of each (above the memory in use before it; ``cachediff.metrics.memory``).
 
 Example:
     python scripts/bench.py --out docs/results/bench            # the full table (slow on a CPU)
@@ -77,6 +78,14 @@ def bench_config(pipe, inputs, steps, interval, branch, repeats) -> dict:
                 helper.disable()
             if r:
                 times[name].append(elapsed)
+    peak = {}  # one more round, untimed: peak memory of each run above the memory before it
+    for name in times:
+        helper = helpers.get(name)
+        if helper:
+            helper.enable()
+        peak[name] = metrics.peak_memory(lambda: loop(pipe, inputs, steps))
+        if helper:
+            helper.disable()
     full, cached = step_macs(pipe.unet, inputs, branch)
     bound = full / average_macs(full, cached, math.ceil(steps / interval), steps)
     med = {k: statistics.median(v) for k, v in times.items()}
@@ -95,6 +104,7 @@ def bench_config(pipe, inputs, steps, interval, branch, repeats) -> dict:
         time_ratio_max=max(ratios),
         official_cache_mib=held["official"] / 2**20,
         cachediff_cache_mib=held["cachediff"] / 2**20,
+        **{f"{k}_peak_mib": v / 2**20 if v is not None else float("nan") for k, v in peak.items()},
     )
 
 
@@ -174,6 +184,7 @@ def main() -> None:
     if args.quick:
         args.steps, args.repeats = 6, 1
     torch.set_num_threads(args.threads)
+    metrics.return_freed_memory()  # so that each run's peak memory is its own
     rows = []
     for arch in args.archs:
         unet, inputs = model_and_inputs(arch, args.quick)
@@ -192,7 +203,8 @@ def main() -> None:
                 f"efficiency {row['cachediff_efficiency']:.2f}); cachediff/official time "
                 f"{row['time_ratio_cachediff_over_official']:.3f} [{row['time_ratio_min']:.3f}, "
                 f"{row['time_ratio_max']:.3f}]; cache {row['official_cache_mib']:.1f} vs "
-                f"{row['cachediff_cache_mib']:.2f} MiB",
+                f"{row['cachediff_cache_mib']:.2f} MiB; peak {row['official_peak_mib']:.1f} vs "
+                f"{row['cachediff_peak_mib']:.1f} MiB (uncached {row['baseline_peak_mib']:.1f})",
                 flush=True,
             )
     if args.out:

@@ -72,6 +72,8 @@ def test_bench_quick_smoke(tmp_path):
     assert list(zip(rows.interval, rows.branch, strict=True)) == [(3, 0), (5, 0), (5, 1)]
     assert (rows.cachediff_cache_mib * 10 <= rows.official_cache_mib).all()
     assert (rows.mac_bound > 1).all()
+    peaks = rows[["baseline_peak_mib", "official_peak_mib", "cachediff_peak_mib"]]
+    assert peaks.notna().all().all() and (peaks > -1).all().all()
 
 
 def test_macs_script_prints_every_branch(tmp_path):

@@ -1,8 +1,10 @@
-"""Metrics as plain functions: MACs (torch.utils.flop_counter), latency (interleaved medians), fidelity."""
+"""Metrics as plain functions: MACs (torch.utils.flop_counter), latency (interleaved medians), peak
+memory, fidelity."""
 
 from .fidelity import mse, psnr
 from .latency import interleaved, speedup
 from .macs import average_macs, count_macs, module_step_macs, step_macs
+from .memory import peak_memory, return_freed_memory
 
 __all__ = [
     "average_macs",
@@ -10,7 +12,9 @@ __all__ = [
     "interleaved",
     "module_step_macs",
     "mse",
+    "peak_memory",
     "psnr",
+    "return_freed_memory",
     "speedup",
     "step_macs",
 ]
