@@ -26,13 +26,13 @@ from cachediff.sweep import write_csv
 sys.path.insert(0, str(Path(__file__).parent))
 from sweep_mnist import BRANCH, BUDGETS, SCHEDULES  # noqa: E402
 
-#: Candidates beyond the sweep's own schedules (label -> N -> config fields).
+#: Candidates beyond the sweep's own schedules (label -> (N, T) -> config fields).
 CANDIDATES = {
-    "uniform": lambda n: {},
+    "uniform": lambda n, t: {},
     **SCHEDULES,
-    "nonuniform-c50": lambda n: dict(schedule="non-uniform", center=50),
-    "nonuniform-c60": lambda n: dict(schedule="non-uniform", center=60),
-    "adaptive-warmup5": lambda n: dict(schedule="adaptive", warmup=5),
+    "nonuniform-c50": lambda n, t: dict(schedule="non-uniform", center=50),
+    "nonuniform-c60": lambda n, t: dict(schedule="non-uniform", center=60),
+    "adaptive-warmup5": lambda n, t: dict(schedule="adaptive", warmup=5),
 }
 
 
@@ -55,7 +55,7 @@ def main() -> None:
     rows = []
     jobs = [(n, label) for n in args.budgets for label in CANDIDATES]
     for n, label in tqdm(jobs, desc="schedules"):
-        config = DeepCacheConfig(branch=BRANCH, **{"interval": n, **CANDIDATES[label](n)})
+        config = DeepCacheConfig(branch=BRANCH, **{"interval": n, **CANDIDATES[label](n, 100)})
         engine.configure(config).enable()
         try:
             out = unconditional(pipe, seeds, 100)

@@ -23,6 +23,7 @@ import argparse
 import datetime
 import fnmatch
 import platform
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -41,24 +42,30 @@ CURVE = (50, 30, 20, 10)  # the curve suite: DDIM step counts
 BUDGETS = (5, 10)  # the schedules suite: full-step budgets of ceil(100 / N)
 
 
-def cooldown_for_budget(n: int) -> dict:
+def cooldown_for_budget(n: int, steps: int = 100) -> dict:
     """Uniform at the smallest interval above N that leaves budget for some last steps full, plus as
-    many last steps full as make the budget of ceil(100 / N)."""
-    budget = -(-100 // n)
-    for m in range(n + 1, 100):
-        for c in range(1, 100):
-            if len(DeepCacheConfig(m, cooldown=c).full_steps_for(100)) == budget:
+    many last steps full as make the budget of ceil(steps / N): caching inside a window that ends early.
+
+    Example:
+        >>> cooldown_for_budget(5)
+        {'interval': 6, 'cooldown': 3}
+    """
+    budget = -(-steps // n)
+    for m in range(n + 1, steps):
+        for c in range(1, steps):
+            if len(DeepCacheConfig(m, cooldown=c).full_steps_for(steps)) == budget:
                 return dict(interval=m, cooldown=c)
     raise ValueError(f"no cool-down schedule with {budget} full steps")
 
 
-#: Beyond uniform, at each budget N (issue 5): label -> N -> config fields. The centre 40 and the cap
-#: N + 2 were picked by PSNR to the 100-step output on 32 held-out seeds (10000+), not on the FID seeds.
+#: Beyond uniform, at each budget N of a T-step run (issue 5): label -> (N, T) -> config fields. The
+#: centre 0.4 T and the cap N + 2 were picked by PSNR to the 100-step output on 32 held-out seeds
+#: (10000+), not on the FID seeds.
 SCHEDULES = {
-    "nonuniform-c40": lambda n: dict(schedule="non-uniform", center=40),
-    "adaptive-cap": lambda n: dict(schedule="adaptive", max_cached=n + 2),
-    "nonuniform": lambda n: dict(schedule="non-uniform"),  # the paper's: centre 15, power 1.4
-    "adaptive": lambda n: dict(schedule="adaptive"),
+    "nonuniform-c40": lambda n, t: dict(schedule="non-uniform", center=round(0.4 * t)),
+    "adaptive-cap": lambda n, t: dict(schedule="adaptive", max_cached=n + 2),
+    "nonuniform": lambda n, t: dict(schedule="non-uniform"),  # the paper's: centre 15, power 1.4
+    "adaptive": lambda n, t: dict(schedule="adaptive"),
     "cooldown": cooldown_for_budget,
 }
 
@@ -77,6 +84,10 @@ def parse_args() -> argparse.Namespace:
         "--only", nargs="+", metavar="PATTERN", help="run only the settings whose names match one of these "
         "wildcards (e.g. 'ddim-*' 'N10-*'); the baseline always runs",
     )  # fmt: skip
+    p.add_argument("--steps", type=int, default=100, help="DDIM steps that DeepCache accelerates")
+    p.add_argument("--branch", type=int, default=BRANCH, help="branch id of the suites (paper branch + 1)")
+    p.add_argument("--intervals", type=int, nargs="+", default=INTERVALS, help="intervals N (interval suite)")
+    p.add_argument("--budgets", type=int, nargs="+", default=BUDGETS, help="budgets N (schedules suite)")
     p.add_argument("--timing-batch", type=int, default=64, help="images per timed run")
     p.add_argument("--repeats", type=int, default=3, help="interleaved timed repeats per setting")
     p.add_argument("--out", type=Path, default=Path("runs/mnist-sweep"), help="samples, features, CSV")
@@ -88,40 +99,64 @@ def parse_args() -> argparse.Namespace:
     args = p.parse_args()
     if min(args.samples, args.reference, args.shard, args.batch, args.timing_batch, args.repeats) < 1:
         p.error("counts must be >= 1")
+    if min(args.steps, *args.intervals, *args.budgets) < 1 or args.branch < 0:
+        p.error("--steps, --intervals and --budgets must be >= 1, --branch >= 0")
     return args
 
 
-def deepcache(name: str, interval: int, branch: int = BRANCH, **options) -> Setting:
-    """A DeepCache setting at the default branch unless told."""
-    return Setting(name, cache=DeepCacheConfig(interval=interval, branch=branch, **options))
+@dataclass(frozen=True)
+class Plan:
+    """What the suites vary around: the sampler's step count T that DeepCache accelerates, the branch,
+    the intervals of the interval suite and the budgets (intervals) of the schedules suite. Settings
+    of a T other than 100 are named ``s<T>-...``."""
+
+    steps: int = 100
+    branch: int = BRANCH
+    intervals: tuple = INTERVALS
+    budgets: tuple = BUDGETS
+
+    def name(self, name: str) -> str:
+        return name if self.steps == 100 else f"s{self.steps}-{name}"
+
+    def deepcache(self, name: str, interval: int, branch: int | None = None, **options) -> Setting:
+        """A DeepCache setting over the plan's steps, at the plan's branch unless told."""
+        branch = self.branch if branch is None else branch
+        return Setting(
+            self.name(name), self.steps, DeepCacheConfig(interval=interval, branch=branch, **options)
+        )
+
+    def fewer_steps(self, full_macs: float, cached_macs: float) -> list[int]:
+        """DDIM step counts whose MACs match the plan's DeepCache runs at each interval."""
+        t = self.steps
+        avg = [metrics.average_macs(full_macs, cached_macs, -(-t // n), t) for n in self.intervals]
+        return [round(t * a / full_macs) for a in avg]
 
 
-def settings(suites, full_macs: float, cached_macs: float, branches: int) -> list[Setting]:
+def settings(suites, plan: Plan, full_macs: float, cached_macs: float, branches: int) -> list[Setting]:
     """The sweep's settings: the baseline, then each suite in the order given (a stopped sweep resumes).
 
-    Fewer-steps runs match the MACs of each interval at the default branch. The schedules suite runs
-    each schedule at every budget before the next schedule, the proxy's best candidates first.
+    ``cached_macs`` are those of the plan's branch. The schedules suite runs each schedule at every
+    budget before the next schedule, the proxy's best candidates first.
+
+    Example:
+        >>> [s.name for s in settings(["interval", "curve"], Plan(steps=20, intervals=(2,)), 10, 5, 6)]
+        ['ddim-100', 's20-N2-b2', 'ddim-50', 'ddim-30', 'ddim-20', 'ddim-10']
     """
+    b, t = plan.branch, plan.steps
     suite = {
-        "interval": lambda: [deepcache(f"N{n}-b{BRANCH}", n) for n in INTERVALS],
-        "zeros": lambda: [deepcache(f"N5-b{BRANCH}-zeros", 5, reuse="zeros")],
-        "steps": lambda: [Setting(f"ddim-{k}", steps=k) for k in fewer_steps(full_macs, cached_macs)],
-        "curve": lambda: [Setting(f"ddim-{k}", steps=k) for k in CURVE],
+        "interval": lambda: [plan.deepcache(f"N{n}-b{b}", n) for n in plan.intervals],
+        "zeros": lambda: [plan.deepcache(f"N5-b{b}-zeros", 5, reuse="zeros")],
+        "steps": lambda: [Setting(f"ddim-{k}", k) for k in plan.fewer_steps(full_macs, cached_macs)],
+        "curve": lambda: [Setting(f"ddim-{k}", k) for k in CURVE],
         "schedules": lambda: [
-            deepcache(f"N{n}-b{BRANCH}-{label}", **{"interval": n, **options(n)})
+            plan.deepcache(f"N{n}-b{b}-{label}", **{"interval": n, **options(n, t)})
             for label, options in SCHEDULES.items()
-            for n in BUDGETS
+            for n in plan.budgets
         ],
-        "branch": lambda: [deepcache(f"N5-b{b}", 5, b) for b in range(branches)],
+        "branch": lambda: [plan.deepcache(f"N5-b{i}", 5, i) for i in range(branches)],
     }
     out = [Setting("ddim-100")] + [s for name in suites for s in suite[name]()]
     return list({s.name: s for s in out}.values())
-
-
-def fewer_steps(full_macs: float, cached_macs: float) -> list[int]:
-    """DDIM step counts whose MACs match 100 steps of DeepCache at each interval (default branch)."""
-    avg = [metrics.average_macs(full_macs, cached_macs, -(-100 // n), 100) for n in INTERVALS]
-    return [round(100 * a / full_macs) for a in avg]
 
 
 def method(s: Setting) -> str:
@@ -143,12 +178,13 @@ def main() -> None:
     sweep = Sweep(pipe, args.out, args.samples, args.shard, featurize, batch=args.batch)
     ref = F.mnist_reference(args.out / f"reference_mnist_test_{args.reference}.npz", args.reference)
     base = Setting("ddim-100")
-    full, cached = sweep.step_macs(deepcache("probe", 2))
+    plan = Plan(args.steps, args.branch, tuple(args.intervals), tuple(args.budgets))
+    full, cached = sweep.step_macs(plan.deepcache("probe", 2))
 
     csv = args.out / "results.csv"
     rows = {r["setting"]: r for r in read_csv(csv)}
     base_images = None
-    for s in settings(args.suites, full, cached, num_branches(pipe.unet)):
+    for s in settings(args.suites, plan, full, cached, num_branches(pipe.unet)):
         if args.only and s != base and not any(fnmatch.fnmatch(s.name, p) for p in args.only):
             continue
         if s.name in rows:  # finished: keep, or only measure its speed again
