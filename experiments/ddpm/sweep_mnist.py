@@ -165,7 +165,8 @@ def method(s: Setting) -> str:
         return "DDIM, fewer steps"
     if s.cache.reuse == "zeros":
         return "cached feature -> zeros"
-    return s.cache.schedule + (" + refinements" if s.cache.refined else "")
+    label = s.cache.schedule + (" + refinements" if s.cache.refined else "")
+    return label if s.steps == 100 else f"{label}, DDIM {s.steps}"
 
 
 def main() -> None:
