@@ -1,11 +1,13 @@
 """A fast proxy for choosing schedule parameters: PSNR of each schedule's output to the uncached
-100-step output, on held-out seeds (10000 and up, disjoint from the FID seeds 0..1999 of the sweep).
+output of the same number of steps (100 by default), on held-out seeds (10000 and up, disjoint from
+the FID seeds 0..1999 of the sweep).
 
 The headline comparison is FID (``sweep_mnist.py --suites schedules``); this proxy only picks the
 parameters that the sweep then measures, so the FID seeds are never used for tuning.
 
 Example:
     python experiments/ddpm/schedule_proxy.py --images 32 --out runs/schedule-proxy.csv
+    python experiments/ddpm/schedule_proxy.py --steps 30 --branch 0 --budgets 2 3 --out runs/proxy-30.csv
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ from sweep_mnist import BRANCH, BUDGETS, SCHEDULES  # noqa: E402
 CANDIDATES = {
     "uniform": lambda n, t: {},
     **SCHEDULES,
-    "nonuniform-c50": lambda n, t: dict(schedule="non-uniform", center=50),
-    "nonuniform-c60": lambda n, t: dict(schedule="non-uniform", center=60),
+    "nonuniform-c50": lambda n, t: dict(schedule="non-uniform", center=round(0.5 * t)),
+    "nonuniform-c60": lambda n, t: dict(schedule="non-uniform", center=round(0.6 * t)),
     "adaptive-warmup5": lambda n, t: dict(schedule="adaptive", warmup=5),
 }
 
@@ -41,28 +43,40 @@ def main() -> None:
     p.add_argument("--images", type=int, default=32, help="held-out images per schedule")
     p.add_argument("--first-seed", type=int, default=10000, help="first held-out seed")
     p.add_argument("--budgets", type=int, nargs="+", default=list(BUDGETS), help="intervals N to match")
+    p.add_argument("--steps", type=int, default=100, help="DDIM steps T of every run")
+    p.add_argument("--branch", type=int, default=BRANCH, help="branch id (paper branch + 1)")
     p.add_argument("--out", type=Path, default=Path("runs/schedule-proxy.csv"), help="CSV of the results")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = p.parse_args()
-    if args.images < 1 or min(args.budgets) < 2:
-        p.error("--images must be >= 1 and every budget N >= 2")
+    if min(args.images, args.steps) < 1 or min(args.budgets) < 2 or args.branch < 0:
+        p.error("--images and --steps must be >= 1, every budget N >= 2, --branch >= 0")
     torch.set_num_threads(args.threads)
     pipe = load_pipeline(get_preset("ddpm-mnist"))
     pipe.set_progress_bar_config(disable=True)
     seeds = list(range(args.first_seed, args.first_seed + args.images))
-    base = unconditional(pipe, seeds, 100)
+    base = unconditional(pipe, seeds, args.steps)
     engine = DeepCacheEngine(pipe.unet, DeepCacheConfig(), pipeline=pipe)
     rows = []
     jobs = [(n, label) for n in args.budgets for label in CANDIDATES]
     for n, label in tqdm(jobs, desc="schedules"):
-        config = DeepCacheConfig(branch=BRANCH, **{"interval": n, **CANDIDATES[label](n, 100)})
+        config = DeepCacheConfig(branch=args.branch, **{"interval": n, **CANDIDATES[label](n, args.steps)})
         engine.configure(config).enable()
         try:
-            out = unconditional(pipe, seeds, 100)
+            out = unconditional(pipe, seeds, args.steps)
         finally:
             engine.disable()
         psnr = metrics.psnr(out, base, 2.0)
-        rows.append(dict(budget_n=n, schedule=label, full_steps=engine.stats.full_steps, psnr_db=psnr))
+        full = engine.stats.full_steps
+        rows.append(
+            dict(
+                steps=args.steps,
+                branch=args.branch,
+                budget_n=n,
+                schedule=label,
+                full_steps=full,
+                psnr_db=psnr,
+            )
+        )
         write_csv(rows, args.out)
         tqdm.write(f"N={n:<3d} {label:18s} full steps {engine.stats.full_steps:3d}  PSNR {psnr:.2f} dB")
     print(f"wrote {args.out}")
