@@ -59,7 +59,15 @@ def main() -> None:
     rows = []
     jobs = [(n, label) for n in args.budgets for label in CANDIDATES]
     for n, label in tqdm(jobs, desc="schedules"):
-        config = DeepCacheConfig(branch=args.branch, **{"interval": n, **CANDIDATES[label](n, args.steps)})
+        try:
+            config = DeepCacheConfig(
+                branch=args.branch, **{"interval": n, **CANDIDATES[label](n, args.steps)}
+            )
+            if config.schedule != "adaptive":
+                config.full_steps_for(args.steps)
+        except ValueError as err:  # e.g. no non-uniform schedule with that many full steps
+            tqdm.write(f"N={n:<3d} {label:18s} not applicable: {err}")
+            continue
         engine.configure(config).enable()
         try:
             out = unconditional(pipe, seeds, args.steps)
