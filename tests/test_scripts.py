@@ -25,6 +25,7 @@ SCRIPTS = [
     "experiments/ddpm/schedule_proxy.py",
     "experiments/ddpm/train_mnist.py",
     "experiments/ddpm/training_report.py",
+    "experiments/ddpm/sample_stats.py",
 ]
 
 
