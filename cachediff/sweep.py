@@ -248,3 +248,24 @@ def read_csv(path: Path) -> list[dict]:
     import pandas as pd
 
     return pd.read_csv(path).to_dict("records") if path.exists() else []
+
+
+def update_csv(path: Path, row: dict, key: str = "setting") -> None:
+    """Replace the row with ``row[key]`` in the CSV, or append it, under a file lock: sweeps that run
+    side by side on one CSV (say, with different ``--only`` patterns) keep each other's rows.
+
+    Example:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "r.csv"
+        >>> update_csv(path, dict(setting="a", fid=2.0)); update_csv(path, dict(setting="b", fid=3.0))
+        >>> update_csv(path, dict(setting="a", fid=1.0)); read_csv(path)
+        [{'setting': 'a', 'fid': 1.0}, {'setting': 'b', 'fid': 3.0}]
+    """
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        rows = {r[key]: r for r in read_csv(path)}
+        rows[row[key]] = {**rows.get(row[key], {}), **row}
+        write_csv(list(rows.values()), path)

@@ -32,7 +32,7 @@ from cachediff.metrics import clip_score as C
 from cachediff.metrics import fid as F
 from cachediff.pipelines import PRESETS, get_preset
 from cachediff.prompts import load_prompts
-from cachediff.sweep import Setting, Sweep, read_csv, speed, write_csv
+from cachediff.sweep import Setting, Sweep, read_csv, speed, update_csv
 
 TEXT_TASKS = ("text2image", "img2img", "inpaint", "text2video")
 
@@ -147,13 +147,13 @@ def run(args) -> int:
 def score(args, sweep: Sweep, settings: list[Setting], prompts: list[str] | None) -> None:
     """One row per setting not in the CSV yet, written as soon as it is done."""
     csv = args.out / "results.csv"
-    rows = {r["setting"]: r for r in read_csv(csv)}
+    done = {r["setting"] for r in read_csv(csv)}
     base = settings[0]
     base_macs, base_images = sweep.macs_per_image(base), sweep.images(base)
     reference = fid_reference(args.fid_reference, args.out) if args.fid_reference else None
     clip = C.load_clip(args.clip, args.clip_arch, args.device) if args.clip else None
     for s in settings:
-        if s.name in rows:
+        if s.name in done:
             continue
         config, images = s.cache or DeepCacheConfig(interval=1), sweep.images(s)
         macs = sweep.macs_per_image(s)
@@ -177,8 +177,7 @@ def score(args, sweep: Sweep, settings: list[Setting], prompts: list[str] | None
         if clip is not None and prompts is not None:
             texts = [prompts[k % len(prompts)] for k in range(len(images))]
             row["clip_score"] = C.clip_score(images, texts, clip).mean().item()
-        rows[s.name] = row
-        write_csv(list(rows.values()), csv)
+        update_csv(csv, row)
         print(row, flush=True)
     print(f"wrote {csv}")
 

@@ -32,7 +32,7 @@ from cachediff import DeepCacheConfig, metrics
 from cachediff.metrics import fid as F
 from cachediff.pipelines import get_preset
 from cachediff.runner import load_pipeline
-from cachediff.sweep import Setting, Sweep, read_csv, speed, write_csv
+from cachediff.sweep import Setting, Sweep, read_csv, speed, update_csv
 from cachediff.unets import num_branches
 
 BRANCH = 2  # paper branch 3, as in the paper's DDPM Table 2
@@ -183,22 +183,22 @@ def main() -> None:
     full, cached = sweep.step_macs(plan.deepcache("probe", 2))
 
     csv = args.out / "results.csv"
-    rows = {r["setting"]: r for r in read_csv(csv)}
     base_images = None
     for s in settings(args.suites, plan, full, cached, num_branches(pipe.unet)):
         if args.only and s != base and not any(fnmatch.fnmatch(s.name, p) for p in args.only):
             continue
-        if s.name in rows:  # finished: keep, or only measure its speed again
+        if s.name in {r["setting"] for r in read_csv(csv)}:  # finished: keep, or measure its speed again
             if args.retime is not None and s != base and (not args.retime or s.name in args.retime):
-                rows[s.name].update(speed(sweep, base, s, args.timing_batch, args.repeats))
-                write_csv(list(rows.values()), csv)
+                update_csv(
+                    csv, dict(setting=s.name, **speed(sweep, base, s, args.timing_batch, args.repeats))
+                )
             continue
         feats = sweep.features(s)
         if base_images is None:
             base_images = sweep.first_shard(base)
         config = s.cache or DeepCacheConfig(interval=1)
         macs = sweep.macs_per_image(s) / 100  # per step of the 100-step budget
-        rows[s.name] = dict(
+        row = dict(
             setting=s.name,
             method=method(s),
             steps=s.steps,
@@ -215,9 +215,8 @@ def main() -> None:
             psnr_vs_ddim100_db=metrics.psnr(sweep.first_shard(s), base_images, 2.0),
             samples=args.samples,
         )
-        write_csv(list(rows.values()), csv)
-        print(rows[s.name], flush=True)
-    write_csv(list(rows.values()), csv)
+        update_csv(csv, row)
+        print(row, flush=True)
     stamp = f"{datetime.date.today()} on {platform.machine()} ({torch.get_num_threads()} threads)"
     print(f"wrote {csv} ({stamp})")
 
