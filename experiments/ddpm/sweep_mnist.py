@@ -84,6 +84,10 @@ def parse_args() -> argparse.Namespace:
         "--only", nargs="+", metavar="PATTERN", help="run only the settings whose names match one of these "
         "wildcards (e.g. 'ddim-*' 'N10-*'); the baseline always runs",
     )  # fmt: skip
+    p.add_argument(
+        "--clip-sample", choices=["on", "off"], help="DDIM's clipping of the predicted x0 to [-1, 1] at "
+        "every step (default: the model's scheduler config, on for the shipped model)",
+    )  # fmt: skip
     p.add_argument("--steps", type=int, default=100, help="DDIM steps that DeepCache accelerates")
     p.add_argument("--branch", type=int, default=BRANCH, help="branch id of the suites (paper branch + 1)")
     p.add_argument("--intervals", type=int, nargs="+", default=INTERVALS, help="intervals N (interval suite)")
@@ -174,6 +178,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     pipe = load_pipeline(get_preset("ddpm-mnist"), args.model)
+    if args.clip_sample:
+        pipe.scheduler = type(pipe.scheduler).from_config(
+            pipe.scheduler.config, clip_sample=args.clip_sample == "on"
+        )
     inception = F.load_inception()
     featurize = lambda x: F.inception_features(x, inception, 50, False)  # noqa: E731
     sweep = Sweep(pipe, args.out, args.samples, args.shard, featurize, batch=args.batch)
