@@ -12,14 +12,17 @@ Example:
 from __future__ import annotations
 
 import torch
-from DeepCache.flops import count_ops_and_params
-from DeepCache.sd.unet_2d_condition import UNet2DConditionModel as VendoredUNet
 
 from cachediff.architectures import ARCHITECTURES
 from cachediff.metrics import count_macs
 
 
 def main() -> None:
+    # The vendored U-Net imports diffusers 0.24 internals (PositionNet) that later releases renamed:
+    # run this in the pinned environment.
+    from DeepCache.flops import count_ops_and_params
+    from DeepCache.sd.unet_2d_condition import UNet2DConditionModel as VendoredUNet
+
     _, config = ARCHITECTURES["sd1.5"]
     with torch.device("meta"):
         unet = VendoredUNet(**config).eval()

@@ -5,11 +5,14 @@ On a CPU, glibc keeps freed memory of large blocks for reuse unless their size i
 ``mmap`` threshold; ``return_freed_memory()`` fixes that threshold so that freed tensors leave the
 resident set and each call's peak is its own.
 
+The figure is exact only in a quiet process: other threads' allocations and garbage collected
+during the call move it (``tests/test_memory.py`` measures in a fresh interpreter).
+
 Example:
     >>> return_freed_memory()
     True
     >>> peak = peak_memory(lambda: bytearray(64 * 2**20))  # 64 MiB, freed on return
-    >>> 60 * 2**20 < peak < 80 * 2**20
+    >>> peak is None or peak > 32 * 2**20
     True
 """
 
@@ -24,6 +27,7 @@ import torch
 
 _STATUS, _CLEAR_REFS = Path("/proc/self/status"), Path("/proc/self/clear_refs")
 _M_MMAP_THRESHOLD = -3  # mallopt parameter
+_RESET_SLACK_KIB = 8 * 1024
 
 
 def return_freed_memory(threshold: int = 1 << 16) -> bool:
@@ -50,9 +54,11 @@ def peak_memory(fn: Callable[[], object], device: str | torch.device = "cpu") ->
         torch.cuda.synchronize(device)
         return torch.cuda.max_memory_allocated(device) - before
     try:
-        before = _kib("VmRSS")
         _CLEAR_REFS.write_text("5")  # resets VmHWM, the peak resident set, to the current one
+        before = _kib("VmRSS")
     except OSError:
+        return None
+    if _kib("VmHWM") > before + _RESET_SLACK_KIB:  # a kernel or sandbox that ignores the reset
         return None
     fn()
     return (_kib("VmHWM") - before) * 1024
