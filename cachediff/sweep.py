@@ -80,6 +80,25 @@ class Sweep:
         self.task, self.prompts, self.inputs = task, prompts, inputs
         self.cache = None  # the accelerator of the last cached run (its ``stats``)
         pipe.set_progress_bar_config(disable=True)  # one bar per setting instead
+        self._check_sampler()
+
+    def _check_sampler(self) -> None:
+        """Record the scheduler in ``<out>/sampler.json``; refuse to add samples of another one (keys
+        that only one diffusers release knows are not compared)."""
+        scheduler = self.pipe.scheduler
+        config = {k: v for k, v in scheduler.config.items() if not k.startswith("_")}
+        current = json.loads(json.dumps(dict(config, _class_name=type(scheduler).__name__), default=str))
+        self.out.mkdir(parents=True, exist_ok=True)
+        meta = self.out / "sampler.json"
+        if not meta.exists():
+            with atomic_path(meta) as tmp:
+                tmp.write_text(json.dumps(current, indent=1, sort_keys=True))
+            return
+        saved = json.loads(meta.read_text())
+        differ = sorted(k for k in saved.keys() & current.keys() if saved[k] != current[k])
+        if differ:
+            found = ", ".join(f"{k}: {saved[k]} there, {current[k]} here" for k in differ)
+            raise ValueError(f"{self.out} holds samples of another sampler ({found})")
 
     def folder(self, setting: Setting) -> Path:
         """The setting's folder; refuses to mix samples of different parameters under one name."""

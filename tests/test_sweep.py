@@ -79,6 +79,14 @@ def test_a_setting_name_cannot_be_reused_with_other_parameters(pipe, tmp_path):
         sweep.features(Setting("N3-b1", steps=6, cache=DeepCacheConfig(interval=3, branch=2)), progress=False)
 
 
+def test_a_sweep_folder_cannot_mix_samplers(pipe, tmp_path):
+    Sweep(pipe, tmp_path, n_samples=2, shard=2)
+    Sweep(pipe, tmp_path, n_samples=2, shard=2)  # the same sampler: resumes
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False)
+    with pytest.raises(ValueError, match="clip_sample: True there, False here"):
+        Sweep(pipe, tmp_path, n_samples=2, shard=2)
+
+
 def test_csv_round_trip(tmp_path):
     rows = [dict(setting="a", fid=1.5), dict(setting="b", fid=2.5)]
     write_csv(rows, tmp_path / "r.csv")

@@ -77,7 +77,11 @@ def export(ckpt_path: Path, out: Path) -> None:
     ema = EMAModel(unet.parameters(), decay=ckpt["args"]["ema_decay"])
     ema.load_state_dict(ckpt["ema"])
     ema.copy_to(unet.parameters())
-    pipe = DDIMPipeline(unet=unet.to(torch.float16), scheduler=DDIMScheduler(**SCHEDULER_CONFIG))
+    # The paper's DDPM sampler (DDIM's generalized_steps) does not clip the predicted x0; diffusers'
+    # default clip_sample=True does at every step and leaves speckles after 100 steps that make FID
+    # prefer fewer steps (docs/DDPM_MNIST.md).
+    scheduler = DDIMScheduler(**SCHEDULER_CONFIG, clip_sample=False)
+    pipe = DDIMPipeline(unet=unet.to(torch.float16), scheduler=scheduler)
     pipe.save_pretrained(out, safe_serialization=True)
     (out / "training.json").write_text(
         json.dumps({"step": ckpt["step"], **ckpt["args"]}, indent=2, default=str)
