@@ -3,10 +3,12 @@
 Quality (FID, CLIP score or PSNR to the baseline) against cost, as average MACs and as measured
 speedup: the Pareto view, one curve per method (each schedule, and plain sampling with fewer steps,
 which shares the uncached baseline as its costliest point). Quality and MACs per branch at the interval
-swept over most branches.
+swept over most branches. With ``--grid``, the first images of the named settings, one row each:
+the same seeds, so the rows differ only by the setting.
 
 Example:
-    python scripts/plot_sweep.py runs/mnist-sweep/results.csv --out docs/results/mnist
+    python scripts/plot_sweep.py runs/mnist-sweep/results.csv --out docs/results/mnist \
+        --grid ddim-100 N5-b2 N5-b2-zeros ddim-20
     python scripts/plot_sweep.py runs/sweep/results.csv --out runs/sweep/plots --quality clip_score
 """
 
@@ -19,6 +21,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 #: cost columns (GMACs per image; the MNIST sweep divides by its 100 steps), quality columns
@@ -91,17 +94,40 @@ def per_branch(df: pd.DataFrame, out: Path, cost: str, quality: str) -> Path | N
     return out / "per_branch.png"
 
 
+def sample_grid(folder: Path, settings: list[str], out: Path, count: int) -> Path:
+    """One row per setting: its first ``count`` samples (seeds 0 .. count - 1), labelled."""
+    missing = [s for s in settings if not (folder / s / "samples_000000.npy").exists()]
+    if missing:
+        raise SystemExit(f"error: no samples in {folder} for {', '.join(missing)}")
+    fig, axes = plt.subplots(len(settings), 1, figsize=(count * 0.6, len(settings) * 0.75), squeeze=False)
+    for ax, name in zip(axes[:, 0], settings, strict=True):
+        images = np.load(folder / name / "samples_000000.npy")[:count]  # uint8 (N, C, H, W)
+        row = np.concatenate(list(images.transpose(0, 2, 3, 1)), axis=1)
+        ax.imshow(row.squeeze(-1) if row.shape[-1] == 1 else row, cmap="gray", vmin=0, vmax=255)
+        ax.set_xticks([]), ax.set_yticks([])
+        ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "samples.png", dpi=120)
+    return out / "samples.png"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("csv", type=Path, help="the sweep's results.csv")
     p.add_argument("--out", type=Path, required=True, help="folder for the PNGs, table and a CSV copy")
     p.add_argument("--quality", choices=list(QUALITIES), help="quality column (default: FID if measured)")
+    p.add_argument("--grid", nargs="+", metavar="SETTING", help="also draw these settings' first samples")
+    p.add_argument("--grid-images", type=int, default=12, help="samples per row of --grid (default 12)")
     args = p.parse_args()
+    if args.grid_images < 1:
+        p.error("--grid-images must be at least 1")
     df = pd.read_csv(args.csv)
     cost, quality = column(df, COSTS), column(df, [args.quality] if args.quality else list(QUALITIES))
     args.out.mkdir(parents=True, exist_ok=True)
     finite = df.replace([float("inf")], float("nan"))  # the baseline's PSNR to itself
     written = [pareto(finite, args.out, cost, quality), per_branch(finite, args.out, cost, quality)]
+    if args.grid:
+        written.append(sample_grid(args.csv.parent, args.grid, args.out, args.grid_images))
     df.to_csv(args.out / "results.csv", index=False)
     cols = ["setting", "method", "steps", "interval", "paper_branch", "full_steps", *QUALITIES, cost]
     table = df.assign(paper_branch=df.branch + 1)

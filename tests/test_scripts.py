@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -102,11 +104,19 @@ def test_plot_sweep_writes_plots_and_table(tmp_path):
         r.update(psnr_vs_ddim100_db=30.0, samples=10, paper_branch=r["branch"] + 1, full_steps=20)
         r.update(schedule=r["method"] if r["method"] == "adaptive" else "uniform")
     pd.DataFrame(rows).to_csv(tmp_path / "r.csv", index=False)
-    run("scripts/plot_sweep.py", str(tmp_path / "r.csv"), "--out", str(tmp_path / "out"))
+    for k, name in enumerate(["ddim-100", "N5-b2"]):  # sample shards as the sweep writes them
+        (tmp_path / name).mkdir()
+        np.save(tmp_path / name / "samples_000000.npy", np.full((4, 1, 28, 28), 100 * k, np.uint8))
+    csv, out = str(tmp_path / "r.csv"), str(tmp_path / "out")
+    run("scripts/plot_sweep.py", csv, "--out", out, "--grid", "ddim-100", "N5-b2", "--grid-images", "3")
     table = (tmp_path / "out" / "table.md").read_text()
     assert re.search(r"\| N5-b2-adaptive\s+\| adaptive\s+\|", table), table
-    for name in ("fid_vs_cost.png", "per_branch.png", "table.md", "results.csv"):
+    for name in ("fid_vs_cost.png", "per_branch.png", "table.md", "results.csv", "samples.png"):
         assert (tmp_path / "out" / name).stat().st_size > 0
+    grid = plt.imread(tmp_path / "out" / "samples.png")
+    assert np.isclose(grid[..., 0], 100 / 255, atol=0.01).sum() > 500  # the grey row is drawn
+    proc = run("scripts/plot_sweep.py", csv, "--out", out, "--grid", "N10-b2", check=False)
+    assert proc.returncode != 0 and "no samples in" in proc.stderr and "N10-b2" in proc.stderr
 
 
 def test_plot_sweep_reads_the_pipeline_sweep_columns(tmp_path):
