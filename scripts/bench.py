@@ -30,7 +30,7 @@ from cachediff import DeepCacheSDHelper, metrics
 from cachediff.architectures import build, example_inputs
 from cachediff.engine import tree_nbytes
 from cachediff.metrics import average_macs, step_macs
-from cachediff.sweep import write_csv
+from cachediff.sweep import read_csv, update_csv
 from cachediff.testing import tiny_unet
 
 #: architecture -> latent side, frames (SVD) used on a 2-core CPU
@@ -154,7 +154,7 @@ def bench_compile(pipe, inputs, steps, interval, branch, repeats) -> dict:
     )
 
 
-def model_and_inputs(arch: str, quick: bool):
+def model_and_inputs(arch: str, quick: bool, size: int | None = None):
     if quick:
         kind = {"sd1.5": "sd", "sdxl": "sdxl", "svd": "svd", "ddpm-cifar10": "ddpm"}[arch]
         unet, cond = tiny_unet(kind, batch=2)
@@ -162,7 +162,7 @@ def model_and_inputs(arch: str, quick: bool):
         size, frames = 8, 2
     else:
         unet = build(arch)
-        size, frames = SIZES[arch]
+        size, frames = size or SIZES[arch][0], SIZES[arch][1]
     inputs = example_inputs(unet, batch=2, size=size, frames=frames)
     if quick:
         inputs.update({k: v for k, v in cond.items()})
@@ -176,26 +176,32 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3, help="timed repeats after one warm-up round")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--quick", action="store_true", help="tiny models, 6 steps, 1 repeat: a smoke test")
+    p.add_argument("--size", type=int, help="latent side for every architecture (default: per arch)")
     p.add_argument("--compile", action="store_true", help="eager vs torch.compile instead (I=3/B=0 only)")
-    p.add_argument("--out", type=Path, help="folder for results.csv and table.md (compile.csv, .md)")
+    p.add_argument(
+        "--out", type=Path, help="folder for results.csv and table.md (compile.csv, .md); rows are merged"
+    )
     args = p.parse_args()
-    if args.steps < 1 or args.repeats < 1:
-        p.error("--steps and --repeats must be >= 1")
+    if args.steps < 1 or args.repeats < 1 or (args.size is not None and args.size < 8):
+        p.error("--steps and --repeats must be >= 1, --size >= 8")
     if args.quick:
         args.steps, args.repeats = 6, 1
     torch.set_num_threads(args.threads)
     metrics.return_freed_memory()  # so that each run's peak memory is its own
     rows = []
     for arch in args.archs:
-        unet, inputs = model_and_inputs(arch, args.quick)
+        unet, inputs = model_and_inputs(arch, args.quick, args.size)
+        latent = inputs["sample"].shape[-1]
         pipe = SimpleNamespace(unet=unet, scheduler=DDIMScheduler())
         if args.compile:
-            row = dict(arch=arch, **bench_compile(pipe, inputs, args.steps, *CONFIGS[0], args.repeats))
+            row = dict(arch=arch, latent=latent)
+            row.update(bench_compile(pipe, inputs, args.steps, *CONFIGS[0], args.repeats))
             rows.append(row)
             print(row, flush=True)
             continue
         for interval, branch in CONFIGS:
-            row = dict(arch=arch, **bench_config(pipe, inputs, args.steps, interval, branch, args.repeats))
+            row = dict(arch=arch, latent=latent)
+            row.update(bench_config(pipe, inputs, args.steps, interval, branch, args.repeats))
             rows.append(row)
             print(
                 f"{arch:13s} I={interval} B={branch}: speedup official {row['official_speedup']:.2f}x, "
@@ -208,14 +214,22 @@ def main() -> None:
                 flush=True,
             )
     if args.out:
-        import pandas as pd
+        write_results(rows, args.out, "compile" if args.compile else "results")
 
-        args.out.mkdir(parents=True, exist_ok=True)
-        name = "compile" if args.compile else "table"
-        write_csv(rows, args.out / f"{'compile' if args.compile else 'results'}.csv")
-        (args.out / f"{name}.md").write_text(
-            pd.DataFrame(rows).to_markdown(index=False, floatfmt=".3g") + "\n"
-        )
+
+def write_results(rows: list[dict], out: Path, name: str) -> None:
+    """Merge ``rows`` into ``<out>/<name>.csv`` (one row per arch, latent, interval and branch: other
+    architectures' rows are kept) and write the whole CSV as a Markdown table beside it."""
+    import pandas as pd
+
+    csv = out / f"{name}.csv"
+    for row in rows:
+        key = f"{row['arch']}-{row['latent']}-I{row['interval']}-B{row['branch']}"
+        update_csv(csv, dict(config=key, **row), key="config")
+    table = pd.DataFrame(read_csv(csv)).drop(columns="config")
+    (out / f"{'table' if name == 'results' else name}.md").write_text(
+        table.to_markdown(index=False, floatfmt=".3g") + "\n"
+    )
 
 
 if __name__ == "__main__":

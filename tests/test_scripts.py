@@ -70,9 +70,13 @@ def test_bad_arguments_fail_with_a_clear_message(args, message):
 
 
 def test_bench_quick_smoke(tmp_path):
-    run("scripts/bench.py", "--quick", "--archs", "ddpm-cifar10", "--threads", "1", "--out", str(tmp_path))
+    for arch in ("ddpm-cifar10", "sd1.5"):  # a second run adds its rows to the first one's
+        run("scripts/bench.py", "--quick", "--archs", arch, "--threads", "1", "--out", str(tmp_path))
     rows = pd.read_csv(tmp_path / "results.csv")
-    assert list(zip(rows.interval, rows.branch, strict=True)) == [(3, 0), (5, 0), (5, 1)]
+    assert list(zip(rows.arch, rows.interval, rows.branch, strict=True)) == [
+        (arch, i, b) for arch in ("ddpm-cifar10", "sd1.5") for i, b in [(3, 0), (5, 0), (5, 1)]
+    ]
+    assert "| sd1.5 " in (tmp_path / "table.md").read_text()
     assert (rows.cachediff_cache_mib * 10 <= rows.official_cache_mib).all()
     assert (rows.mac_bound > 1).all()
     peaks = rows[["baseline_peak_mib", "official_peak_mib", "cachediff_peak_mib"]]
