@@ -1,8 +1,8 @@
 """Speed and cache memory side by side: uncached, the official DeepCache 0.1.1 helper, cachediff.
 
 Random-weight U-Nets of the real architectures at sizes a CPU can run, a DDIM loop with batched CFG,
-interleaved in one process (baseline, official, cachediff, baseline, ...; warm-up first; medians of
-the repeats). Per configuration it reports the measured speedup of both helpers, the MAC bound
+interleaved in one process (``metrics.interleaved``: the order rotates each round; warm-up first;
+medians of the repeats). Per configuration it reports the measured speedup of both helpers, the MAC bound
 (baseline MACs over the schedule's average MACs), efficiency = measured speedup / MAC bound, the
 time ratio cachediff / official (with the spread over repeats), the bytes each cache holds, and the
 peak memory of one run of each (above the memory in use before it; ``cachediff.metrics.memory``).
@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -59,33 +58,30 @@ def bench_config(pipe, inputs, steps, interval, branch, repeats) -> dict:
     helpers = {"official": Official(pipe), "cachediff": DeepCacheSDHelper(pipe)}
     for h in helpers.values():
         h.set_params(cache_interval=interval, cache_branch_id=branch)
-    times: dict[str, list[float]] = {"baseline": [], "official": [], "cachediff": []}
     held = {}
 
-    for r in range(repeats + 1):  # round 0 is the warm-up
-        for name in times:
-            helper = helpers.get(name)
+    def run(name: str):
+        helper = helpers.get(name)
+
+        def fn():
             if helper:
                 helper.enable()
-            start = time.perf_counter()
-            loop(pipe, inputs, steps)
-            elapsed = time.perf_counter() - start
-            if name == "official":
-                held[name] = tree_nbytes(list(helper.cached_output.values()))
-            elif name == "cachediff":
-                held[name] = helper.engine.cache_nbytes
-            if helper:
-                helper.disable()
-            if r:
-                times[name].append(elapsed)
-    peak = {}  # one more round, untimed: peak memory of each run above the memory before it
-    for name in times:
-        helper = helpers.get(name)
-        if helper:
-            helper.enable()
-        peak[name] = metrics.peak_memory(lambda: loop(pipe, inputs, steps))
-        if helper:
-            helper.disable()
+            try:
+                loop(pipe, inputs, steps)
+                if name == "official":
+                    held[name] = tree_nbytes(list(helper.cached_output.values()))
+                elif name == "cachediff":
+                    held[name] = helper.engine.cache_nbytes
+            finally:
+                if helper:
+                    helper.disable()
+
+        return fn
+
+    runs = {name: run(name) for name in ("baseline", "official", "cachediff")}
+    times = metrics.interleaved(runs, repeats, warmup=1)
+    # one more run each, untimed: peak memory above the memory in use before it
+    peak = {name: metrics.peak_memory(fn) for name, fn in runs.items()}
     full, cached = step_macs(pipe.unet, inputs, branch)
     bound = full / average_macs(full, cached, math.ceil(steps / interval), steps)
     med = {k: statistics.median(v) for k, v in times.items()}
