@@ -21,6 +21,7 @@ SCRIPTS = [
     "scripts/bench.py",
     "scripts/macs.py",
     "scripts/cache_memory.py",
+    "scripts/profile_helpers.py",
     "scripts/plot_sweep.py",
     "scripts/sweep.py",
     "experiments/ddpm/sweep_mnist.py",
@@ -81,6 +82,17 @@ def test_bench_quick_smoke(tmp_path):
     assert (rows.mac_bound > 1).all()
     peaks = rows[["baseline_peak_mib", "official_peak_mib", "cachediff_peak_mib"]]
     assert peaks.notna().all().all() and (peaks > -1).all().all()
+
+
+def test_both_helpers_run_the_same_convolutions_and_matmuls():
+    out = run(
+        "scripts/profile_helpers.py", "--arch", "ddpm-cifar10", "--steps", "3", "--interval", "3"
+    ).stdout
+    assert "operators called equally often" in out
+    table = out.split("\n\n")[0]
+    assert "aten::clone" in table  # differing operators are listed ...
+    for op in ("convolution", "addmm", "bmm", "group_norm"):  # ... and the heavy ones do not differ
+        assert f"aten::{op} " not in table and f"aten::{op}|" not in table
 
 
 def test_macs_script_prints_every_branch(tmp_path):
