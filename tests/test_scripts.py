@@ -29,6 +29,7 @@ SCRIPTS = [
     "experiments/ddpm/train_mnist.py",
     "experiments/ddpm/training_report.py",
     "experiments/ddpm/sample_stats.py",
+    "experiments/ddpm/report_mnist.py",
 ]
 
 
@@ -133,6 +134,14 @@ def test_plot_sweep_writes_plots_and_table(tmp_path):
     assert np.isclose(grid[..., 0], 100 / 255, atol=0.01).sum() > 500  # the grey row is drawn
     proc = run("scripts/plot_sweep.py", csv, "--out", out, "--grid", "N10-b2", check=False)
     assert proc.returncode != 0 and "no samples in" in proc.stderr and "N10-b2" in proc.stderr
+
+
+def test_report_mnist_pairs_each_interval_with_the_ddim_run_of_equal_macs():
+    out = run("experiments/ddpm/report_mnist.py", "docs/results/mnist-clip/results.csv").stdout
+    for pair in ("N2-b2 | 1.32x | 23.02 | ddim-76", "N5-b2 | 1.63x | 25.07 | ddim-61"):
+        assert pair in out
+    assert "Not yet measured: N5-b0, N5-b1, N5-b3" in out  # the archived sweep has no branch suite
+    assert "| N10-b2-adaptive-cap | 11 | 23.38 |" in out
 
 
 def test_plot_sweep_reads_the_pipeline_sweep_columns(tmp_path):
