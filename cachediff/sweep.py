@@ -3,7 +3,9 @@
 Samples are addressable by seed: image k of a setting is generated from seed k alone, in shards of
 ``shard`` images saved as ``<out>/<setting>/samples_<first seed>.npy``. An interrupted sweep resumes
 where it stopped: finished shards, feature files and CSV rows are kept, and every file is written
-atomically (temporary file, then rename).
+atomically (temporary file, then rename). A sweep folder holds the samples of one sampler
+(``sampler.json``) and each setting's folder those of one setting (``setting.json``): resuming with
+other parameters is an error, not a silent mix.
 
 Example:
     >>> s = Setting("N5-b2", cache=DeepCacheConfig(interval=5, branch=2))
