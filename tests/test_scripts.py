@@ -142,6 +142,8 @@ def test_report_mnist_pairs_each_interval_with_the_ddim_run_of_equal_macs():
         assert pair in out
     assert "Not yet measured: N5-b0, N5-b1, N5-b3" in out  # the archived sweep has no branch suite
     assert "| N10-b2-adaptive-cap | 11 | 23.38 |" in out
+    over_20 = out.split("DeepCache over 20 DDIM steps")[1]
+    assert "| ddim-20 | 20 | 14.89 |" in over_20 and "| s20-N2-b0 | 10 | 20.01 |" in over_20
 
 
 def test_plot_sweep_reads_the_pipeline_sweep_columns(tmp_path):

@@ -89,9 +89,18 @@ def report(df: pd.DataFrame, branches: int = 6) -> str:
     out.insert(2, "### Tables 4/6: DeepCache against plain DDIM at the nearest MACs\n\n" + _pairs(df, pairs))
     for n in BUDGETS:
         names = [f"N{n}-b{b}"] + [f"N{n}-b{b}-{s}" for s in schedules]
-        names += [x for x in {equal_macs(df, s) for s in names} if x]
-        out.append(f"### Schedules at the budget of N = {n}\n\n{markdown(df, names)}")
+        out.append(f"### Schedules at the budget of N = {n}\n\n{markdown(df, _with_partners(df, names))}")
+    for steps in sorted({int(s[1:].split("-")[0]) for s in df.setting if s.startswith("s")}, reverse=True):
+        names = sorted(s for s in df.setting if s.startswith(f"s{steps}-"))
+        title = f"DeepCache over {steps} DDIM steps, with plain DDIM at the same MACs"
+        out.append(f"### {title}\n\n{markdown(df, [f'ddim-{steps}', *_with_partners(df, names)])}")
     return "\n\n".join(out) + "\n"
+
+
+def _with_partners(df: pd.DataFrame, names: list[str]) -> list[str]:
+    """``names`` followed by the plain DDIM runs at their MACs, fewest steps last."""
+    partners = {equal_macs(df, s) for s in names} - {None}
+    return names + sorted(partners, key=lambda x: -int(x.split("-")[1]))
 
 
 def _pairs(df: pd.DataFrame, pairs: list[tuple[str, str | None]]) -> str:
