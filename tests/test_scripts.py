@@ -146,6 +146,15 @@ def test_report_mnist_pairs_each_interval_with_the_ddim_run_of_equal_macs():
     assert "| ddim-20 | 20 | 14.89 |" in over_20 and "| s20-N2-b0 | 10 | 20.01 |" in over_20
 
 
+def test_report_mnist_curve_lists_every_measured_step_count_in_order(tmp_path):
+    df = pd.read_csv("docs/results/mnist-clip/results.csv")
+    extra = df[df.setting == "ddim-10"].assign(setting="ddim-11", steps=11)  # not a CURVE count
+    pd.concat([df, extra]).to_csv(tmp_path / "r.csv", index=False)
+    out = run("experiments/ddpm/report_mnist.py", tmp_path / "r.csv").stdout
+    curve = out.split("FID against the DDIM step count")[1].split("###")[0]
+    assert curve.index("| ddim-20 |") < curve.index("| ddim-11 |") < curve.index("| ddim-10 |")
+
+
 def test_plot_sweep_reads_the_pipeline_sweep_columns(tmp_path):
     rows = [
         dict(setting="base-50", method="uncached", steps=50, interval=1, branch=0, clip_score=30.0),

@@ -77,12 +77,13 @@ def equal_macs(df: pd.DataFrame, setting: str, tolerance: float = 0.03) -> str |
 def report(df: pd.DataFrame, branches: int = 6) -> str:
     df = df.assign(mmacs=df.gmacs_per_image_per_100_steps * 1000)
     b = BRANCH
+    ddim = {int(s.split("-")[1]) for s in df.setting if s.startswith("ddim-")}  # the curve, and more
     schedules = sorted({s.split(f"-b{b}-", 1)[1] for s in df.setting if f"-b{b}-" in s} - {"zeros"})
     sections = [
         ("Table 2: interval N at branch 2", ["ddim-100"] + [f"N{n}-b{b}" for n in INTERVALS]),
         ("Table 5: the cached feature replaced by zeros", [f"N5-b{b}", f"N5-b{b}-zeros"]),
         ("Table 12: every branch at N = 5", [f"N5-b{i}" for i in range(branches)]),
-        ("FID against the DDIM step count", [f"ddim-{k}" for k in CURVE]),
+        ("FID against the DDIM step count", [f"ddim-{k}" for k in sorted({*CURVE, *ddim}, reverse=True)]),
     ]
     out = [f"### {title}\n\n{markdown(df, wanted)}" for title, wanted in sections]
     pairs = [(f"N{n}-b{b}", equal_macs(df, f"N{n}-b{b}")) for n in INTERVALS]
