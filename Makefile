@@ -26,7 +26,7 @@ MNIST_RUN := runs/mnist-sweep
 MNIST_DOCS := docs/results/mnist
 MNIST_GRID := ddim-100 N2-b2 N5-b2 N10-b2 N5-b2-adaptive-cap N5-b2-zeros ddim-61 ddim-20
 
-mnist-results: $(VENV)/.installed  ## docs/DDPM_MNIST.md's tables and plots (resumable; about 6 h on 2 cores)
+mnist-results: $(VENV)/.installed  ## docs/DDPM_MNIST.md's tables and plots (resumable; about 9 h on 2 cores)
 	$(MNIST_SWEEP) --out $(MNIST_RUN)
 	$(MNIST_SWEEP) --out $(MNIST_RUN) --steps 20 --branch 0 --intervals 2 3 --budgets 2 3 \
 	    --suites interval steps schedules

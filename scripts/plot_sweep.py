@@ -42,20 +42,37 @@ def column(df: pd.DataFrame, names) -> str:
 
 
 def groups(df: pd.DataFrame, cost: str) -> dict[str, pd.DataFrame]:
-    """Curves of the Pareto view at the sweep's main branch: one per method, uncached runs (any step
-    count) on the fewer-steps curve, whose uncached baseline closes every curve at full cost."""
+    """Curves of the Pareto view: one per method, at the sweep's main branch (runs over fewer steps,
+    named by their method, at any branch). Uncached runs of any step count form the fewer-steps curve;
+    each cached curve ends at the uncached run of its own step count.
+
+    Example:
+        >>> df = pd.DataFrame(dict(
+        ...     setting=["ddim-100", "ddim-20", "N5-b2", "N10-b2", "N5-b0", "s20-N2-b0", "s20-N3-b0"],
+        ...     method=["", "", "uniform", "uniform", "uniform", "uniform, DDIM 20", "uniform, DDIM 20"],
+        ...     steps=[100, 20, 100, 100, 100, 20, 20], interval=[1, 1, 5, 10, 5, 2, 3],
+        ...     branch=[0, 0, 2, 2, 0, 0, 0], c=[4, 1, 2, 1.8, 1.5, 0.5, 0.4],
+        ... ))
+        >>> for method, rows in groups(df, "c").items():
+        ...     print(f"{method}: {list(rows.setting)}")
+        fewer steps: ['ddim-20', 'ddim-100']
+        uniform: ['N10-b2', 'N5-b2', 'ddim-100']
+        uniform, DDIM 20: ['s20-N3-b0', 's20-N2-b0', 'ddim-20']
+    """
     if "method" not in df:  # CSVs of older sweeps
         df = df.assign(method="uniform")
     uncached = df.interval == 1
     df = df.assign(method=df.method.where(~uncached, FEWER))
-    base = df[uncached & (df.steps == df.steps.max())]
-    cached = df[~uncached & (df.method != "cached feature -> zeros")]
+    longest = df.steps == df.steps.max()
+    cached = df[~uncached & longest & (df.method != "cached feature -> zeros")]
     main_branch = cached.branch.mode().iloc[0] if len(cached) else 0
     out = {}
-    for method, rows in df[(df.branch == main_branch) | uncached].groupby("method", sort=False):
+    shown = (df.branch == main_branch) | uncached | ~longest
+    for method, rows in df[shown].groupby("method", sort=False):
         if method == "uniform" and "schedule" in rows:
             rows = rows[rows.schedule == "uniform"]
         if method != "cached feature -> zeros":
+            base = df[uncached & (df.steps == rows.steps.max())]
             out[method] = pd.concat([rows, base]).drop_duplicates("setting").sort_values(cost)
     return out
 
