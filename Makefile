@@ -24,7 +24,7 @@ test-slow: $(VENV)/.installed  ## also the tests marked slow
 MNIST_SWEEP := $(VENV)/bin/python experiments/ddpm/sweep_mnist.py --samples 2000 --timing-batch 32
 MNIST_RUN := runs/mnist-sweep
 MNIST_DOCS := docs/results/mnist
-MNIST_GRID := ddim-100 N2-b2 N5-b2 N10-b2 N5-b2-adaptive-cap N5-b2-zeros ddim-61 ddim-20
+MNIST_GRID := ddim-100 N2-b2 N5-b2 N10-b2 N5-b2-adaptive-cap N5-b2-zeros ddim-61 ddim-20 s20-N2-b0 ddim-11
 
 mnist-results: $(VENV)/.installed  ## docs/DDPM_MNIST.md's tables and plots (resumable; about 9 h on 2 cores)
 	$(MNIST_SWEEP) --out $(MNIST_RUN)
