@@ -63,17 +63,16 @@ def groups(df: pd.DataFrame, cost: str) -> dict[str, pd.DataFrame]:
         df = df.assign(method="uniform")
     uncached = df.interval == 1
     df = df.assign(method=df.method.where(~uncached, FEWER))
-    longest = df.steps == df.steps.max()
-    cached = df[~uncached & longest & (df.method != "cached feature -> zeros")]
+    longest, zeros = df.steps == df.steps.max(), df.method == "cached feature -> zeros"
+    cached = df[~uncached & longest & ~zeros]
     main_branch = cached.branch.mode().iloc[0] if len(cached) else 0
     out = {}
-    shown = (df.branch == main_branch) | uncached | ~longest
+    shown = ((df.branch == main_branch) | uncached | ~longest) & ~zeros
     for method, rows in df[shown].groupby("method", sort=False):
         if method == "uniform" and "schedule" in rows:
             rows = rows[rows.schedule == "uniform"]
-        if method != "cached feature -> zeros":
-            base = df[uncached & (df.steps == rows.steps.max())]
-            out[method] = pd.concat([rows, base]).drop_duplicates("setting").sort_values(cost)
+        base = df[uncached & (df.steps == rows.steps.max())]
+        out[method] = pd.concat([rows, base]).drop_duplicates("setting").sort_values(cost)
     return out
 
 
