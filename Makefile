@@ -3,13 +3,14 @@
 PYTHON ?= python3
 VENV := .venv
 LATEST := .venv-latest
+FASHION := /usr/share/datasets/fashion-mnist
 
 .PHONY: demo test test-fast test-slow lint clean mnist-results
 
 demo: $(VENV)/.installed  ## set up, then run the main job on the shipped default model
 	$(VENV)/bin/python main.py
 
-test: $(VENV)/.installed $(LATEST)/.installed  ## set up, then run the tests on both diffusers versions
+test: $(VENV)/.installed $(LATEST)/.installed $(FASHION)  ## set up, then run the tests on both diffusers versions
 	$(VENV)/bin/ruff check cachediff tests scripts experiments *.py
 	$(VENV)/bin/ruff format --check cachediff tests scripts experiments *.py
 	OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -n 2
@@ -50,6 +51,9 @@ $(LATEST)/.installed: requirements-latest.txt requirements-nodeps.txt pyproject.
 	$(LATEST)/bin/pip install -q --no-deps -r requirements-nodeps.txt
 	$(LATEST)/bin/pip install -q --no-deps -e .
 	touch $@
+
+$(FASHION):  ## Fashion-MNIST's IDX files, from Debian (the tiny Stable Diffusion's data)
+	apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist
 
 clean:
 	rm -rf $(VENV) $(LATEST) .pytest_cache .ruff_cache outputs
