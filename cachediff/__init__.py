@@ -24,7 +24,8 @@ import torch
 from . import schedule
 from .compiling import compile_denoiser, uncompile
 from .config import SCHEDULES, DeepCacheConfig
-from .engine import Call, DeepCacheEngine, RunStats
+from .core import Call, RunStats, Session
+from .engine import DeepCacheEngine
 from .helper import DeepCacheSDHelper
 from .modules import CacheRule, ModuleCache, denoiser, dit_rule, every
 from .unets import SPECS, BranchPlan, branch_plan, num_branches
@@ -43,6 +44,7 @@ __all__ = [
     "cache_modules",
     "compile_denoiser",
     "RunStats",
+    "Session",
     "branch_plan",
     "deepcache",
     "denoiser",

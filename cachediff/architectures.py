@@ -72,6 +72,10 @@ ARCHITECTURES: dict[str, tuple[str, dict]] = {
 }
 
 
+#: architecture -> latent side and frames (SVD) that a 2-core CPU benchmarks in minutes
+CPU_SIZES = {"sd1.5": (32, 1), "sdxl": (32, 1), "ddpm-cifar10": (32, 1), "svd": (16, 2)}
+
+
 def build(name: str, seed: int = 0, **overrides) -> torch.nn.Module:
     """A random-weight U-Net of architecture ``name`` (see ``ARCHITECTURES``), in eval mode."""
     import diffusers

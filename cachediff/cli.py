@@ -9,14 +9,16 @@ library versions.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
 import torch
 
-from . import runner
+from . import files, generation
+from .accelerators import accelerator
+from .comparison import Comparison, compare
 from .config import DeepCacheConfig
-from .engine import DeepCacheEngine
 from .pipelines import PRESETS, get_preset
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -31,10 +33,12 @@ def parse_args(
     p.add_argument("--steps", type=int, help="inference steps (default: the preset's)")
     p.add_argument("--cache_interval", type=int, help="cache interval N (default: the preset's)")
     p.add_argument(
-        "--cache_branch_id",
+        "--cache_branch_id", type=int, help="U-Net skip branch id b, paper branch b+1 (default: preset's)"
+    )
+    p.add_argument(
+        "--shallow_blocks",
         type=int,
-        help="skip branch id b, paper branch b+1; on a DiT (pixart), blocks at each end that always run "
-        "(default: preset's)",
+        help="DiT (pixart): blocks at each end that run on every step (default: preset's)",
     )
     p.add_argument(
         "--schedule",
@@ -66,6 +70,8 @@ def parse_args(
     counts = (args.batch_size, args.repeats, args.frames, args.steps)
     if min(c for c in counts if c is not None) < 1:
         p.error("--batch_size, --repeats, --frames and --steps must be >= 1")
+    if args.shallow_blocks is not None and args.shallow_blocks < 0:
+        p.error("--shallow_blocks must be >= 0")
     return args
 
 
@@ -88,42 +94,38 @@ def run(args: argparse.Namespace) -> int:
         branch=preset.branch if args.cache_branch_id is None else args.cache_branch_id,
         schedule=args.schedule,
     )
+    shallow = preset.shallow_blocks if args.shallow_blocks is None else args.shallow_blocks
     dtype = DTYPES[args.dtype]
-    pipe = runner.load_pipeline(preset, args.model, args.device, dtype)
-    runner.set_scheduler(pipe, args.scheduler or preset.scheduler)
-    cache = runner.accelerator(pipe, config, steps)  # fails before any sampling on a bad branch
+    pipe = generation.load_pipeline(preset, args.model, args.device, dtype)
+    generation.set_scheduler(pipe, args.scheduler or preset.scheduler)
+    cache = accelerator(pipe, config, steps, shallow)  # fails before any sampling on a bad branch
     seeds = list(range(args.seed, args.seed + args.batch_size))
-    branch = (
-        f"branch {config.branch} (paper {config.branch + 1})"
-        if isinstance(cache, DeepCacheEngine)
-        else f"first and last {config.branch} blocks on every step"
-    )
-    print(f"{args.model_type}: {steps} steps, N={config.interval}, {branch}")
-    inputs = runner.default_inputs(pipe, preset.task, args.image, args.mask)
+    print(f"{args.model_type}: {steps} steps, N={config.interval}; {cache.describe(steps).splitlines()[0]}")
+    inputs = generation.default_inputs(pipe, preset.task, args.image, args.mask)
     video = preset.task in ("video", "text2video")
     if video:
         inputs["frames"] = args.frames
     if preset.task not in ("unconditional", "video"):
         inputs["prompt"] = args.prompt
     if getattr(args, "refine", False):
-        refiner = runner.load_pipeline(get_preset("sdxl-img2img"), args.refiner, args.device, dtype)
+        refiner = generation.load_pipeline(get_preset("sdxl-img2img"), args.refiner, args.device, dtype)
         inputs["refiner"] = refiner
-    result, base, cached = runner.compare(pipe, config, seeds, steps, args.repeats, preset.task, **inputs)
+    result, base, cached = compare(pipe, config, seeds, steps, args.repeats, preset.task, shallow, **inputs)
 
     args.output.mkdir(parents=True, exist_ok=True)
     rows = args.batch_size if video else min(4, args.batch_size)
-    runner.save_png(args.output / "baseline_vs_deepcache.png", runner.side_by_side(base, cached, rows=rows))
+    files.save_png(args.output / "baseline_vs_deepcache.png", files.side_by_side(base, cached, rows=rows))
     if video:  # one GIF per run, first video
-        runner.save_gif(args.output / "baseline.gif", base[: args.frames])
-        runner.save_gif(args.output / "deepcache.gif", cached[: args.frames])
+        files.save_gif(args.output / "baseline.gif", base[: args.frames])
+        files.save_gif(args.output / "deepcache.gif", cached[: args.frames])
     record = dict(
         args=vars(args),
         preset=preset.__dict__,
         config=config.__dict__,
-        results=runner.as_dict(result),
-        env=runner.environment(),
+        results=dataclasses.asdict(result),
+        env=files.environment(),
     )
-    runner.write_json(args.output / "run.json", record)
+    files.write_json(args.output / "run.json", record)
     print_table(result)
     print(
         f"saved {args.output / 'baseline_vs_deepcache.png'} (left: baseline, right: DeepCache) and run.json"
@@ -131,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def print_table(r: runner.Comparison) -> None:
+def print_table(r: Comparison) -> None:
     rows = [
         ("wall time per run (median)", f"{r.baseline_seconds:.2f} s", f"{r.deepcache_seconds:.2f} s"),
         ("speedup (measured)", "1.00x", f"{r.speedup:.2f}x"),

@@ -19,7 +19,6 @@ Refinements add full steps to any static schedule:
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -123,6 +122,11 @@ class DeepCacheConfig:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
 
+    def budget(self, num_steps: int) -> int:
+        """Full steps that the interval allows in a run of ``num_steps``: ceil(T / N) (the non-uniform
+        and adaptive schedules spend it; the uniform one takes exactly these)."""
+        return schedule.num_full_steps(num_steps, self.interval)
+
     def full_steps_for(self, num_steps: int) -> tuple[int, ...]:
         """The full steps of a run of ``num_steps`` steps (static schedules only)."""
         if self.schedule == "adaptive":
@@ -132,9 +136,8 @@ class DeepCacheConfig:
         elif self.schedule == "uniform" or self.interval == 1:
             base = schedule.uniform(num_steps, self.interval)
         else:
-            n_full = math.ceil(num_steps / self.interval)
             base = schedule.quadratic_center(
-                num_steps, n_full, min(self.center, num_steps - 1), self.power, self.symmetric
+                num_steps, self.budget(num_steps), min(self.center, num_steps - 1), self.power, self.symmetric
             )
         return schedule.compose(num_steps, base, self.window, self.warmup, self.cooldown, self.max_cached)
 

@@ -29,15 +29,14 @@ Example:
 from __future__ import annotations
 
 import fnmatch
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from .clock import StepClock
-from .engine import Call, RunStats, _clone, _first_tensor
-from .hooks import Hooks
+from .core import PRODUCE, RESIDUAL, Group, Session
+from .policy import Static
+from .schedule import ranges
 
 Selector = str | Callable[[str, torch.nn.Module], bool]
 
@@ -126,8 +125,11 @@ def denoiser(target) -> torch.nn.Module:
     )
 
 
-class ModuleCache:
+class ModuleCache(Session):
     """Caches selected modules of ``model`` across the steps of each sampling run.
+
+    Each rule is one group of the caching core (``cachediff.core``): its modules are ``PRODUCE``
+    ("output" mode) or ``RESIDUAL``, and its step predicate is a static policy.
 
     Args:
         model: the denoiser (``pipe.transformer``, ``pipe.unet`` or any module), left unmodified.
@@ -136,15 +138,12 @@ class ModuleCache:
     """
 
     def __init__(self, model: torch.nn.Module, rules: list[CacheRule], pipeline=None):
-        self.model, self.rules = model, list(rules)
-        self.selected = self._select()
-        self.clock = StepClock(pipeline, on_new_run=self._new_run)
-        self._hooks = Hooks()
-        self.reset()
+        self.rules = list(rules)
+        self.selected = self._select(model)
+        super().__init__(model, [self._group(rule) for rule in self.rules], pipeline=pipeline)
 
-    # ----------------------------------------------------------------- plan
-    def _select(self) -> dict[str, CacheRule]:
-        modules = dict(self.model.named_modules())
+    def _select(self, model: torch.nn.Module) -> dict[str, CacheRule]:
+        modules = dict(model.named_modules())
         modules.pop("", None)
         chosen: dict[str, CacheRule] = {}
         for i, rule in enumerate(self.rules):
@@ -152,12 +151,21 @@ class ModuleCache:
             if not names:
                 sample = ", ".join(list(modules)[:8])
                 raise ValueError(
-                    f"rule {i} ({_label(rule.select)}) matches no module of {type(self.model).__name__}; "
+                    f"rule {i} ({_label(rule.select)}) matches no module of {type(model).__name__}; "
                     f"names look like: {sample}"
                 )
             for name in names:
                 chosen.setdefault(name, rule)
         return {n: r for n, r in chosen.items() if not any(n.startswith(p + ".") for p in chosen)}
+
+    def _group(self, rule: CacheRule) -> Group:
+        role = RESIDUAL if rule.mode == "residual" else PRODUCE
+        roles = {name: role for name, r in self.selected.items() if r is rule}
+
+        def full(step: int) -> bool:  # step 0 always computes: nothing is stored yet
+            return step == 0 or not rule.reuse(step)
+
+        return Group(roles, Static(lambda num_steps: full))
 
     def plan(self, num_steps: int) -> dict[str, tuple[int, ...]]:
         """Dry run: for every selected module, the steps on which it is reused (step 0 never)."""
@@ -171,106 +179,9 @@ class ModuleCache:
         lines = [f"{type(self.model).__name__}: {len(self.selected)} cached modules over {num_steps} steps"]
         for name, steps in self.plan(num_steps).items():
             rule = self.selected[name]
-            lines.append(f"  {name} [{rule.mode}] reused on {len(steps)} steps: {_ranges(steps)}")
+            lines.append(f"  {name} [{rule.mode}] reused on {len(steps)} steps: {ranges(steps)}")
         return "\n".join(lines)
-
-    # ----------------------------------------------------------------- lifecycle
-    @property
-    def enabled(self) -> bool:
-        return len(self._hooks) > 0
-
-    def enable(self) -> ModuleCache:
-        if not self.enabled:
-            self._hooks.wrap(self.model, self._wrap_root)
-            for name, rule in self.selected.items():
-                self._hooks.wrap(self.model.get_submodule(name), self._wrap_module(name, rule))
-        self.clock.start()
-        return self
-
-    def disable(self) -> None:
-        self._hooks.remove_all()
-        self.clock.detach()
-        self._store: dict = {}
-
-    def reset(self, num_steps: int | None = None) -> None:
-        self.clock.reset(num_steps)
-
-    def __enter__(self) -> ModuleCache:
-        return self.enable()
-
-    def __exit__(self, *exc) -> None:
-        self.disable()
-
-    def _new_run(self, num_steps: int | None) -> None:
-        self._store = {}  # (module name, slot, occurrence) -> (input key, stored output or residual)
-        self.stats = RunStats()
-        self.reused = dict.fromkeys(self.selected, 0)
-        self._step = self._slot = None
-        self._reused_now = 0
-
-    # ----------------------------------------------------------------- hooks
-    def _wrap_root(self, original: Callable) -> Callable:
-        def forward(*args, **kwargs):
-            self._step, self._slot = self.clock.begin()
-            self._reused_now, self._occurrence = 0, {}
-            start = time.perf_counter()
-            try:
-                return original(*args, **kwargs)
-            finally:
-                seconds = time.perf_counter() - start
-                self.stats.calls.append(Call(self._step, self._reused_now == 0, None, seconds))
-                self._step = None
-                self.clock.end()
-
-        return forward
-
-    def _wrap_module(self, name: str, rule: CacheRule) -> Callable[[Callable], Callable]:
-        def factory(original: Callable) -> Callable:
-            def forward(*args, **kwargs):
-                if self._step is None:  # outside a model call
-                    return original(*args, **kwargs)
-                n = self._occurrence[name] = self._occurrence.get(name, -1) + 1
-                key = (name, self._slot, n)
-                x = _first_tensor((args, kwargs))
-                layout = (tuple(x.shape), x.dtype, x.device)
-                stored = self._store.get(key)
-                if self._step > 0 and stored is not None and stored[0] == layout and rule.reuse(self._step):
-                    self.reused[name] += 1
-                    self._reused_now += 1
-                    return x + stored[1] if rule.mode == "residual" else _clone(stored[1])
-                out = original(*args, **kwargs)
-                if rule.mode == "residual":
-                    if not isinstance(out, torch.Tensor) or out.shape != x.shape:
-                        raise TypeError(
-                            f"{name}: residual mode needs a tensor output shaped like the input "
-                            f"{tuple(x.shape)}; use mode='output'"
-                        )
-                    self._store[key] = (layout, out - x)
-                    return out
-                self._store[key] = (layout, out)  # hand out a copy: the model may modify it in place
-                return _clone(out)
-
-            return forward
-
-        return factory
 
 
 def _label(select: Selector) -> str:
     return repr(select) if isinstance(select, str) else getattr(select, "__name__", "filter")
-
-
-def _ranges(steps: tuple[int, ...]) -> str:
-    """Compact step ranges.
-
-    Example:
-        >>> _ranges((1, 2, 3, 5, 7, 8))
-        '1-3, 5, 7-8'
-    """
-    out, i = [], 0
-    while i < len(steps):
-        j = i
-        while j + 1 < len(steps) and steps[j + 1] == steps[j] + 1:
-            j += 1
-        out.append(f"{steps[i]}" if i == j else f"{steps[i]}-{steps[j]}")
-        i = j + 1
-    return ", ".join(out) or "none"

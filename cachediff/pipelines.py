@@ -1,6 +1,6 @@
 """Model presets: name -> where the weights are, which pipeline runs them, and the paper's settings.
 
-One table, no if-ladders: scripts look a preset up and pass it to ``cachediff.runner``.
+One table, no if-ladders: scripts look a preset up and pass it to ``cachediff.generation``.
 
 Example:
     >>> PRESETS["ddpm-mnist"].steps, PRESETS["sd1.5"].model
@@ -27,13 +27,14 @@ class Preset:
     Attributes:
         model: hub id, or a path relative to the repository root for shipped weights.
         pipeline: diffusers pipeline class name.
-        task: a ``cachediff.runner.TASKS`` entry: "unconditional", "text2image", "img2img",
+        task: a ``cachediff.generation.TASKS`` entry: "unconditional", "text2image", "img2img",
             "inpaint", "video" (image-to-video) or "text2video".
         steps: default number of inference steps (the paper's setting).
         interval: default cache interval N.
-        branch: default branch id (paper branch = id + 1).
+        branch: default U-Net branch id (paper branch = id + 1).
         scheduler: diffusers scheduler class to use instead of the pipeline's (None: keep it).
         batch: default images per run.
+        shallow_blocks: DiTs: the transformer blocks at each end that run on every step.
     """
 
     model: str
@@ -44,6 +45,7 @@ class Preset:
     branch: int
     scheduler: str | None = None
     batch: int = 1
+    shallow_blocks: int = 1
 
     def model_path(self, override: str | None = None) -> str:
         """The weights to load: ``override`` if given, else the preset's (shipped paths made absolute)."""
@@ -83,9 +85,11 @@ PRESETS: dict[str, Preset] = {
     "t2v-zero": Preset(_SD15, "TextToVideoZeroPipeline", "text2video", 50, 3, 0),
     # Unconditional latent diffusion (the paper's LDM runs use 250 DDIM steps).
     "ldm": Preset("CompVis/ldm-celebahq-256", "LDMPipeline", "unconditional", 250, 5, 0),
-    # A DiT: the middle transformer blocks are cached (cachediff.modules.dit_rule); the branch id counts
-    # the blocks at each end that run on every step.
-    "pixart": Preset("PixArt-alpha/PixArt-XL-2-512x512", "PixArtAlphaPipeline", "text2image", 20, 3, 1),
+    # A DiT: the middle transformer blocks are cached (cachediff.modules.dit_rule), the first and last
+    # shallow_blocks run on every step; it has no skip branches.
+    "pixart": Preset(
+        "PixArt-alpha/PixArt-XL-2-512x512", "PixArtAlphaPipeline", "text2image", 20, 3, 0, shallow_blocks=1
+    ),
     "svd": Preset(
         "stabilityai/stable-video-diffusion-img2vid-xt", "StableVideoDiffusionPipeline", "video", 25, 3, 0
     ),

@@ -30,7 +30,7 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from .io import atomic_path
+from .files import atomic_path
 
 #: Where the public prompt sets live (downloaded once on a user's machine, then read from the cache).
 URLS = {

@@ -219,6 +219,23 @@ def cap_cached_run(num_steps: int, full_steps: Iterable[int], max_cached: int) -
     return tuple(out)
 
 
+def ranges(steps: Sequence[int]) -> str:
+    """Steps as compact ranges, for display.
+
+    Example:
+        >>> ranges((1, 2, 3, 5, 7, 8))
+        '1-3, 5, 7-8'
+    """
+    out, i = [], 0
+    while i < len(steps):
+        j = i
+        while j + 1 < len(steps) and steps[j + 1] == steps[j] + 1:
+            j += 1
+        out.append(f"{steps[i]}" if i == j else f"{steps[i]}-{steps[j]}")
+        i = j + 1
+    return ", ".join(out) or "none"
+
+
 def _check_positive(**values: int) -> None:
     for name, v in values.items():
         if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:

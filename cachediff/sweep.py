@@ -25,8 +25,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .accelerators import accelerator, macs_per_call
 from .config import DeepCacheConfig
-from .io import atomic_path
+from .files import atomic_path, save_npy
+from .generation import TASKS
 from .modules import denoiser
 
 
@@ -43,21 +45,16 @@ class Setting:
         return self.steps if self.cache is None else len(self.cache.full_steps_for(self.steps))
 
 
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
-        np.save(tmp, array)
-
-
 class Sweep:
     """Generate, featurise and score settings on one pipeline; samples addressable by seed.
 
     Args:
-        pipe: a diffusers pipeline with a ``.unet`` or ``.transformer`` (see ``cachediff.runner``).
+        pipe: a diffusers pipeline with a ``.unet`` or ``.transformer`` (see ``cachediff.accelerators``).
         out: the sweep folder.
         n_samples: images per setting (seeds 0 .. n_samples - 1).
         shard: images per saved file (and per work unit shared between processes).
         featurize: ``images (N, C, H, W) in [-1, 1] -> features (N, D)``, e.g. Inception features.
-        task: a ``cachediff.runner.TASKS`` entry.
+        task: a ``cachediff.generation.TASKS`` entry.
         prompts: image k is generated from seed k and prompt ``prompts[k % len(prompts)]``.
         batch: images per pipeline call (default: ``shard``); small batches run faster on a CPU whose
             cache holds their activations. The adaptive schedule decides per call for the whole
@@ -117,8 +114,6 @@ class Sweep:
     @torch.no_grad()
     def generate(self, setting: Setting, seeds: Sequence[int]) -> torch.Tensor:
         """Images for ``seeds`` under ``setting``, ``(B, C, H, W)`` in [-1, 1]; stats in ``self.cache``."""
-        from .runner import TASKS, accelerator
-
         seeds, extra = list(seeds), dict(self.inputs)
         if self.prompts is not None:
             extra["prompt"] = [self.prompts[s % len(self.prompts)] for s in seeds]
@@ -151,7 +146,7 @@ class Sweep:
             images = torch.cat(
                 [self._generate_recorded(setting, chunk) for chunk in _chunks(seeds, self.batch)]
             )
-            _save_npy(samples, ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy())
+            save_npy(samples, ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy())
 
     def features(self, setting: Setting, progress: bool = True) -> np.ndarray:
         """Features of the setting's ``n_samples`` images, generating and featurising missing shards.
@@ -163,7 +158,7 @@ class Sweep:
             path = folder / f"features_{start:06d}.npy"
             if not path.exists():
                 images = _unit_range(np.load(folder / f"samples_{start:06d}.npy"))
-                _save_npy(path, np.asarray(self.featurize(images)))
+                save_npy(path, np.asarray(self.featurize(images)))
             feats.append(np.load(path))
         return np.concatenate(feats)
 
@@ -188,10 +183,10 @@ class Sweep:
         return float(np.average([r["full_steps"] for r in records], weights=_weights(records)))
 
     def step_macs(self, setting: Setting) -> tuple[int, int]:
-        """MACs of one full and one cached denoiser call for one image (see ``runner.step_macs``)."""
-        from .runner import accelerator, step_macs
-
-        return step_macs(accelerator(self.pipe, setting.cache or DeepCacheConfig(interval=1), setting.steps))
+        """MACs of one full and one cached denoiser call for one image (``accelerators.macs_per_call``)."""
+        return macs_per_call(
+            accelerator(self.pipe, setting.cache or DeepCacheConfig(interval=1), setting.steps)
+        )
 
     def macs_per_image(self, setting: Setting) -> float:
         """Denoiser MACs of one image's run: full and cached calls as recorded (a CFG pipeline's
@@ -254,39 +249,3 @@ def speed(sweep: Sweep, base: Setting, setting: Setting, images: int, repeats: i
         measured_speedup=speedup(times[base.name], times[setting.name]),
         seconds_per_image=float(np.median(times[setting.name])) / images,
     )
-
-
-def write_csv(rows: list[dict], path: Path) -> None:
-    """Write rows as CSV atomically (pandas)."""
-    import pandas as pd
-
-    with atomic_path(path) as tmp:
-        pd.DataFrame(rows).to_csv(tmp, index=False)
-
-
-def read_csv(path: Path) -> list[dict]:
-    """Rows of an existing CSV, or none."""
-    import pandas as pd
-
-    return pd.read_csv(path).to_dict("records") if path.exists() else []
-
-
-def update_csv(path: Path, row: dict, key: str = "setting") -> None:
-    """Replace the row with ``row[key]`` in the CSV, or append it, under a file lock: sweeps that run
-    side by side on one CSV (say, with different ``--only`` patterns) keep each other's rows.
-
-    Example:
-        >>> import tempfile
-        >>> path = Path(tempfile.mkdtemp()) / "r.csv"
-        >>> update_csv(path, dict(setting="a", fid=2.0)); update_csv(path, dict(setting="b", fid=3.0))
-        >>> update_csv(path, dict(setting="a", fid=1.0)); read_csv(path)
-        [{'setting': 'a', 'fid': 1.0}, {'setting': 'b', 'fid': 3.0}]
-    """
-    import fcntl
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-        rows = {r[key]: r for r in read_csv(path)}
-        rows[row[key]] = {**rows.get(row[key], {}), **row}
-        write_csv(list(rows.values()), path)

@@ -14,11 +14,14 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
+from torch.utils import _pytree as pytree
 
 KINDS = ("sd", "sdxl", "svd", "ddpm")
 
@@ -101,7 +104,104 @@ def latent_shape(unet: torch.nn.Module, batch: int, frames: int = 2) -> tuple[in
     return (batch, c, s, s)
 
 
+@contextmanager
+def enabled(accelerator, helper_params: dict | None = None) -> Iterator:
+    """Enable an accelerator (an engine, a module cache, or a helper with ``set_params``) for a block
+    and always disable it, so that a failing test leaves a shared pipeline as it was."""
+    if helper_params is not None:
+        accelerator.set_params(**helper_params)
+    accelerator.enable()
+    try:
+        yield accelerator
+    finally:
+        accelerator.disable()
+
+
+@functools.cache
+def tiny_baseline(kind: str) -> tuple[SimpleNamespace, dict, torch.Tensor]:
+    """A tiny pipeline of ``kind``, its conditioning and its uncached ``sample`` (computed once)."""
+    pipe, cond = tiny_pipe(kind)
+    return pipe, cond, sample(pipe, cond)
+
+
+@contextmanager
+def reference_deepcache(unet: torch.nn.Module, producer: str, interval: int) -> Iterator[None]:
+    """DeepCache by its definition, with plain PyTorch hooks and no cachediff code: every module runs,
+    and on every call but each ``interval``-th the output of the ``producer`` module is replaced by its
+    output on the last full call. One U-Net call per step."""
+    state = dict(calls=0, kept=None)
+
+    def count(module, args):
+        state["calls"] += 1
+
+    def swap(module, args, out):
+        clone = functools.partial(pytree.tree_map, lambda t: t.clone() if isinstance(t, torch.Tensor) else t)
+        if (state["calls"] - 1) % interval == 0:
+            state["kept"] = clone(out)
+            return None
+        return clone(state["kept"])
+
+    handles = [
+        unet.register_forward_pre_hook(count),
+        unet.get_submodule(producer).register_forward_hook(swap),
+    ]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 @torch.no_grad()
+def denoise(
+    model: torch.nn.Module,
+    scheduler,
+    x: torch.Tensor,
+    cond: dict,
+    steps: int = 10,
+    guidance: float | None = None,
+    start: int = 0,
+    call: Callable | None = None,
+    concat: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The sampling loop of a diffusers pipeline: ``steps`` of ``scheduler`` from the latent ``x``.
+
+    Args:
+        model: the denoiser (U-Net or transformer).
+        scheduler: a diffusers scheduler; ``set_timesteps(steps)`` starts the run.
+        x: the initial latent ``(B, [F,] C, H, W)``.
+        cond: keyword inputs of the model, already batched for CFG when ``guidance`` is set.
+        guidance: classifier-free guidance scale (the model sees ``[x, x]``); ``None`` for none.
+        start: skip the first ``start`` timesteps (as img2img does for strength < 1).
+        call: how to call the model, ``call(model, x, t, cond) -> prediction``; default positional
+            timestep, first output.
+        concat: concatenated to the model input on the channel axis (SVD, inpainting).
+    """
+    scheduler.set_timesteps(steps)
+    batch = 1 if guidance is None else 2
+    call = call or (lambda m, x, t, c: m(x, t, **c, return_dict=False)[0])
+    for t in scheduler.timesteps[start:]:
+        inp = scheduler.scale_model_input(torch.cat([x] * batch), t)
+        if concat is not None:
+            inp = torch.cat([inp, concat], dim=x.ndim - 3)  # (B, [F,] C_latent + C_concat, H, W)
+        eps = call(model, inp, t, cond)
+        if guidance is not None:
+            uncond, text = eps.chunk(2)
+            eps = uncond + guidance * (text - uncond)
+        x = scheduler.step(eps, t, x, return_dict=False)[0]
+    return x
+
+
+def denoise_example(pipe, inputs: dict, steps: int) -> torch.Tensor:
+    """``denoise`` from ``architectures.example_inputs`` (their batch is the U-Net batch: 2 = one image
+    with CFG), no guidance: the loop of ``scripts/bench.py`` and ``scripts/profile_helpers.py``."""
+    sample, axis = inputs["sample"], inputs["sample"].ndim - 3  # channel axis of (B, [F,] C, H, W)
+    c_out = pipe.unet.config.out_channels
+    x, concat = sample.narrow(axis, 0, c_out), sample.narrow(axis, c_out, sample.shape[axis] - c_out)
+    cond = {k: v for k, v in inputs.items() if k not in ("sample", "timestep")}
+    return denoise(pipe.unet, pipe.scheduler, x, cond, steps, concat=concat if concat.numel() else None)
+
+
 def sample(
     pipe,
     cond: dict,
@@ -111,36 +211,21 @@ def sample(
     start: int = 0,
     call: Callable | None = None,
 ) -> torch.Tensor:
-    """Denoise from seeded noise through ``pipe.unet`` and ``pipe.scheduler``, as a pipeline does.
+    """``denoise`` from seeded noise through ``pipe.unet`` and ``pipe.scheduler``, as a pipeline does.
 
     Args:
         pipe: anything with ``.unet`` and ``.scheduler`` (a real pipeline or a ``SimpleNamespace``).
         cond: keyword inputs of the U-Net, already batched for CFG when ``guidance`` is set; a
             ``concat`` entry is concatenated to the latent on the channel axis (SVD, inpainting).
-        steps: ``num_inference_steps`` given to ``set_timesteps``.
+        steps, guidance, start, call: as ``denoise``.
         seed: seed of the initial noise.
-        guidance: classifier-free guidance scale (batched cond/uncond); ``None`` for none.
-        start: skip the first ``start`` timesteps (as img2img does for strength < 1).
-        call: how to call the U-Net, ``call(unet, x, t, cond)``; default positional timestep.
     """
-    unet, scheduler = pipe.unet, pipe.scheduler
-    scheduler.set_timesteps(steps)
-    batch = 1 if guidance is None else 2
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(latent_shape(unet, 1), generator=gen) * scheduler.init_noise_sigma
-    call = call or (lambda u, x, t, c: u(x, t, **c, return_dict=False)[0])
+    pipe.scheduler.set_timesteps(steps)  # init_noise_sigma depends on the run (Euler, Heun)
+    x = torch.randn(latent_shape(pipe.unet, 1), generator=gen) * pipe.scheduler.init_noise_sigma
     cond = dict(cond)
     concat = cond.pop("concat", None)
-    for t in scheduler.timesteps[start:]:
-        inp = scheduler.scale_model_input(torch.cat([x] * batch), t)
-        if concat is not None:
-            inp = torch.cat([inp, concat], dim=x.ndim - 3)  # (B, [F,] C_latent + C_concat, H, W)
-        eps = call(unet, inp, t, cond)
-        if guidance is not None:
-            uncond, text = eps.chunk(2)
-            eps = uncond + guidance * (text - uncond)
-        x = scheduler.step(eps, t, x, return_dict=False)[0]
-    return x
+    return denoise(pipe.unet, pipe.scheduler, x, cond, steps, guidance, start, call, concat)
 
 
 def tiny_transformer(seed: int = 0, batch: int = 2) -> tuple[torch.nn.Module, dict]:

@@ -33,7 +33,8 @@ import torch
 
 @dataclass(frozen=True)
 class UNetSpec:
-    """Where a U-Net family keeps its blocks, and the per-layer module lists in run order."""
+    """Where a U-Net family keeps its blocks, and the per-layer module lists in run order (the first
+    list, the resnets, defines the layers: one skip tensor each on the down side)."""
 
     down: str = "down_blocks"
     mid: str = "mid_block"
@@ -87,7 +88,7 @@ def _layers(block: torch.nn.Module, prefix: str, spec: UNetSpec) -> list[list[st
         raise TypeError(f"{prefix} ({type(block).__name__}) is a skip-sample block; not supported")
     lists = [(name, getattr(block, name, None) or []) for name in spec.layer_lists]
     return [
-        [f"{prefix}.{name}.{i}" for name, mods in lists if i < len(mods)] for i in range(len(block.resnets))
+        [f"{prefix}.{name}.{i}" for name, mods in lists if i < len(mods)] for i in range(len(lists[0][1]))
     ]
 
 
@@ -101,7 +102,7 @@ def _side(unet, spec: UNetSpec, side: str) -> list[tuple[str, list[tuple[list[st
     Down side: the skip index a layer produces. Up side: the skip index a layer consumes.
     """
     blocks = getattr(unet, spec.down if side == "down" else spec.up)
-    n_skips = 1 + sum(len(b.resnets) + bool(getattr(b, spec.down_samplers, None)) for b in unet.down_blocks)
+    n_skips = _num_skips(unet, spec)
     skip = 1 if side == "down" else n_skips - 1
     out = []
     for i, block in enumerate(blocks):
@@ -124,10 +125,16 @@ def _side(unet, spec: UNetSpec, side: str) -> list[tuple[str, list[tuple[list[st
     return out
 
 
+def _num_skips(unet: torch.nn.Module, spec: UNetSpec) -> int:
+    """Skip tensors of the down side: ``conv_in``'s, one per layer, one per downsampling block."""
+    layers = spec.layer_lists[0]
+    blocks = getattr(unet, spec.down)
+    return 1 + sum(len(getattr(b, layers)) + bool(getattr(b, spec.down_samplers, None)) for b in blocks)
+
+
 def num_branches(unet: torch.nn.Module) -> int:
     """Number of branch ids (skip connections, ``conv_in`` included) of a supported U-Net."""
-    spec_for(unet)
-    return 1 + sum(len(b.resnets) + bool(getattr(b, "downsamplers", None)) for b in unet.down_blocks)
+    return _num_skips(unet, spec_for(unet))
 
 
 def branch_plan(unet: torch.nn.Module, branch: int) -> BranchPlan:

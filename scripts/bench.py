@@ -26,29 +26,14 @@ from diffusers import DDIMScheduler
 
 import cachediff
 from cachediff import DeepCacheSDHelper, metrics
-from cachediff.architectures import build, example_inputs
-from cachediff.engine import tree_nbytes
-from cachediff.metrics import average_macs, step_macs
-from cachediff.sweep import read_csv, update_csv
-from cachediff.testing import tiny_unet
+from cachediff.accelerators import step_macs
+from cachediff.architectures import CPU_SIZES, build, example_inputs
+from cachediff.core import tree_nbytes
+from cachediff.files import read_csv, update_csv
+from cachediff.metrics import average_macs
+from cachediff.testing import denoise_example, tiny_unet
 
-#: architecture -> latent side, frames (SVD) used on a 2-core CPU
-SIZES = {"sd1.5": (32, 1), "sdxl": (32, 1), "ddpm-cifar10": (32, 1), "svd": (16, 2)}
 CONFIGS = [(3, 0), (5, 0), (5, 1)]  # (interval, branch id)
-
-
-def loop(pipe, inputs: dict, steps: int) -> torch.Tensor:
-    """A DDIM sampling loop; the U-Net batch is the inputs' batch (2 = one image with CFG)."""
-    pipe.scheduler.set_timesteps(steps)
-    sample, axis = inputs["sample"], inputs["sample"].ndim - 3  # channel axis of (B, [F,] C, H, W)
-    c_out = pipe.unet.config.out_channels
-    x, concat = sample.narrow(axis, 0, c_out), sample.narrow(axis, c_out, sample.shape[axis] - c_out)
-    cond = {k: v for k, v in inputs.items() if k not in ("sample", "timestep")}
-    with torch.no_grad():
-        for t in pipe.scheduler.timesteps:
-            eps = pipe.unet(torch.cat([x, concat], axis), t, **cond, return_dict=False)[0]
-            x = pipe.scheduler.step(eps, t, x, return_dict=False)[0]
-    return x
 
 
 def bench_config(pipe, inputs, steps, interval, branch, repeats) -> dict:
@@ -67,7 +52,7 @@ def bench_config(pipe, inputs, steps, interval, branch, repeats) -> dict:
             if helper:
                 helper.enable()
             try:
-                loop(pipe, inputs, steps)
+                denoise_example(pipe, inputs, steps)
                 if name == "official":
                     held[name] = tree_nbytes(list(helper.cached_output.values()))
                 elif name == "cachediff":
@@ -121,7 +106,7 @@ def bench_compile(pipe, inputs, steps, interval, branch, repeats) -> dict:
             if cached:
                 helper.enable()
             try:
-                loop(pipe, inputs, steps)
+                denoise_example(pipe, inputs, steps)
             finally:
                 helper.disable()
                 vars(pipe.unet).pop("forward", None)
@@ -158,7 +143,7 @@ def model_and_inputs(arch: str, quick: bool, size: int | None = None):
         size, frames = 8, 2
     else:
         unet = build(arch)
-        size, frames = size or SIZES[arch][0], SIZES[arch][1]
+        size, frames = size or CPU_SIZES[arch][0], CPU_SIZES[arch][1]
     inputs = example_inputs(unet, batch=2, size=size, frames=frames)
     if quick:
         inputs.update({k: v for k, v in cond.items()})
@@ -167,7 +152,9 @@ def model_and_inputs(arch: str, quick: bool, size: int | None = None):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--archs", nargs="+", default=list(SIZES), choices=list(SIZES), help="architectures")
+    p.add_argument(
+        "--archs", nargs="+", default=list(CPU_SIZES), choices=list(CPU_SIZES), help="architectures"
+    )
     p.add_argument("--steps", type=int, default=20, help="DDIM steps per timed run")
     p.add_argument("--repeats", type=int, default=3, help="timed repeats after one warm-up round")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")

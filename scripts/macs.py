@@ -16,9 +16,10 @@ from pathlib import Path
 
 import torch
 
+from cachediff.accelerators import step_macs
 from cachediff.architectures import ARCHITECTURES, build, example_inputs
-from cachediff.metrics import average_macs, step_macs
-from cachediff.sweep import write_csv
+from cachediff.files import write_csv
+from cachediff.metrics import average_macs
 from cachediff.unets import num_branches
 
 

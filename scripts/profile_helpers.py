@@ -1,9 +1,9 @@
 """Operator-level comparison of the official DeepCache 0.1.1 helper and cachediff on one sampling loop.
 
-Runs the same DDIM loop as ``scripts/bench.py`` once under each helper with ``torch.profiler`` (after
-one unprofiled warm-up run) and prints the aten operators whose call counts differ, with their self
-CPU times, and the summed operator time of each. Equal operator lists mean equal work: any difference
-in wall time is then Python overhead or noise.
+Runs the same DDIM loop as ``scripts/bench.py`` (``cachediff.testing.denoise_example``) once under
+each helper with ``torch.profiler`` (after one unprofiled warm-up run) and prints the aten operators
+whose call counts differ, with their self CPU times, and the summed operator time of each. Equal
+operator lists mean equal work: any difference in wall time is then Python overhead or noise.
 
 Example:
     python scripts/profile_helpers.py --arch sd1.5 --size 8 --interval 5 --branch 0
@@ -16,20 +16,20 @@ from collections import Counter
 from types import SimpleNamespace
 
 import torch
-from bench import SIZES, loop
 from diffusers import DDIMScheduler
 
 from cachediff import DeepCacheSDHelper
-from cachediff.architectures import build, example_inputs
+from cachediff.architectures import CPU_SIZES, build, example_inputs
+from cachediff.testing import denoise_example
 
 
 def profile(pipe, helper, inputs: dict, steps: int) -> tuple[Counter, Counter]:
     """Calls and self CPU microseconds per aten operator of one loop under ``helper``."""
     helper.enable()
     try:
-        loop(pipe, inputs, steps)  # warm-up
+        denoise_example(pipe, inputs, steps)  # warm-up
         with torch.profiler.profile() as prof:
-            loop(pipe, inputs, steps)
+            denoise_example(pipe, inputs, steps)
     finally:
         helper.disable()
     events = prof.key_averages()
@@ -40,7 +40,7 @@ def main() -> None:
     from DeepCache import DeepCacheSDHelper as Official
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--arch", choices=list(SIZES), default="sd1.5", help="architecture (random weights)")
+    p.add_argument("--arch", choices=list(CPU_SIZES), default="sd1.5", help="architecture (random weights)")
     p.add_argument("--size", type=int, default=8, help="latent side")
     p.add_argument("--steps", type=int, default=5, help="DDIM steps of the profiled loop")
     p.add_argument("--interval", type=int, default=5, help="cache interval N")
@@ -51,7 +51,7 @@ def main() -> None:
         p.error("--size, --steps, --interval, --threads must be >= 1, --branch >= 0")
     torch.set_num_threads(args.threads)
     unet = build(args.arch)
-    inputs = example_inputs(unet, batch=2, size=args.size, frames=SIZES[args.arch][1])
+    inputs = example_inputs(unet, batch=2, size=args.size, frames=CPU_SIZES[args.arch][1])
     pipe = SimpleNamespace(unet=unet, scheduler=DDIMScheduler())
     result = {}
     for name, cls in (("official", Official), ("cachediff", DeepCacheSDHelper)):

@@ -26,13 +26,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cachediff import DeepCacheConfig, metrics, runner
+from cachediff import DeepCacheConfig, generation, metrics
+from cachediff.accelerators import accelerator
 from cachediff.cli import DTYPES
+from cachediff.files import read_csv, update_csv
 from cachediff.metrics import clip_score as C
 from cachediff.metrics import fid as F
 from cachediff.pipelines import PRESETS, get_preset
 from cachediff.prompts import load_prompts
-from cachediff.sweep import Setting, Sweep, read_csv, speed, update_csv
+from cachediff.sweep import Setting, Sweep, speed
 
 TEXT_TASKS = ("text2image", "img2img", "inpaint", "text2video")
 
@@ -118,13 +120,13 @@ def run(args) -> int:
     preset = get_preset(args.model_type)
     if args.fid_reference not in (None, "mnist") and not Path(args.fid_reference).is_file():
         raise FileNotFoundError(f"no FID reference statistics {args.fid_reference!r} (.npz or 'mnist')")
-    pipe = runner.load_pipeline(preset, args.model, args.device, DTYPES[args.dtype])
-    runner.set_scheduler(pipe, args.scheduler or preset.scheduler)
+    pipe = generation.load_pipeline(preset, args.model, args.device, DTYPES[args.dtype])
+    generation.set_scheduler(pipe, args.scheduler or preset.scheduler)
     settings = grid(args, preset)
     for s in settings[1:]:  # bad branches and schedules fail before any sampling
         if s.cache is not None:
-            runner.accelerator(pipe, s.cache, s.steps)
-    inputs = runner.default_inputs(pipe, preset.task, args.image, args.mask)
+            accelerator(pipe, s.cache, s.steps)
+    inputs = generation.default_inputs(pipe, preset.task, args.image, args.mask)
     if preset.task in ("video", "text2video"):
         inputs["frames"] = args.frames
     prompts = load_prompts(args.prompts, args.samples) if preset.task in TEXT_TASKS else None

@@ -9,7 +9,7 @@ import torch
 
 import cachediff
 from cachediff import DeepCacheConfig, DeepCacheSDHelper, branch_plan
-from cachediff.testing import sample, tiny_pipe, tiny_unet
+from cachediff.testing import enabled, sample, tiny_pipe, tiny_unet
 
 
 @pytest.fixture(scope="module")
@@ -25,48 +25,37 @@ def cached_run(pipe, cond, interval=3, branch=0):
 
 def test_helper_has_the_official_api(sd):
     pipe, cond, base = sd
-    helper = DeepCacheSDHelper(pipe)
-    helper.set_params(cache_interval=3, cache_branch_id=0)
-    helper.enable()
-    out = sample(pipe, cond)
-    helper.disable()
+    with enabled(DeepCacheSDHelper(pipe), dict(cache_interval=3, cache_branch_id=0)):
+        out = sample(pipe, cond)
     assert torch.equal(out, cached_run(pipe, cond))
     assert torch.equal(sample(pipe, cond), base)
 
 
 def test_helper_non_uniform_skip_mode_works(sd):
     pipe, cond, _ = sd
-    helper = DeepCacheSDHelper(pipe)
-    helper.set_params(cache_interval=3, cache_branch_id=0, skip_mode="non-uniform", center=3, pow=1.2)
-    helper.enable()
-    sample(pipe, cond, steps=10)
-    helper.disable()
+    params = dict(cache_interval=3, cache_branch_id=0, skip_mode="non-uniform", center=3, pow=1.2)
+    with enabled(DeepCacheSDHelper(pipe), params) as helper:
+        sample(pipe, cond, steps=10)
     full = [c.step for c in helper.engine.stats.calls if c.full]
     assert full == list(cachediff.schedule.quadratic_center(10, 4, 3, 1.2))
 
 
 def test_enable_twice_is_harmless(sd):
     pipe, cond, base = sd
-    helper = DeepCacheSDHelper(pipe)
-    helper.set_params(cache_interval=3, cache_branch_id=2)
-    helper.enable()
-    n_hooks = len(helper.engine._hooks)
-    helper.enable()
-    assert len(helper.engine._hooks) == n_hooks
-    out = sample(pipe, cond)
-    helper.disable()
+    with enabled(DeepCacheSDHelper(pipe), dict(cache_interval=3, cache_branch_id=2)) as helper:
+        n_hooks = len(helper.engine._hooks)
+        helper.enable()
+        assert len(helper.engine._hooks) == n_hooks
+        out = sample(pipe, cond)
     assert torch.equal(out, cached_run(pipe, cond, branch=2))
     assert torch.equal(sample(pipe, cond), base)
 
 
 def test_set_params_while_enabled_takes_effect(sd):
     pipe, cond, _ = sd
-    helper = DeepCacheSDHelper(pipe)
-    helper.set_params(cache_interval=3, cache_branch_id=0)
-    helper.enable()
-    helper.set_params(cache_interval=2, cache_branch_id=4)
-    out = sample(pipe, cond)
-    helper.disable()
+    with enabled(DeepCacheSDHelper(pipe), dict(cache_interval=3, cache_branch_id=0)) as helper:
+        helper.set_params(cache_interval=2, cache_branch_id=4)
+        out = sample(pipe, cond)
     assert torch.equal(out, cached_run(pipe, cond, interval=2, branch=4))
 
 

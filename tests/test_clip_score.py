@@ -27,21 +27,30 @@ OPEN_CLIP = _open_clip_works()
 needs_open_clip = pytest.mark.skipif(not OPEN_CLIP, reason="open_clip with a matching torchvision")
 
 
-@pytest.fixture(scope="module", params=["transformers", pytest.param("open_clip", marks=needs_open_clip)])
-def clip(request, tmp_path_factory):
-    folder = tmp_path_factory.mktemp(request.param)
-    if request.param == "transformers":
-        return load_clip(str(save_tiny_clip(folder)))
+BACKENDS = ["transformers", pytest.param("open_clip", marks=needs_open_clip)]
+
+
+def saved_clip(backend: str, folder):
+    """Tiny random CLIP weights of ``backend`` saved in ``folder``: load_clip's arguments."""
+    if backend == "transformers":
+        return dict(weights=str(save_tiny_clip(folder)))
     weights, arch = save_tiny_open_clip(folder)
-    return load_clip(str(weights), arch=arch)
+    return dict(weights=str(weights), arch=arch)
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def clip(request, tmp_path_factory):
+    return load_clip(**saved_clip(request.param, tmp_path_factory.mktemp(request.param)))
 
 
 def images(n: int, seed: int = 0) -> torch.Tensor:
     return torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed)) * 2 - 1
 
 
-def test_the_backend_follows_the_weights(clip):
-    assert clip.backend == ("open_clip" if "tiny-clip-test" in clip.source else "transformers")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_backend_follows_the_weights(backend, tmp_path):
+    """A weights file loads with open_clip, a folder with transformers."""
+    assert load_clip(**saved_clip(backend, tmp_path)).backend == backend
 
 
 def test_score_is_100_times_the_clamped_cosine_of_the_embeddings(clip):

@@ -9,16 +9,12 @@ import torch
 from torch._dynamo.utils import counters
 
 import cachediff
-from cachediff.testing import tiny_pipe
+from cachediff.testing import denoise, tiny_pipe
 
 
 def run(pipe, cond, steps: int = 10) -> torch.Tensor:
-    pipe.scheduler.set_timesteps(steps)
     x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        for t in pipe.scheduler.timesteps:
-            x = pipe.scheduler.step(pipe.unet(x, t, **cond).sample, t, x).prev_sample
-    return x
+    return denoise(pipe.unet, pipe.scheduler, x, cond, steps)
 
 
 def compiled_runs(backend: str):

@@ -8,8 +8,9 @@ import functools
 import pytest
 import torch
 
+from cachediff.accelerators import step_macs
 from cachediff.architectures import build, example_inputs
-from cachediff.metrics import average_macs, count_macs, step_macs
+from cachediff.metrics import average_macs, count_macs
 
 # Measured with the official helper's cut (ANCHORS.md): SD 1.5 cached step per branch id, GMACs.
 SD15_CACHED = [20.7, 57.3, 98.0, 132.6, 167.6, 208.4, 243.0, 278.2, 315.0, 322.7, 327.7, 332.6]

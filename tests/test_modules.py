@@ -7,23 +7,22 @@ import pytest
 import torch
 
 import cachediff
+from cachediff import testing
 from cachediff.modules import CacheRule, ModuleCache, every
 from cachediff.testing import sample, tiny_pipe, tiny_transformer
 
 
-@torch.no_grad()
 def denoise(model, cond, pipe=None, steps: int = 8) -> torch.Tensor:
     """A DDIM loop through the transformer, as PixArtAlphaPipeline runs it (learned sigma dropped)."""
     scheduler = diffusers.DDIMScheduler()
     if pipe is not None:
         pipe.scheduler = scheduler
-    scheduler.set_timesteps(steps)
     x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
-    for t in scheduler.timesteps:
-        out = model(torch.cat([x] * 2), timestep=t.expand(2), **cond, return_dict=False)[0]
-        uncond, text = out[:, :4].chunk(2)
-        x = scheduler.step(uncond + 4.0 * (text - uncond), t, x, return_dict=False)[0]
-    return x
+
+    def call(m, x, t, c):
+        return m(x, timestep=t.expand(x.shape[0]), **c, return_dict=False)[0][:, :4]
+
+    return testing.denoise(model, scheduler, x, cond, steps, guidance=4.0, call=call)
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from cachediff import DeepCacheSDHelper
-from cachediff.engine import tree_nbytes
-from cachediff.testing import sample, tiny_pipe
+from cachediff.core import tree_nbytes
+from cachediff.testing import enabled, sample, tiny_pipe
 from cachediff.unets import num_branches
 
 official = pytest.importorskip("DeepCache", reason="the official helper: pip install DeepCache==0.1.1")
@@ -29,13 +29,8 @@ def pipe_for(kind):
 
 
 def run_with(helper_cls, pipe, cond, interval, branch):
-    helper = helper_cls(pipe)
-    helper.set_params(cache_interval=interval, cache_branch_id=branch)
-    helper.enable()
-    try:
+    with enabled(helper_cls(pipe), dict(cache_interval=interval, cache_branch_id=branch)) as helper:
         return sample(pipe, cond, steps=10), helper
-    finally:
-        helper.disable()
 
 
 @pytest.mark.parametrize("kind", BRANCHES)
@@ -60,20 +55,15 @@ def _official_cache_nbytes(helper) -> int:
 @pytest.mark.parametrize("kind", ["sd", "svd"])
 def test_cache_holds_one_feature_not_every_block_output(kind):
     pipe, cond = pipe_for(kind)
-    helper = official.DeepCacheSDHelper(pipe)
-    helper.set_params(cache_interval=3, cache_branch_id=0)
-    helper.enable()
-    sample(pipe, cond, steps=4)
-    theirs = _official_cache_nbytes(helper)
-    helper.disable()
-    ours = DeepCacheSDHelper(pipe)
-    ours.set_params(cache_interval=3, cache_branch_id=0)
-    ours.enable()
-    sample(pipe, cond, steps=4)
-    feature = ours.engine._slots[0].feature
-    assert ours.engine.cache_nbytes == tree_nbytes(feature) > 0
-    assert ours.engine.cache_nbytes * 10 <= theirs
-    ours.disable()
+    params = dict(cache_interval=3, cache_branch_id=0)
+    with enabled(official.DeepCacheSDHelper(pipe), params) as helper:
+        sample(pipe, cond, steps=4)
+        theirs = _official_cache_nbytes(helper)
+    with enabled(DeepCacheSDHelper(pipe), params) as ours:
+        sample(pipe, cond, steps=4)
+        feature = [k.value for k in ours.engine._slots[0].groups[0].kept.values()]
+        assert ours.engine.cache_nbytes == tree_nbytes(feature) > 0
+        assert ours.engine.cache_nbytes * 10 <= theirs
     assert ours.engine.cache_nbytes == 0
 
 

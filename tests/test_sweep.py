@@ -8,7 +8,8 @@ import torch
 from diffusers import DDIMPipeline, DDIMScheduler
 
 from cachediff import DeepCacheConfig
-from cachediff.sweep import Setting, Sweep, read_csv, write_csv
+from cachediff.files import read_csv, write_csv
+from cachediff.sweep import Setting, Sweep
 from cachediff.testing import tiny_unet
 
 

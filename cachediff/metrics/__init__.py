@@ -3,18 +3,16 @@ memory, fidelity."""
 
 from .fidelity import mse, psnr
 from .latency import interleaved, speedup
-from .macs import average_macs, count_macs, module_step_macs, step_macs
+from .macs import average_macs, count_macs
 from .memory import peak_memory, return_freed_memory
 
 __all__ = [
     "average_macs",
     "count_macs",
     "interleaved",
-    "module_step_macs",
     "mse",
     "peak_memory",
     "psnr",
     "return_freed_memory",
     "speedup",
-    "step_macs",
 ]

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..io import require_weights
+from ..files import require_weights
 
 DEFAULT_ARCH, DEFAULT_TAG = "ViT-g-14", "laion2b_s34b_b88k"  # the paper's CLIP (open_clip names)
 

@@ -1,4 +1,5 @@
-"""MACs from PyTorch's own ``torch.utils.flop_counter`` (1 MAC = 2 FLOPs), per step and per schedule.
+"""MACs from PyTorch's own ``torch.utils.flop_counter`` (1 MAC = 2 FLOPs) of any computation, and the
+average of a run. The MACs of an accelerator's full and cached calls: ``cachediff.accelerators``.
 
 Example:
     >>> import torch
@@ -8,14 +9,10 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
-
-from ..config import DeepCacheConfig
-from ..engine import DeepCacheEngine
 
 _aten = torch.ops.aten
 #: Attention score and value matmuls (QK^T, AV): the paper's MAC counts leave them out.
@@ -44,40 +41,6 @@ def count_macs(fn: Callable[[], object], attention: bool = False) -> int:
     return counter.get_total_flops() // 2
 
 
-def step_macs(unet: torch.nn.Module, inputs: dict, branch: int, attention: bool = False) -> tuple[int, int]:
-    """MACs of one full step and one cached step of ``unet`` on ``inputs`` (keyword arguments).
-
-    Works on the ``meta`` device, where it costs no compute.
-    """
-    engine = DeepCacheEngine(unet, DeepCacheConfig(interval=2, branch=branch))
-    return _full_then_cached(engine, lambda: unet(**inputs), attention)
-
-
-def module_step_macs(model: torch.nn.Module, inputs: dict, rules, attention: bool = False) -> tuple[int, int]:
-    """MACs of one full call and one call with every module the ``rules`` select reused
-    (``cachediff.modules.CacheRule`` list; their step predicates are ignored). Works on ``meta``.
-
-    Example:
-        >>> from cachediff.modules import CacheRule, every
-        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 8), torch.nn.Linear(8, 2))
-        >>> module_step_macs(net, dict(input=torch.ones(1, 4)), [CacheRule("1", every(1))])
-        (112, 48)
-    """
-    from ..modules import ModuleCache, every
-
-    cache = ModuleCache(model, [dataclasses.replace(r, reuse=every(2)) for r in rules])
-    return _full_then_cached(cache, lambda: model(**inputs), attention)
-
-
-def _full_then_cached(cache, call: Callable[[], object], attention: bool) -> tuple[int, int]:
-    """MACs of two calls under ``cache`` (enabled for them): step 0 is full, step 1 cached."""
-    cache.enable()
-    try:
-        return count_macs(call, attention), count_macs(call, attention)
-    finally:
-        cache.disable()
-
-
 def average_macs(full: int, cached: int, n_full: int, n_steps: int) -> float:
     """Average MACs per step of a run with ``n_full`` full steps out of ``n_steps``.
 
@@ -85,4 +48,4 @@ def average_macs(full: int, cached: int, n_full: int, n_steps: int) -> float:
         >>> average_macs(10, 2, n_full=1, n_steps=5)
         3.6
     """
-    return (n_full * full + (n_steps - n_full) * cached) / n_steps
+    return (n_full * full + (n_steps - n_full) * cached) / max(n_steps, 1)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cachediff.io import atomic_path
+from cachediff.files import atomic_path
 
 BRANCH, INTERVALS, BUDGETS, CURVE = 2, (2, 3, 5, 10), (5, 10), (100, 76, 68, 61, 56, 50, 30, 20, 10)
 COLUMNS = {

@@ -21,9 +21,9 @@ from tqdm.auto import tqdm
 
 from cachediff import DeepCacheConfig, metrics
 from cachediff.engine import DeepCacheEngine
+from cachediff.files import write_csv
+from cachediff.generation import load_pipeline, unconditional
 from cachediff.pipelines import get_preset
-from cachediff.runner import load_pipeline, unconditional
-from cachediff.sweep import write_csv
 
 sys.path.insert(0, str(Path(__file__).parent))
 from sweep_mnist import BRANCH, BUDGETS, SCHEDULES  # noqa: E402

@@ -29,10 +29,11 @@ from pathlib import Path
 import torch
 
 from cachediff import DeepCacheConfig, metrics
+from cachediff.files import read_csv, update_csv
+from cachediff.generation import load_pipeline
 from cachediff.metrics import fid as F
 from cachediff.pipelines import get_preset
-from cachediff.runner import load_pipeline
-from cachediff.sweep import Setting, Sweep, read_csv, speed, update_csv
+from cachediff.sweep import Setting, Sweep, speed
 from cachediff.unets import num_branches
 
 BRANCH = 2  # paper branch 3, as in the paper's DDPM Table 2

@@ -25,7 +25,7 @@ from diffusers import DDIMPipeline, DDIMScheduler, DDPMScheduler, UNet2DModel
 from diffusers.training_utils import EMAModel
 
 from cachediff.datasets import load_mnist
-from cachediff.io import atomic_path
+from cachediff.files import atomic_path
 
 UNET_CONFIG = dict(
     sample_size=28,

@@ -16,8 +16,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
+from cachediff.files import grid, save_png  # noqa: E402
+from cachediff.generation import load_pipeline, unconditional  # noqa: E402
 from cachediff.pipelines import get_preset  # noqa: E402
-from cachediff.runner import grid, load_pipeline, save_png, unconditional  # noqa: E402
 
 
 def main() -> None:

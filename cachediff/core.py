@@ -1,0 +1,486 @@
+"""The caching core: DeepCache's algorithm (Ma, Fang, Wang 2024, Section 3) on hooks of an unmodified model.
+
+Every accelerator of this library is a *session* on one denoiser, built from three parts:
+
+- **cut**: a role per module (``Group.roles``). ``SKIP`` modules run on full calls only; the
+  ``PRODUCE`` module's output is the feature kept from a full call (DeepCache's deep feature, which
+  the shallow branch consumes); a ``RESIDUAL`` module keeps its output minus its input and re-adds it
+  to its new input (transformer blocks). ``cachediff.unets.branch_plan`` cuts a U-Net at a skip
+  branch; ``cachediff.modules.dit_rule`` cuts a DiT's middle blocks.
+- **decide**: per call, a ``cachediff.policy`` policy says full or cached: a static rule of steps
+  (uniform, non-uniform, explicit, windows, refinements) or the adaptive one, which reads the change
+  of the shallow feature: the input of the group's first module, computed afresh on every call.
+- **act**: what a cached call hands out in place of a kept result: ``Replay`` (DeepCache), ``Zeros``
+  (the paper's Table 5 ablation). A new act (a forecast from several kept features) is one class with
+  ``keep`` and ``give``.
+
+Per denoiser call, for each group, top to bottom::
+
+    step, slot = clock.begin()                  # which step of the run, which call within the step
+    full = policy.decide(step)                  # None: wait for the probe
+    full |= slot is new or its input changed    # fail open: nothing stale is ever reused
+    on reaching the group's first module:       # the probe (adaptive schedule, track_change)
+        change = |x - x_prev| / |x_prev|;  full = policy.resolve(step, change) if undecided
+    SKIP:     full -> run, record the output layout;   cached -> an uninitialised tensor of it
+    PRODUCE:  full -> run, kept = act.keep(out);       cached -> act.give(kept)
+    RESIDUAL: full -> run, kept = act.keep(out - x);   cached -> x + act.give(kept)
+
+A cached call's SKIP placeholders flow only into other skipped modules, so they cost no compute and
+hold no memory between calls; the only memory held is what the act keeps.
+
+The definition the code must equal, on a U-Net whose ops are listed in run order (down ops each
+producing one skip, up ops each consuming one), is the reference in ``tests/test_toy.py``::
+
+    h = conv_in(x) + t; skips = [h]
+    for op in down[: all if full else branch]:  h = op(h); skips.append(h)
+    if cached: h = kept; up = up[from the op consuming skip `branch`]
+    for op, s in up:
+        if s == branch and full: kept = h
+        h = op(h if s is None else h + skips[s])
+
+Example:
+    >>> import torch
+    >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+    >>> group = Group({"0": PRODUCE}, Static(lambda n: lambda step: step % 2 == 0))
+    >>> with Session(net, [group]) as session:
+    ...     outs = [net(torch.ones(1, 2)) for _ in range(3)]
+    >>> session.stats.pattern, torch.equal(outs[0], outs[1])
+    ('FCF', True)
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import torch
+from torch.utils import _pytree as pytree
+
+from .clock import StepClock
+from .hooks import Hooks
+from .metrics.macs import average_macs
+from .policy import History, Policy, Static, relative_change
+
+SKIP, PRODUCE, RESIDUAL = "skip", "produce", "residual"
+ROLES = (SKIP, PRODUCE, RESIDUAL)
+
+#: Which session has hooks on which model (kept outside the model, which stays untouched).
+_OWNERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+# ----------------------------------------------------------------------------- act
+class Replay:
+    """DeepCache: a cached call hands out the result kept from the last full call.
+
+    An act has two methods, both called inside the denoiser's forward (so inside a compiled graph:
+    no host synchronisation, no Python state that changes every call):
+
+    - ``keep(kept, value)``: on a full call, what to keep, given what was kept before (``None`` at
+      first) and the module's fresh result;
+    - ``give(kept, layout)``: on a cached call, the result to hand out (the core copies it before the
+      model sees it), given what was kept and the layout of the module's output.
+    """
+
+    name = "cache"
+
+    def keep(self, kept: Any, value: Any) -> Any:
+        return value
+
+    def give(self, kept: Any, layout: tuple) -> Any:
+        return kept
+
+
+class Zeros:
+    """The paper's Table 5 ablation: a cached call hands out zeros of the kept result's layout."""
+
+    name = "zeros"
+
+    def keep(self, kept: Any, value: Any) -> Any:
+        return None
+
+    def give(self, kept: Any, layout: tuple) -> Any:
+        return _placeholder(*layout, torch.zeros)
+
+
+REPLAY = Replay()
+ACTS = {act.name: act for act in (REPLAY, Zeros())}
+
+
+# ----------------------------------------------------------------------------- cut
+@dataclass(frozen=True)
+class Group:
+    """Modules that are full or cached together: ``roles`` maps module names (``get_submodule``
+    paths) to ``SKIP``, ``PRODUCE`` or ``RESIDUAL``; ``policy`` decides each call."""
+
+    roles: dict[str, str]
+    policy: Policy
+
+    def __post_init__(self) -> None:
+        bad = {n: r for n, r in self.roles.items() if r not in ROLES}
+        if bad:
+            raise ValueError(f"roles must be one of {', '.join(ROLES)}; got {bad}")
+
+
+# ----------------------------------------------------------------------------- statistics
+class Call(NamedTuple):
+    """One denoiser call of a run."""
+
+    step: int
+    full: bool
+    change: float | None  # relative change of the shallow feature since the previous step, if tracked
+    seconds: float  # wall time of the call
+
+
+@dataclass
+class RunStats:
+    """What the last run did: one ``Call`` per denoiser call.
+
+    Example:
+        >>> s = RunStats([Call(0, True, None, 2.0), Call(1, False, 0.1, 1.0), Call(2, False, 0.2, 1.0)])
+        >>> s.pattern, s.full_steps, s.cached_steps, s.realised_speedup
+        ('FCC', 1, 2, 1.5)
+        >>> s.average_macs(full=10.0, cached=4.0)
+        6.0
+    """
+
+    calls: list[Call] = field(default_factory=list)
+
+    @property
+    def full_steps(self) -> int:
+        """How many calls were full (a count; ``DeepCacheConfig.full_steps_for`` gives indices)."""
+        return sum(c.full for c in self.calls)
+
+    @property
+    def cached_steps(self) -> int:
+        return len(self.calls) - self.full_steps
+
+    @property
+    def pattern(self) -> str:
+        """'F' for a full call, 'C' for a cached one, in call order."""
+        return "".join("F" if c.full else "C" for c in self.calls)
+
+    @property
+    def changes(self) -> list[float | None]:
+        """The per-call change metric (``None`` where it was not tracked)."""
+        return [c.change for c in self.calls]
+
+    @property
+    def seconds(self) -> float:
+        return sum(c.seconds for c in self.calls)
+
+    @property
+    def realised_speedup(self) -> float:
+        """Time the run would take with every call full (median full call) over the time it took."""
+        full = [c.seconds for c in self.calls if c.full]
+        return len(self.calls) * statistics.median(full) / self.seconds if full and self.seconds else 1.0
+
+    def average_macs(self, full: float, cached: float) -> float:
+        """Average MACs per call, given the MACs of a full and of a cached call."""
+        return average_macs(full, cached, self.full_steps, len(self.calls))
+
+    def summary(self, full_macs: float | None = None, cached_macs: float | None = None) -> str:
+        """One line: calls, full/cached, realised speedup and, given MACs per call, MACs saved."""
+        line = (
+            f"{len(self.calls)} calls: {self.full_steps} full, {self.cached_steps} cached; "
+            f"realised speedup {self.realised_speedup:.2f}x"
+        )
+        if full_macs is not None and cached_macs is not None and self.calls:
+            saved = 1 - self.average_macs(full_macs, cached_macs) / full_macs
+            line += f"; MACs saved {100 * saved:.1f}%"
+        return line
+
+
+# ----------------------------------------------------------------------------- state
+
+
+@dataclass
+class _Kept:
+    """What one module call position keeps between calls."""
+
+    key: tuple  # layout of the module's first input; a change makes the module run
+    layout: tuple  # layout of its output (placeholders, zeros)
+    value: Any = None  # what the act keeps
+
+
+@dataclass
+class _GroupState:
+    """One group's state in one slot."""
+
+    history: History = field(default_factory=History)
+    shallow: torch.Tensor | None = None  # the probe's input on the previous call
+    kept: dict = field(default_factory=dict)  # (module name, occurrence) -> _Kept
+
+
+@dataclass
+class _Slot:
+    """The state of one call position within a step (usually the only one)."""
+
+    key: tuple  # (shape, dtype, device) of the input sample; a change forces a full call
+    groups: list[_GroupState]
+
+
+@dataclass
+class _Active:
+    """The call in progress."""
+
+    step: int
+    slot: _Slot
+    full: list  # per group: True, False, or None until the probe resolves it
+    probed: list  # per group: whether the probe ran
+    change: float | None = None
+    reused: list = field(default_factory=list)  # names of the modules that reused their kept result
+    occurrence: dict = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- the session
+class Session:
+    """Caching on one denoiser: hooks, step clock, run statistics and the per-call slot.
+
+    Args:
+        model: the denoiser, left unmodified (hooks on instance methods, removed by ``disable``).
+        groups: the cut and the policy of each group of modules; a module in several groups follows
+            the first.
+        act: what cached calls hand out (``Replay()`` or ``Zeros()``; ``ACTS`` by name).
+        pipeline: optional owner of a ``.scheduler`` whose ``step`` calls count steps and whose
+            ``set_timesteps`` calls start new runs (``cachediff.clock``). Without it every call is
+            one step and ``reset()`` starts a new run.
+        track_change: record the shallow feature's per-call change in ``stats`` (the adaptive
+            policy always does; it costs one stored feature).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        groups: Sequence[Group],
+        act=REPLAY,
+        pipeline=None,
+        track_change: bool = False,
+    ):
+        self.model, self.pipeline, self.track_change = model, pipeline, track_change
+        self._hooks = Hooks()
+        self.clock = StepClock(pipeline, on_new_run=self._new_run)
+        self._set_plan(groups, act)
+        self.reset()
+
+    # ----------------------------------------------------------------- lifecycle
+    @property
+    def enabled(self) -> bool:
+        return len(self._hooks) > 0
+
+    def enable(self):
+        """Install the hooks (harmless if already installed) and start a new run. All or nothing:
+        if installing fails, every hook installed so far is removed."""
+        owner = _OWNERS.get(self.model)
+        if owner is not None and owner is not self:
+            raise RuntimeError(
+                f"this {type(self.model).__name__} is already accelerated by another enabled engine; "
+                "disable that first"
+            )
+        if not self.enabled:
+            _OWNERS[self.model] = self
+            try:
+                self._hooks.wrap(self.model, self._wrap_root)
+                for name, (g, role) in self._modules.items():
+                    self._hooks.wrap(self.model.get_submodule(name), self._wrap_module(name, g, role))
+                self.clock.start()
+            except BaseException:
+                self.disable()
+                raise
+        else:
+            self.clock.start()
+        return self
+
+    def disable(self) -> None:
+        """Remove every hook, restoring the original methods exactly, and drop what is kept.
+
+        ``stats`` still describes the last run."""
+        if _OWNERS.get(self.model) is self:
+            del _OWNERS[self.model]
+        self._hooks.remove_all()
+        self.clock.detach()
+        self._slots = {}
+
+    def __enter__(self):
+        return self.enable()
+
+    def __exit__(self, *exc) -> None:
+        self.disable()
+
+    def reset(self, num_steps: int | None = None) -> None:
+        """Start a new run: step 0, nothing kept. ``num_steps`` is needed by policies that depend on
+        the run length on a bare model (a pipeline's scheduler tells the session)."""
+        self.clock.reset(num_steps)
+
+    def advance(self) -> None:
+        """End the current step (for callers that drive a bare model with several calls per step)."""
+        self.clock.advance()
+
+    @property
+    def cache_nbytes(self) -> int:
+        """Bytes held between calls: what the act keeps and the probe's previous inputs."""
+        return tree_nbytes(
+            [
+                ([k.value for k in state.kept.values()], state.shallow)
+                for slot in self._slots.values()
+                for state in slot.groups
+            ]
+        )
+
+    def twin(self, model: torch.nn.Module) -> Session:
+        """The same cut and act on another model of the same architecture (a ``meta`` copy, say),
+        with a policy that makes call 0 full and every later call cached: for counting per-call MACs."""
+        first_full = Static(lambda n: lambda step: step == 0)
+        groups = [Group(g.roles, first_full) for g in self._groups]
+        return Session(model, groups, self.act)
+
+    # ----------------------------------------------------------------- plan
+    def _set_plan(self, groups: Sequence[Group], act) -> None:
+        self._groups, self.act = list(groups), act
+        self._modules: dict[str, tuple[int, str]] = {}  # module name -> (group index, role)
+        for g, group in enumerate(self._groups):
+            for name, role in group.roles.items():
+                self._modules.setdefault(name, (g, role))
+        self.reused = dict.fromkeys(self._modules, 0)
+
+    def _new_run(self, num_steps: int | None) -> None:
+        self._slots: dict[int, _Slot] = {}
+        self._active: _Active | None = None
+        self.stats = RunStats()
+        self.reused = dict.fromkeys(self._modules, 0)
+        for group in self._groups:
+            group.policy.start(num_steps)
+
+    def _probes(self, g: int) -> bool:
+        return self.track_change or self._groups[g].policy.probes
+
+    # ----------------------------------------------------------------- hooks
+    def _wrap_root(self, original: Callable) -> Callable:
+        def forward(*args, **kwargs):
+            # Which step and slot; decide per group, full wherever the slot is new or its input changed.
+            step, index = self.clock.begin()
+            sample = args[0] if args else kwargs.get("sample", _first_tensor(kwargs))  # (B, C, H, W)
+            key = _key(sample)
+            slot = self._slots.get(index)
+            old = slot.groups if slot is not None else [None] * len(self._groups)
+            full = [
+                g.policy.decide(step, s.history if s else None)
+                for g, s in zip(self._groups, old, strict=True)
+            ]
+            if slot is None or slot.key != key:
+                slot = self._slots[index] = _Slot(key, [_GroupState() for _ in self._groups])
+                full = [True] * len(self._groups)
+            self._active = active = _Active(step, slot, full, [False] * len(self._groups))
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                if isinstance(sample, torch.Tensor) and sample.device.type == "cuda":
+                    torch.cuda.synchronize(sample.device)
+                for state, decided in zip(slot.groups, active.full, strict=True):
+                    state.history.record(decided is not False)
+                for name in active.reused:
+                    self.reused[name] += 1
+                seconds = time.perf_counter() - start
+                self.stats.calls.append(Call(step, not active.reused, active.change, seconds))
+                self._active = None
+                self.clock.end()
+
+        return forward
+
+    def _probe(self, active: _Active, g: int, state: _GroupState, x: torch.Tensor) -> None:
+        """The shallow feature's change since the previous call; it resolves an undecided call."""
+        x = x.detach()
+        change = None
+        if state.shallow is not None and state.shallow.shape == x.shape:
+            change = relative_change(x, state.shallow)
+            state.history.changes.append(change)
+        state.shallow, active.change = x.clone(), change
+        if active.full[g] is None:
+            active.full[g] = self._groups[g].policy.resolve(active.step, state.history, change)
+
+    def _wrap_module(self, name: str, g: int, role: str) -> Callable[[Callable], Callable]:
+        def factory(original: Callable) -> Callable:
+            def forward(*args, **kwargs):
+                active = self._active
+                if active is None:  # called outside a denoiser call: behave as the original
+                    return original(*args, **kwargs)
+                state = active.slot.groups[g]
+                x = _first_tensor((args, kwargs))
+                if not active.probed[g] and self._probes(g) and x is not None:  # the group's first module
+                    active.probed[g] = True
+                    self._probe(active, g, state, x)
+                n = active.occurrence[name] = active.occurrence.get(name, -1) + 1
+                kept = state.kept.get((name, n))
+                key = _key(x)
+                if not active.full[g] and kept is not None and kept.key == key:
+                    return self._cached(active, name, role, kept, x)
+                out = original(*args, **kwargs)
+                layout = _layout(out)
+                if role == SKIP:
+                    state.kept[(name, n)] = _Kept(key, layout)
+                    return out
+                if role == RESIDUAL:
+                    _check_residual(name, out, x)
+                    previous = kept.value if kept is not None else None
+                    state.kept[(name, n)] = _Kept(key, layout, self.act.keep(previous, out - x))
+                    return out
+                previous = kept.value if kept is not None else None
+                state.kept[(name, n)] = _Kept(key, layout, self.act.keep(previous, out))
+                return _clone(out)  # the model may modify it in place
+
+            return forward
+
+        return factory
+
+    def _cached(self, active: _Active, name: str, role: str, kept: _Kept, x: torch.Tensor) -> Any:
+        """What a module hands out on a cached call."""
+        if role == SKIP:  # read only by other skipped modules
+            return _placeholder(*kept.layout, torch.empty)
+        active.reused.append(name)  # counted after the call: no run-long state inside a compiled graph
+        value = self.act.give(kept.value, kept.layout)
+        return x + value if role == RESIDUAL else _clone(value)
+
+
+def _check_residual(name: str, out, x: torch.Tensor) -> None:
+    if not isinstance(out, torch.Tensor) or not isinstance(x, torch.Tensor) or out.shape != x.shape:
+        raise TypeError(
+            f"{name}: residual mode needs a tensor output shaped like the input "
+            f"{tuple(getattr(x, 'shape', ()))}; "
+            "use mode='output'"
+        )
+
+
+def tree_nbytes(tree) -> int:
+    """Bytes of all tensors in a nested structure (tuples, lists, dicts, model outputs)."""
+    return sum(t.nbytes for t in pytree.tree_leaves(tree) if isinstance(t, torch.Tensor))
+
+
+def _layout(out) -> tuple[list, Any]:
+    """Shapes and dtypes of an output tree, enough to build a placeholder of the same structure."""
+    leaves, spec = pytree.tree_flatten(out)
+    meta = [(t.shape, t.dtype, t.device) if isinstance(t, torch.Tensor) else ("value", t) for t in leaves]
+    return meta, spec
+
+
+def _placeholder(meta: list, spec, make: Callable = torch.empty) -> Any:
+    """An output of the recorded layout: ``torch.empty`` (no memory touched) where only skipped
+    modules read it, ``torch.zeros`` where a running module does."""
+    leaves = [m[1] if m[0] == "value" else make(m[0], dtype=m[1], device=m[2]) for m in meta]
+    return pytree.tree_unflatten(leaves, spec)
+
+
+def _first_tensor(tree) -> torch.Tensor | None:
+    return next((t for t in pytree.tree_leaves(tree) if isinstance(t, torch.Tensor)), None)
+
+
+def _key(x) -> tuple | None:
+    """The layout of a call's first input: a change means nothing kept for it may be reused."""
+    return (tuple(x.shape), x.dtype, x.device) if isinstance(x, torch.Tensor) else None
+
+
+def _clone(out) -> Any:
+    return pytree.tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t, out)

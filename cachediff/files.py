@@ -1,0 +1,154 @@
+"""Files: atomic writes (a result file is either complete or absent, never half-written) of images,
+GIFs, JSON, CSV and arrays; the environment record saved next to outputs; and the check that
+weights to load exist locally or name a hub repository.
+
+Example:
+    >>> import tempfile, pathlib
+    >>> out = pathlib.Path(tempfile.mkdtemp()) / "r.txt"
+    >>> with atomic_path(out) as tmp:
+    ...     _ = tmp.write_text("done")
+    >>> out.read_text(), sorted(p.name for p in out.parent.iterdir())
+    ('done', ['r.txt'])
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import platform
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import diffusers
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` (same suffix, so writers pick the same format); rename
+    it onto ``path`` when the block succeeds, delete it when the block fails."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.stem}.tmp{os.getpid()}{path.suffix}")  # one per process
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def require_weights(path: str, what: str = "model") -> None:
+    """Raise ``FileNotFoundError`` unless ``path`` is an existing folder or looks like a hub id
+    ('owner/name' with no path syntax: no leading '/', '.', '~' and no second '/').
+
+    Example:
+        >>> require_weights("runwayml/stable-diffusion-v1-5")
+        >>> require_weights("/no/such/folder", "CLIP")
+        Traceback (most recent call last):
+        ...
+        FileNotFoundError: no CLIP folder '/no/such/folder' (give a local directory or a hub id 'owner/name')
+    """
+    hub_id = path.count("/") == 1 and not path.startswith(("/", ".", "~"))
+    if not Path(path).exists() and not hub_id:
+        raise FileNotFoundError(
+            f"no {what} folder {path!r} (give a local directory or a hub id 'owner/name')"
+        )
+
+
+# ----------------------------------------------------------------------------- images
+def grid(images: torch.Tensor, rows: int) -> np.ndarray:
+    """Tile ``(B, C, H, W)`` images in [-1, 1] into one uint8 ``(H', W', C)`` array, ``rows`` rows.
+
+    Example:
+        >>> grid(torch.zeros(6, 3, 4, 4), rows=2).shape
+        (14, 20, 3)
+    """
+    b, c, h, w = images.shape
+    cols = -(-b // rows)
+    canvas = torch.full((c, rows * (h + 2) + 2, cols * (w + 2) + 2), -1.0)
+    for k in range(b):
+        r, q = divmod(k, cols)
+        canvas[:, 2 + r * (h + 2) : 2 + r * (h + 2) + h, 2 + q * (w + 2) : 2 + q * (w + 2) + w] = images[k]
+    return ((canvas.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+
+
+def side_by_side(left: torch.Tensor, right: torch.Tensor, rows: int, gap: int = 8) -> np.ndarray:
+    """Two grids next to each other (left: baseline, right: DeepCache)."""
+    a, b = grid(left, rows), grid(right, rows)
+    spacer = np.full((a.shape[0], gap, a.shape[2]), 255, dtype=np.uint8)
+    return np.concatenate([a, spacer, b], axis=1)
+
+
+def save_png(path: Path, array: np.ndarray) -> None:
+    """Save a uint8 image array as PNG atomically."""
+    with atomic_path(path) as tmp:
+        Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array).save(tmp)
+
+
+def save_gif(path: Path, frames: torch.Tensor, fps: int = 7) -> None:
+    """Save video frames ``(F, C, H, W)`` in [-1, 1] as an animated GIF atomically."""
+    arrays = ((frames.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    images = [Image.fromarray(a.squeeze(-1) if a.shape[-1] == 1 else a) for a in arrays]
+    with atomic_path(path) as tmp:
+        images[0].save(
+            tmp, format="GIF", save_all=True, append_images=images[1:], duration=1000 // fps, loop=0
+        )
+
+
+def save_npy(path: Path, array: np.ndarray) -> None:
+    """Save an array as .npy atomically."""
+    with atomic_path(path) as tmp:
+        np.save(tmp, array)
+
+
+# ----------------------------------------------------------------------------- records
+def environment() -> dict:
+    """Library versions and machine facts to save next to every output."""
+    return dict(
+        torch=torch.__version__,
+        diffusers=diffusers.__version__,
+        python=platform.python_version(),
+        machine=platform.machine(),
+        cpu_threads=torch.get_num_threads(),
+        cuda=torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    )
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write JSON atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, default=str))
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    """Write rows as CSV atomically."""
+    with atomic_path(path) as tmp:
+        pd.DataFrame(rows).to_csv(tmp, index=False)
+
+
+def read_csv(path: Path) -> list[dict]:
+    """Rows of an existing CSV, or none."""
+    return pd.read_csv(path).to_dict("records") if path.exists() else []
+
+
+def update_csv(path: Path, row: dict, key: str = "setting") -> None:
+    """Replace the row with ``row[key]`` in the CSV, or append it, under a file lock: sweeps that run
+    side by side on one CSV (say, with different ``--only`` patterns) keep each other's rows.
+
+    Example:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "r.csv"
+        >>> update_csv(path, dict(setting="a", fid=2.0)); update_csv(path, dict(setting="b", fid=3.0))
+        >>> update_csv(path, dict(setting="a", fid=1.0)); read_csv(path)
+        [{'setting': 'a', 'fid': 1.0}, {'setting': 'b', 'fid': 3.0}]
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        rows = {r[key]: r for r in read_csv(path)}
+        rows[row[key]] = {**rows.get(row[key], {}), **row}
+        write_csv(list(rows.values()), path)

@@ -1,0 +1,169 @@
+"""Policies: per denoiser call, *full* or *cached* (the "decide" part of the caching core).
+
+A policy sees the step index of the call and the ``History`` of its slot (what happened since the
+last full call). ``Static`` policies are a rule of steps fixed before the run (uniform, non-uniform,
+explicit, windows and refinements, all from ``cachediff.schedule``); the ``Adaptive`` policy leaves
+some calls undecided (``None``) until the probe, the shallow feature that the cached call computes
+anyway, has been measured, and then ``resolve`` decides from how far it has drifted.
+
+Example:
+    >>> from cachediff.config import DeepCacheConfig
+    >>> policy = policy_for(DeepCacheConfig(interval=3))
+    >>> policy.start(num_steps=7)
+    >>> [policy.decide(s, History()) for s in range(7)]
+    [True, False, False, True, False, False, True]
+    >>> adaptive = policy_for(DeepCacheConfig(interval=3, schedule="adaptive", threshold=0.5))
+    >>> adaptive.start(num_steps=None)
+    >>> history = History()
+    >>> adaptive.decide(0, history), adaptive.decide(1, history)
+    (True, None)
+    >>> adaptive.resolve(1, history, change=0.3), adaptive.resolve(1, history, change=0.3)
+    (False, True)
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+from .config import DeepCacheConfig
+
+Rule = Callable[[int], bool]  # step -> full?
+
+
+@dataclass
+class History:
+    """What one slot's run has done so far, as a policy needs it."""
+
+    changes: list[float] = field(default_factory=list)  # every measured single-step change
+    drift: float = 0.0  # accumulated change since the last full call
+    cached_run: int = 0  # cached calls since the last full call
+    full_count: int = 0  # full calls of this slot in the run
+
+    def record(self, full: bool) -> None:
+        """Account for a finished call."""
+        if full:
+            self.drift, self.cached_run = 0.0, 0
+            self.full_count += 1
+        else:
+            self.cached_run += 1
+
+
+class Policy(Protocol):
+    """Decides full or cached per call; ``probes``: it reads the shallow feature's change."""
+
+    probes: bool
+
+    def start(self, num_steps: int | None) -> None:
+        """A new run of ``num_steps`` steps (``None``: unknown) begins."""
+
+    def decide(self, step: int, history: History | None) -> bool | None:
+        """Full (True), cached (False), or undecided until the probe (None)."""
+
+    def resolve(self, step: int, history: History, change: float | None) -> bool:
+        """The decision of an undecided call, given the probe's change since the previous call."""
+
+
+class Static:
+    """A rule of steps fixed per run: ``rule_for(num_steps)`` gives ``step -> full``, built at the
+    run's first call (so a missing run length is reported then, with the policy's own message)."""
+
+    probes = False
+
+    def __init__(self, rule_for: Callable[[int | None], Rule]):
+        self.rule_for = rule_for
+        self.start(None)
+
+    def start(self, num_steps: int | None) -> None:
+        self.num_steps, self._rule = num_steps, None
+
+    def rule(self) -> Rule:
+        if self._rule is None:
+            self._rule = self.rule_for(self.num_steps)
+        return self._rule
+
+    def decide(self, step: int, history: History | None) -> bool:
+        return self.rule()(step)
+
+    def resolve(self, step: int, history: History, change: float | None) -> bool:
+        raise AssertionError("a static policy decides every call in advance")
+
+
+class Adaptive:
+    """A full call when the shallow feature has drifted enough since the last one.
+
+    The refinements' forced steps (step 0, warm-up, cool-down, window edges) are always full and
+    ``max_cached`` caps a cached run; every other call waits for the probe. The drift is the sum of
+    the relative changes since the last full call; it triggers a full call at a fixed ``threshold``,
+    or, without one, at the paced budget rule of ``threshold_for``.
+    """
+
+    probes = True
+
+    def __init__(self, config: DeepCacheConfig):
+        self.config = config
+        self.start(None)
+
+    def start(self, num_steps: int | None) -> None:
+        self.num_steps, self._forced = num_steps, None
+
+    def forced(self) -> Rule:
+        if self._forced is None:
+            config, n = self.config, self.num_steps
+            steps = config.forced_full_steps(n) if config.refined else (0,)
+            self._forced = frozenset(steps).__contains__
+        return self._forced
+
+    def decide(self, step: int, history: History | None) -> bool | None:
+        if self.forced()(step):
+            return True
+        cap = self.config.max_cached
+        if history is not None and cap is not None and history.cached_run >= cap:
+            return True
+        return None
+
+    def resolve(self, step: int, history: History, change: float | None) -> bool:
+        history.drift += change or 0.0
+        return history.drift >= self.threshold_for(step, history)
+
+    def threshold_for(self, step: int, history: History) -> float:
+        """The drift that triggers a full call.
+
+        A fixed ``threshold`` if configured. Otherwise a budget of ceil(T / N) full steps, paced: the
+        remaining budget is spread over the remaining steps, so a full step comes when the drift
+        reaches the mean single-step change times the steps left per full step left. Drift above the
+        average spends the budget early, below it saves it for later. Full steps that the
+        refinements force later in the run are reserved from the budget. Without a known run length
+        T: N times the mean single-step change.
+        """
+        config, n = self.config, self.num_steps
+        if config.threshold is not None:
+            return config.threshold
+        mean = statistics.fmean(history.changes or [0.0])
+        if n is None:
+            return config.interval * mean
+        forced_ahead = sum(self.forced()(s) for s in range(step + 1, n))
+        budget_left = config.budget(n) - history.full_count - forced_ahead
+        return mean * (n - step) / budget_left if budget_left > 0 else math.inf
+
+
+def policy_for(config: DeepCacheConfig) -> Static | Adaptive:
+    """The policy of a DeepCache configuration."""
+    if config.schedule == "adaptive":
+        return Adaptive(config)
+    return Static(config.full_step_rule)
+
+
+def relative_change(x: torch.Tensor, previous: torch.Tensor) -> float:
+    """mean |x - previous| / mean |previous|: how much a feature changed in one step.
+
+    Example:
+        >>> relative_change(torch.tensor([2.0, 2.0]), torch.tensor([1.0, 1.0]))
+        1.0
+    """
+    return float((x - previous).abs().mean() / previous.abs().mean().clamp_min(1e-12))
