@@ -24,10 +24,11 @@ import torch
 from . import schedule
 from .compiling import compile_denoiser, uncompile
 from .config import SCHEDULES, DeepCacheConfig
-from .core import Call, RunStats, Session
+from .core import Session
 from .engine import DeepCacheEngine
 from .helper import DeepCacheSDHelper
 from .modules import CacheRule, ModuleCache, denoiser, dit_rule, every
+from .stats import Call, RunStats
 from .unets import SPECS, BranchPlan, branch_plan, num_branches
 
 __version__ = "0.1.0"

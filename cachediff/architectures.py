@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import diffusers
 import torch
 
 _SD_BLOCKS = dict(
@@ -78,8 +79,6 @@ CPU_SIZES = {"sd1.5": (32, 1), "sdxl": (32, 1), "ddpm-cifar10": (32, 1), "svd": 
 
 def build(name: str, seed: int = 0, **overrides) -> torch.nn.Module:
     """A random-weight U-Net of architecture ``name`` (see ``ARCHITECTURES``), in eval mode."""
-    import diffusers
-
     if name not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {name!r}; known: {', '.join(ARCHITECTURES)}")
     cls, config = ARCHITECTURES[name]

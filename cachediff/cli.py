@@ -140,7 +140,7 @@ def print_table(r: Comparison) -> None:
         ("MACs per step: full / cached", f"{r.macs_full / 1e6:.1f} M", f"{r.macs_cached / 1e6:.1f} M"),
         ("MACs per step: average", f"{r.macs_full / 1e6:.1f} M", f"{r.macs_average / 1e6:.1f} M"),
         ("speedup bound from MACs", "1.00x", f"{r.mac_speedup_bound:.2f}x"),
-        ("full steps", f"{r.steps} / {r.steps}", f"{r.full_steps} / {r.steps}"),
+        ("full steps", f"{r.steps} / {r.steps}", f"{r.n_full} / {r.steps}"),
         ("fidelity to baseline (PSNR)", "-", f"{r.psnr_db:.1f} dB (MSE {r.mse:.2e})"),
     ]
     print(f"\n| {'':30s} | {'baseline':>12s} | {'DeepCache':>24s} |")

@@ -25,7 +25,7 @@ class Comparison:
     macs_cached: int
     macs_average: float
     mac_speedup_bound: float
-    full_steps: int
+    n_full: int
     steps: int
     psnr_db: float
     mse: float
@@ -79,7 +79,7 @@ def compare(
         macs_cached=cached,
         macs_average=avg,
         mac_speedup_bound=uncached / avg,
-        full_steps=sum(stats.full_steps for _, stats in per_unet),
+        n_full=sum(stats.n_full for _, stats in per_unet),
         steps=calls,
         psnr_db=metrics.psnr(images["baseline"], images["deepcache"]),
         mse=metrics.mse(images["baseline"], images["deepcache"]),

@@ -50,20 +50,19 @@ Example:
 
 from __future__ import annotations
 
-import statistics
 import time
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch.utils import _pytree as pytree
 
 from .clock import StepClock
 from .hooks import Hooks
-from .metrics.macs import average_macs
 from .policy import History, Policy, Static, relative_change
+from .stats import Call, RunStats
 
 SKIP, PRODUCE, RESIDUAL = "skip", "produce", "residual"
 ROLES = (SKIP, PRODUCE, RESIDUAL)
@@ -123,75 +122,6 @@ class Group:
         bad = {n: r for n, r in self.roles.items() if r not in ROLES}
         if bad:
             raise ValueError(f"roles must be one of {', '.join(ROLES)}; got {bad}")
-
-
-# ----------------------------------------------------------------------------- statistics
-class Call(NamedTuple):
-    """One denoiser call of a run."""
-
-    step: int
-    full: bool
-    change: float | None  # relative change of the shallow feature since the previous step, if tracked
-    seconds: float  # wall time of the call
-
-
-@dataclass
-class RunStats:
-    """What the last run did: one ``Call`` per denoiser call.
-
-    Example:
-        >>> s = RunStats([Call(0, True, None, 2.0), Call(1, False, 0.1, 1.0), Call(2, False, 0.2, 1.0)])
-        >>> s.pattern, s.full_steps, s.cached_steps, s.realised_speedup
-        ('FCC', 1, 2, 1.5)
-        >>> s.average_macs(full=10.0, cached=4.0)
-        6.0
-    """
-
-    calls: list[Call] = field(default_factory=list)
-
-    @property
-    def full_steps(self) -> int:
-        """How many calls were full (a count; ``DeepCacheConfig.full_steps_for`` gives indices)."""
-        return sum(c.full for c in self.calls)
-
-    @property
-    def cached_steps(self) -> int:
-        return len(self.calls) - self.full_steps
-
-    @property
-    def pattern(self) -> str:
-        """'F' for a full call, 'C' for a cached one, in call order."""
-        return "".join("F" if c.full else "C" for c in self.calls)
-
-    @property
-    def changes(self) -> list[float | None]:
-        """The per-call change metric (``None`` where it was not tracked)."""
-        return [c.change for c in self.calls]
-
-    @property
-    def seconds(self) -> float:
-        return sum(c.seconds for c in self.calls)
-
-    @property
-    def realised_speedup(self) -> float:
-        """Time the run would take with every call full (median full call) over the time it took."""
-        full = [c.seconds for c in self.calls if c.full]
-        return len(self.calls) * statistics.median(full) / self.seconds if full and self.seconds else 1.0
-
-    def average_macs(self, full: float, cached: float) -> float:
-        """Average MACs per call, given the MACs of a full and of a cached call."""
-        return average_macs(full, cached, self.full_steps, len(self.calls))
-
-    def summary(self, full_macs: float | None = None, cached_macs: float | None = None) -> str:
-        """One line: calls, full/cached, realised speedup and, given MACs per call, MACs saved."""
-        line = (
-            f"{len(self.calls)} calls: {self.full_steps} full, {self.cached_steps} cached; "
-            f"realised speedup {self.realised_speedup:.2f}x"
-        )
-        if full_macs is not None and cached_macs is not None and self.calls:
-            saved = 1 - self.average_macs(full_macs, cached_macs) / full_macs
-            line += f"; MACs saved {100 * saved:.1f}%"
-        return line
 
 
 # ----------------------------------------------------------------------------- state

@@ -1,4 +1,9 @@
-"""Resumable sweeps over caching settings: samples, FID, MACs and measured speed, one CSV row each.
+"""Resumable sweeps over caching settings: samples on disk by seed, then one CSV row per setting.
+
+Generation and scoring are separate passes joined by files (as EDM's ``generate.py`` and ``fid.py``):
+``Sweep.generate_missing`` writes samples, ``row`` scores them. Every row has one schema
+(``COLUMNS``): the setting's parameters as columns (``params``; ``setting_of`` reads them back), its
+cost (full calls, MACs, measured speed) and its quality (FID, PSNR to the baseline, CLIP score).
 
 Samples are addressable by seed: image k of a setting is generated from seed k alone, in shards of
 ``shard`` images saved as ``<out>/<setting>/samples_<first seed>.npy``. An interrupted sweep resumes
@@ -9,26 +14,37 @@ other parameters is an error, not a silent mix.
 
 Example:
     >>> s = Setting("N5-b2", cache=DeepCacheConfig(interval=5, branch=2))
-    >>> s.full_steps(), Setting("ddim-50", steps=50).full_steps()
+    >>> s.n_full(), Setting("ddim-50", steps=50).n_full()
     (20, 50)
+    >>> p = params(Setting("N5-b2-cap", cache=DeepCacheConfig(5, 2, schedule="adaptive", max_cached=7)))
+    >>> p["method"], p["paper_branch"], p["max_cached"]
+    ('adaptive + refinements', 3, 7)
+    >>> setting_of(dict(setting="N5-b2-cap", **p)).cache.max_cached
+    7
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from . import metrics
 from .accelerators import accelerator, macs_per_call
 from .config import DeepCacheConfig
+from .datasets import load_fashion_mnist, load_mnist
 from .files import atomic_path, save_npy
 from .generation import TASKS
+from .metrics import clip_score, fid
 from .modules import denoiser
 
 
@@ -40,9 +56,57 @@ class Setting:
     steps: int = 100
     cache: DeepCacheConfig | None = None
 
-    def full_steps(self) -> int:
+    def n_full(self) -> int:
         """Full steps of a run (static schedules; the adaptive one is recorded per shard instead)."""
         return self.steps if self.cache is None else len(self.cache.full_steps_for(self.steps))
+
+
+#: Configuration fields that are columns of a row (with ``steps``); ``None`` where they do not apply.
+CONFIG_COLUMNS = ("interval", "branch", "schedule", "reuse", "center", "power", "symmetric", "full_steps")
+CONFIG_COLUMNS += ("warmup", "cooldown", "max_cached", "window", "threshold")
+#: The columns of a row, in order: the key, the parameters, the cost, the quality.
+COLUMNS = (
+    "setting", "method", "sampler", "steps", "interval", "branch", "paper_branch", *CONFIG_COLUMNS[2:],
+    "samples", "n_full", "gmacs_per_image", "mac_speedup", "measured_speedup", "seconds_per_image",
+    "psnr_db", "fid", "clip_score",
+)  # fmt: skip
+_SEQUENCES = ("full_steps", "window")  # tuple fields, written as "[0, 4, 9]"
+
+
+def method(config: DeepCacheConfig | None) -> str:
+    """The curve a setting belongs to: "uncached", "cached feature -> zeros", or its schedule (with
+    " + refinements" where a window, warm-up, cool-down or cap refines it)."""
+    if config is None or config.interval == 1 and config.schedule != "adaptive":
+        return "uncached"
+    if config.reuse == "zeros":
+        return "cached feature -> zeros"
+    return config.schedule + (" + refinements" if config.refined else "")
+
+
+def params(setting: Setting) -> dict:
+    """The parameter columns of a setting (an uncached one reads as interval 1)."""
+    config = setting.cache or DeepCacheConfig(interval=1)
+    fields = {k: getattr(config, k) for k in CONFIG_COLUMNS}
+    if config.schedule != "non-uniform":
+        fields.update(center=None, power=None, symmetric=None)
+    fields.update({k: None if fields[k] is None else str(list(fields[k])) for k in _SEQUENCES})
+    return dict(method=method(setting.cache), steps=setting.steps, paper_branch=config.branch + 1, **fields)
+
+
+def setting_of(row: dict) -> Setting:
+    """The setting that a row's parameter columns describe (the inverse of ``params``)."""
+    given = {k: row[k] for k in CONFIG_COLUMNS if row.get(k) is not None and not _missing(row[k])}
+    given.update({k: tuple(ast.literal_eval(given[k])) for k in _SEQUENCES if k in given})
+    if "symmetric" in given:
+        given["symmetric"] = bool(given["symmetric"])
+    ints = ("interval", "branch", "center", "warmup", "cooldown", "max_cached")
+    given.update({k: int(given[k]) for k in ints if k in given})
+    uncached = int(row["interval"]) == 1 and given.get("schedule") != "adaptive"
+    return Setting(row["setting"], int(row["steps"]), None if uncached else DeepCacheConfig(**given))
+
+
+def _missing(value) -> bool:
+    return isinstance(value, float) and math.isnan(value)
 
 
 class Sweep:
@@ -168,19 +232,19 @@ class Sweep:
         pattern = "F" * self._calls if self.cache is None else self.cache.stats.pattern
         with atomic_path(self.folder(setting) / f"stats_{seeds[0]:06d}.json") as tmp:
             tmp.write_text(
-                json.dumps({"full_steps": pattern.count("F"), "pattern": pattern, "images": len(seeds)})
+                json.dumps({"n_full": pattern.count("F"), "pattern": pattern, "images": len(seeds)})
             )
         return images
 
     def _records(self, setting: Setting) -> list[dict]:
         return [json.loads(r.read_text()) for r in sorted((self.out / setting.name).glob("stats_*.json"))]
 
-    def mean_full_steps(self, setting: Setting) -> float:
+    def mean_n_full(self, setting: Setting) -> float:
         """Full steps per run, averaged over the recorded runs (static schedules: from the rule)."""
         records = self._records(setting)
         if not records:
-            return float(setting.full_steps())
-        return float(np.average([r["full_steps"] for r in records], weights=_weights(records)))
+            return float(setting.n_full())
+        return float(np.average([r["pattern"].count("F") for r in records], weights=_weights(records)))
 
     def step_macs(self, setting: Setting) -> tuple[int, int]:
         """MACs of one full and one cached denoiser call for one image (``accelerators.macs_per_call``)."""
@@ -193,17 +257,16 @@ class Sweep:
         second pass per call not included, the same for every setting)."""
         full, cached = self.step_macs(setting)
         records = self._records(setting) or [
-            dict(full_steps=setting.full_steps(), pattern="?" * setting.steps)
+            dict(pattern="F" * setting.n_full() + "C" * (setting.steps - setting.n_full()))
         ]
-        macs = [r["full_steps"] * full + (len(r["pattern"]) - r["full_steps"]) * cached for r in records]
+        runs = [(r["pattern"].count("F"), len(r["pattern"])) for r in records]
+        macs = [metrics.average_macs(full, cached, n_full, n) * n for n_full, n in runs]
         return float(np.average(macs, weights=_weights(records)))
 
     def seconds(self, settings: Sequence[Setting], images: int, repeats: int) -> dict[str, list[float]]:
         """Wall times of generating ``images`` images under each setting, interleaved (A B A B ...)."""
-        from .metrics import interleaved
-
         runs = {s.name: (lambda s=s: self.generate(s, range(images))) for s in settings}
-        return interleaved(runs, repeats)
+        return metrics.interleaved(runs, repeats)
 
     def first_shard(self, setting: Setting) -> torch.Tensor:
         """The setting's first shard (seeds 0 .. shard - 1) in [-1, 1], generated alone if missing."""
@@ -242,10 +305,64 @@ def _unit_range(samples: np.ndarray) -> torch.Tensor:
 
 def speed(sweep: Sweep, base: Setting, setting: Setting, images: int, repeats: int) -> dict:
     """Measured speedup of ``setting`` over ``base`` and its seconds per image, interleaved runs."""
-    from .metrics import speedup
-
     times = sweep.seconds([base, setting], images, repeats)
     return dict(
-        measured_speedup=speedup(times[base.name], times[setting.name]),
+        measured_speedup=metrics.speedup(times[base.name], times[setting.name]),
         seconds_per_image=float(np.median(times[setting.name])) / images,
     )
+
+
+# ----------------------------------------------------------------------------- scoring
+#: FID reference data sets that ship inside packages: name -> test images (N, 1, H, W) in [-1, 1]
+REFERENCES = {
+    "mnist": lambda: _unit_range(load_mnist("test")[:, None].copy()),
+    "fashion-mnist": lambda: F.pad(
+        _unit_range(load_fashion_mnist("test")[0][:, None].copy()), (2,) * 4, value=-1
+    ),
+}
+
+
+def reference_stats(source: str, folder: Path, n: int = 2000, featurize: Callable | None = None):
+    """FID reference statistics: an ``.npz`` of ``mu`` and ``sigma``, or those of the first ``n`` test
+    images of a ``REFERENCES`` data set (Fashion-MNIST padded to 32 x 32, as the tiny SD makes them),
+    computed once and cached in ``folder``."""
+    if source not in REFERENCES:
+        if not Path(source).is_file():
+            raise FileNotFoundError(
+                f"no FID reference statistics {source!r} (.npz or {', '.join(REFERENCES)})"
+            )
+        return fid.load_stats(Path(source))
+    path = Path(folder) / f"reference_{source.replace('-', '_')}_test_{n}.npz"
+    if not path.exists():
+        images = REFERENCES[source]()[:n]
+        features = (featurize or (lambda x: fid.inception_features(x, batch_size=50)))(images)
+        fid.save_stats(path, *fid.feature_stats(features))
+    return fid.load_stats(path)
+
+
+def row(
+    sweep: Sweep,
+    setting: Setting,
+    base: Setting,
+    reference=None,
+    clip=None,
+    prompts: Sequence[str] | None = None,
+) -> dict:
+    """The scores of a setting's samples on disk: parameters, full calls, MACs, PSNR to the baseline on
+    the first shard of seeds, FID against ``reference`` statistics, CLIP score with ``clip``."""
+    images = sweep.first_shard(setting)
+    out = dict(setting=setting.name, sampler=type(sweep.pipe.scheduler).__name__, **params(setting))
+    macs = sweep.macs_per_image(setting)
+    out.update(
+        samples=sweep.n,
+        n_full=sweep.mean_n_full(setting),
+        gmacs_per_image=macs / 1e9,
+        mac_speedup=sweep.macs_per_image(base) / macs,
+        psnr_db=metrics.psnr(images, sweep.first_shard(base)),
+    )
+    if reference is not None:
+        out["fid"] = fid.frechet_distance(*fid.feature_stats(sweep.features(setting)), *reference)
+    if clip is not None and prompts is not None:
+        texts = [prompts[k % len(prompts)] for k in range(sweep.n)]
+        out["clip_score"] = clip_score.clip_score(sweep.images(setting), texts, clip).mean().item()
+    return {k: out[k] for k in COLUMNS if k in out}

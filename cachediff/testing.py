@@ -15,21 +15,44 @@ Example:
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
+import diffusers
 import torch
+from diffusers import (
+    AutoencoderKL,
+    AutoencoderKLTemporalDecoder,
+    UNet2DConditionModel,
+    UNet2DModel,
+    UNetSpatioTemporalConditionModel,
+)
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from torch.utils import _pytree as pytree
+from transformers import (
+    CLIPConfig,
+    CLIPImageProcessor,
+    CLIPModel,
+    CLIPProcessor,
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    CLIPVisionConfig,
+    CLIPVisionModelWithProjection,
+    T5Config,
+    T5EncoderModel,
+    T5TokenizerFast,
+)
 
 KINDS = ("sd", "sdxl", "svd", "ddpm")
 
 
 def tiny_unet(kind: str, seed: int = 0, batch: int = 2) -> tuple[torch.nn.Module, dict]:
     """A tiny seeded U-Net of ``kind`` (see ``KINDS``) and the keyword inputs for a batch of ``batch``."""
-    from diffusers import UNet2DConditionModel, UNet2DModel, UNetSpatioTemporalConditionModel
-
     torch.manual_seed(seed)
     if kind == "sd":  # SD 1.x layout: 4 blocks, 2 resnets each, cross-attention in the first 3
         unet = UNet2DConditionModel(
@@ -234,8 +257,6 @@ def tiny_transformer(seed: int = 0, batch: int = 2) -> tuple[torch.nn.Module, di
     ``PixArtTransformer2DModel`` where diffusers has it, else ``Transformer2DModel`` with the same
     configuration (diffusers 0.24). Call it as ``model(x, timestep=t, **cond)``; latents are ``(B, 4, 8, 8)``.
     """
-    import diffusers
-
     cls = getattr(diffusers, "PixArtTransformer2DModel", diffusers.Transformer2DModel)
     torch.manual_seed(seed)
     model = cls(
@@ -264,8 +285,6 @@ def tiny_transformer(seed: int = 0, batch: int = 2) -> tuple[torch.nn.Module, di
 
 def tiny_pipe(kind: str, scheduler: str = "DDIMScheduler", seed: int = 0) -> tuple[SimpleNamespace, dict]:
     """A pipeline-like ``SimpleNamespace(unet, scheduler)`` with a tiny U-Net, and its CFG inputs."""
-    import diffusers
-
     unet, cond = tiny_unet(kind, seed=seed, batch=2)
     sched = getattr(diffusers, scheduler)(num_train_timesteps=1000)
     return SimpleNamespace(unet=unet, scheduler=sched), cond
@@ -273,14 +292,10 @@ def tiny_pipe(kind: str, scheduler: str = "DDIMScheduler", seed: int = 0) -> tup
 
 def tiny_clip_tokenizer(folder):
     """A character-level CLIP tokenizer whose vocabulary is written here (no download)."""
-    import json
-    from pathlib import Path
-
-    from transformers import CLIPTokenizer
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    chars = _byte_alphabet()
+    chars = byte_alphabet()
     vocab = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
     (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
     (folder / "merges.txt").write_text("#version: 0.2\n")
@@ -289,9 +304,6 @@ def tiny_clip_tokenizer(folder):
 
 def tiny_t5_tokenizer(words: str = "a an the of on in with photograph astronaut riding horse red fox"):
     """A T5-style SentencePiece-Unigram tokenizer over ``words`` and single letters (no download)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import T5TokenizerFast
-
     pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
     pieces += [("\u2581" + w, -1.0) for w in words.split()] + [
         (c, -5.0) for c in "abcdefghijklmnopqrstuvwxyz"
@@ -306,8 +318,6 @@ def tiny_t5_tokenizer(words: str = "a an the of on in with photograph astronaut 
 
 def save_tiny_clip(folder):
     """Save a tiny random CLIP model and processor (32 px images, the tiny tokenizer) to ``folder``."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
-
     folder = Path(folder)
     torch.manual_seed(0)
     tokenizer = tiny_clip_tokenizer(folder / "_tokenizer")
@@ -327,9 +337,8 @@ def save_tiny_clip(folder):
 def save_tiny_open_clip(folder) -> tuple[Path, str]:
     """Save a tiny random open_clip model (32 px images, open_clip's own tokenizer, which ships in its
     wheel): returns the weights file and the architecture name it registers with open_clip."""
-    import json
 
-    import open_clip
+    import open_clip  # optional: needs a torchvision that matches torch
 
     folder, arch = Path(folder), "tiny-clip-test"
     folder.mkdir(parents=True, exist_ok=True)
@@ -345,7 +354,7 @@ def save_tiny_open_clip(folder) -> tuple[Path, str]:
     return folder / "open_clip_model.pt", arch
 
 
-def _byte_alphabet() -> list[str]:
+def byte_alphabet() -> list[str]:
     """GPT-2 / CLIP byte-level BPE's 256 printable stand-ins for the bytes 0..255."""
     printable = [
         *range(ord("!"), ord("~") + 1),
@@ -357,8 +366,6 @@ def _byte_alphabet() -> list[str]:
 
 
 def _tiny_text_encoder(hidden: int = 32, projection: int | None = None):
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
     cfg = CLIPTextConfig(
         vocab_size=514,
         hidden_size=hidden,
@@ -375,8 +382,6 @@ def _tiny_text_encoder(hidden: int = 32, projection: int | None = None):
 
 
 def _tiny_vae(temporal: bool = False):
-    from diffusers import AutoencoderKL, AutoencoderKLTemporalDecoder
-
     if temporal:
         return AutoencoderKLTemporalDecoder(
             block_out_channels=(32, 32), layers_per_block=1, latent_channels=4
@@ -407,8 +412,6 @@ TINY_PIPELINES = {
 def save_tiny_pipeline(kind: str, folder, seed: int = 0):
     """Build a tiny random pipeline of ``kind`` (see ``TINY_PIPELINES``), ``save_pretrained`` it to
     ``folder`` and return the folder, so tests load it through the same code path as real weights."""
-    import diffusers
-
     torch.manual_seed(seed)
     folder = Path(folder)
     if kind == "ddpm":
@@ -451,8 +454,6 @@ def save_tiny_pipeline(kind: str, folder, seed: int = 0):
             scheduler=diffusers.EulerDiscreteScheduler(),
         )
     elif kind == "svd":
-        from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
-
         unet, _ = tiny_unet("svd", seed)
         vision = CLIPVisionConfig(
             hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
@@ -466,8 +467,6 @@ def save_tiny_pipeline(kind: str, folder, seed: int = 0):
             feature_extractor=CLIPImageProcessor(crop_size=32, size=32),
         )
     elif kind == "pixart":  # the tiny DiT, a 2-layer T5 encoder over caption_channels=12
-        from transformers import T5Config, T5EncoderModel
-
         transformer, _ = tiny_transformer(seed)
         tokenizer = tiny_t5_tokenizer()
         t5 = T5Config(vocab_size=len(tokenizer), d_model=12, d_kv=4, d_ff=24, num_layers=2, num_heads=2)

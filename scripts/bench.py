@@ -16,16 +16,17 @@ Example:
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 from pathlib import Path
 from types import SimpleNamespace
 
+import pandas as pd
 import torch
 from diffusers import DDIMScheduler
+from torch._dynamo.utils import counters
 
 import cachediff
-from cachediff import DeepCacheSDHelper, metrics
+from cachediff import DeepCacheConfig, DeepCacheSDHelper, metrics
 from cachediff.accelerators import step_macs
 from cachediff.architectures import CPU_SIZES, build, example_inputs
 from cachediff.core import tree_nbytes
@@ -68,7 +69,7 @@ def bench_config(pipe, inputs, steps, interval, branch, repeats) -> dict:
     # one more run each, untimed: peak memory above the memory in use before it
     peak = {name: metrics.peak_memory(fn) for name, fn in runs.items()}
     full, cached = step_macs(pipe.unet, inputs, branch)
-    bound = full / average_macs(full, cached, math.ceil(steps / interval), steps)
+    bound = full / average_macs(full, cached, DeepCacheConfig(interval).budget(steps), steps)
     med = {k: statistics.median(v) for k, v in times.items()}
     ratios = [c / o for c, o in zip(times["cachediff"], times["official"], strict=True)]
     return dict(
@@ -92,8 +93,6 @@ def bench_config(pipe, inputs, steps, interval, branch, repeats) -> dict:
 def bench_compile(pipe, inputs, steps, interval, branch, repeats) -> dict:
     """Eager vs ``torch.compile`` (inductor), uncached and with cachediff, interleaved after a warm-up
     round that compiles; reports speedups and whether anything compiled again after the warm-up."""
-    from torch._dynamo.utils import counters
-
     helper = DeepCacheSDHelper(pipe)
     helper.set_params(cache_interval=interval, cache_branch_id=branch)
     cachediff.compile_denoiser(pipe, fullgraph=True)  # before the helper's hooks, as documented
@@ -203,8 +202,6 @@ def main() -> None:
 def write_results(rows: list[dict], out: Path, name: str) -> None:
     """Merge ``rows`` into ``<out>/<name>.csv`` (one row per arch, latent, interval and branch: other
     architectures' rows are kept) and write the whole CSV as a Markdown table beside it."""
-    import pandas as pd
-
     csv = out / f"{name}.csv"
     for row in rows:
         key = f"{row['arch']}-{row['latent']}-I{row['interval']}-B{row['branch']}"

@@ -11,11 +11,11 @@ Example:
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 import torch
 
+from cachediff import DeepCacheConfig
 from cachediff.accelerators import step_macs
 from cachediff.architectures import ARCHITECTURES, build, example_inputs
 from cachediff.files import write_csv
@@ -28,7 +28,7 @@ def table(arch: str, steps: int, interval: int, size: int | None) -> list[dict]:
     with torch.device("meta"):
         unet = build(arch)
         inputs = example_inputs(unet, batch=1, size=size)
-    n_full = math.ceil(steps / interval)
+    n_full = DeepCacheConfig(interval).budget(steps)
     rows = []
     for b in range(num_branches(unet)):
         full, cached = step_macs(unet, inputs, b)
@@ -57,9 +57,8 @@ def main() -> None:
     if args.steps < 1 or args.interval < 1:
         p.error("--steps and --interval must be >= 1")
     rows = table(args.arch, args.steps, args.interval, args.size)
-    print(
-        f"{args.arch}: {args.steps} steps, N={args.interval} ({math.ceil(args.steps / args.interval)} full)"
-    )
+    n_full = DeepCacheConfig(args.interval).budget(args.steps)
+    print(f"{args.arch}: {args.steps} steps, N={args.interval} ({n_full} full)")
     print("| branch (paper) | full G | cached G | average G | MAC speedup |\n|---|---|---|---|---|")
     for r in rows:
         print(

@@ -1,8 +1,10 @@
-"""Plots and a Markdown table from a sweep CSV (``scripts/sweep.py`` or ``sweep_mnist.py``).
+"""Plots and a Markdown table from a sweep CSV (``scripts/sweep.py``; its parameter columns, never the
+setting names, say what each row is).
 
-Quality (FID, CLIP score or PSNR to the baseline) against cost, as average MACs and as measured
-speedup: the Pareto view, one curve per method (each schedule, and plain sampling with fewer steps,
-which shares the uncached baseline as its costliest point). Quality and MACs per branch at the interval
+Quality (FID, CLIP score or PSNR to the baseline) against cost, as average MACs per step of the
+baseline's run and as measured speedup: the Pareto view, one curve per method and step count (each
+schedule, and plain sampling with fewer steps, which shares the uncached baseline as its costliest
+point). Quality and MACs per branch at the interval
 swept over most branches. With ``--grid``, the first images of the named settings, one row each:
 the same seeds, so the rows differ only by the setting.
 
@@ -24,14 +26,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-#: cost columns (GMACs per image; the MNIST sweep divides by its 100 steps), quality columns
-COSTS = {
-    "gmacs_per_image_per_100_steps": "MMACs per step (average over a 100-step run)",
-    "gmacs_per_image": "MMACs per image",
-}
+#: quality columns
 QUALITIES = {"fid": "FID (lower is better)", "clip_score": "CLIP score", "psnr_db": "PSNR to baseline (dB)"}
-QUALITIES["psnr_vs_ddim100_db"] = QUALITIES["psnr_db"]
 FEWER = "fewer steps"
+COST = "MMACs per step (average over the baseline's steps)"
+#: scheduler class -> the sampler's name in legends
+SAMPLERS = {"DDIMScheduler": "DDIM", "PNDMScheduler": "PLMS", "DPMSolverMultistepScheduler": "DPM-Solver++"}
 
 
 def column(df: pd.DataFrame, names) -> str:
@@ -41,15 +41,21 @@ def column(df: pd.DataFrame, names) -> str:
     return found[0]
 
 
+def mmacs_per_step(df: pd.DataFrame) -> pd.Series:
+    """MMACs per step of the uncached baseline's run (the longest uncached one): a run's MACs per image
+    spread over the baseline's steps."""
+    return df.gmacs_per_image * 1000 / df[df.method == "uncached"].steps.max()
+
+
 def groups(df: pd.DataFrame, cost: str) -> dict[str, pd.DataFrame]:
-    """Curves of the Pareto view: one per method, at the sweep's main branch (runs over fewer steps,
-    named by their method, at any branch). Uncached runs of any step count form the fewer-steps curve;
+    """Curves of the Pareto view: one per method and step count, at the sweep's main branch (runs
+    over fewer steps at any branch). Uncached runs of any step count form the fewer-steps curve;
     each cached curve ends at the uncached run of its own step count.
 
     Example:
         >>> df = pd.DataFrame(dict(
         ...     setting=["ddim-100", "ddim-20", "N5-b2", "N10-b2", "N5-b0", "s20-N2-b0", "s20-N3-b0"],
-        ...     method=["", "", "uniform", "uniform", "uniform", "uniform, DDIM 20", "uniform, DDIM 20"],
+        ...     method=["uncached"] * 2 + ["uniform"] * 5, sampler="DDIMScheduler",
         ...     steps=[100, 20, 100, 100, 100, 20, 20], interval=[1, 1, 5, 10, 5, 2, 3],
         ...     branch=[0, 0, 2, 2, 0, 0, 0], c=[4, 1, 2, 1.8, 1.5, 0.5, 0.4],
         ... ))
@@ -59,40 +65,37 @@ def groups(df: pd.DataFrame, cost: str) -> dict[str, pd.DataFrame]:
         uniform: ['N10-b2', 'N5-b2', 'ddim-100']
         uniform, DDIM 20: ['s20-N3-b0', 's20-N2-b0', 'ddim-20']
     """
-    if "method" not in df:  # CSVs of older sweeps
-        df = df.assign(method="uniform")
-    uncached = df.interval == 1
-    df = df.assign(method=df.method.where(~uncached, FEWER))
+    uncached = df.method == "uncached"
     longest, zeros = df.steps == df.steps.max(), df.method == "cached feature -> zeros"
     cached = df[~uncached & longest & ~zeros]
     main_branch = cached.branch.mode().iloc[0] if len(cached) else 0
-    out = {}
-    shown = ((df.branch == main_branch) | uncached | ~longest) & ~zeros
-    for method, rows in df[shown].groupby("method", sort=False):
-        if method == "uniform" and "schedule" in rows:
-            rows = rows[rows.schedule == "uniform"]
-        base = df[uncached & (df.steps == rows.steps.max())]
-        out[method] = pd.concat([rows, base]).drop_duplicates("setting").sort_values(cost)
+    out = {FEWER: df[uncached].sort_values(cost)}
+    shown = ((df.branch == main_branch) | ~longest) & ~uncached & ~zeros
+    for (method, steps), rows in df[shown].groupby(["method", "steps"], sort=False):
+        sampler = SAMPLERS.get(rows.sampler.iloc[0], rows.sampler.iloc[0])
+        label = method if steps == df.steps.max() else f"{method}, {sampler} {steps}"
+        base = df[uncached & (df.steps == steps)]
+        out[label] = pd.concat([rows, base]).drop_duplicates("setting").sort_values(cost)
     return out
 
 
 def pareto(df: pd.DataFrame, out: Path, cost: str, quality: str) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     for (label, rows), marker in zip(groups(df, cost).items(), "osx^vDP<>", strict=False):
-        axes[0].plot(rows[cost] * 1000, rows[quality], marker=marker, label=label)
+        axes[0].plot(rows[cost], rows[quality], marker=marker, label=label)
         if "measured_speedup" in rows:
             axes[1].plot(rows.measured_speedup, rows[quality], marker=marker, label=label)
-    axes[0].set(xlabel=COSTS[cost], ylabel=QUALITIES[quality])
+    axes[0].set(xlabel=COST, ylabel=QUALITIES[quality])
     axes[1].set(xlabel="measured speedup over the uncached baseline", ylabel=QUALITIES[quality])
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    path = out / f"{quality.split('_vs_')[0]}_vs_cost.png"
+    path = out / f"{quality}_vs_cost.png"
     fig.savefig(path, dpi=120)
     return path
 
 
 def per_branch(df: pd.DataFrame, out: Path, cost: str, quality: str) -> Path | None:
-    cached = df[(df.interval > 1) & (df.get("method", "uniform") == "uniform")]
+    cached = df[(df.method == "uniform") & (df.steps == df.steps.max())]
     if cached.branch.nunique() < 2:
         return None
     interval = cached.groupby("interval").branch.nunique().idxmax()
@@ -103,8 +106,8 @@ def per_branch(df: pd.DataFrame, out: Path, cost: str, quality: str) -> Path | N
         xlabel="paper branch (branch id + 1)", ylabel=QUALITIES[quality], title=f"N = {interval}, per branch"
     )
     twin = ax.twinx()
-    twin.plot(rows.branch + 1, rows[cost] * 1000, "s--", color="C1")
-    twin.set_ylabel(COSTS[cost], color="C1")
+    twin.plot(rows.branch + 1, rows[cost], "s--", color="C1")
+    twin.set_ylabel(COST, color="C1")
     fig.tight_layout()
     fig.savefig(out / "per_branch.png", dpi=120)
     return out / "per_branch.png"
@@ -138,16 +141,16 @@ def main() -> None:
     if args.grid_images < 1:
         p.error("--grid-images must be at least 1")
     df = pd.read_csv(args.csv)
-    cost, quality = column(df, COSTS), column(df, [args.quality] if args.quality else list(QUALITIES))
+    cost, quality = "mmacs_per_step", column(df, [args.quality] if args.quality else list(QUALITIES))
+    df = df.assign(mmacs_per_step=mmacs_per_step(df))
     args.out.mkdir(parents=True, exist_ok=True)
     finite = df.replace([float("inf")], float("nan"))  # the baseline's PSNR to itself
     written = [pareto(finite, args.out, cost, quality), per_branch(finite, args.out, cost, quality)]
     if args.grid:
         written.append(sample_grid(args.csv.parent, args.grid, args.out, args.grid_images))
-    df.to_csv(args.out / "results.csv", index=False)
-    cols = ["setting", "method", "steps", "interval", "paper_branch", "full_steps", *QUALITIES, cost]
-    table = df.assign(paper_branch=df.branch + 1)
-    table = table[[c for c in [*cols, "mac_speedup", "measured_speedup", "samples"] if c in table]]
+    df.drop(columns=cost).to_csv(args.out / "results.csv", index=False)
+    cols = ["setting", "method", "steps", "interval", "paper_branch", "n_full", *QUALITIES, cost]
+    table = df[[c for c in [*cols, "mac_speedup", "measured_speedup", "samples"] if c in df]]
     (args.out / "table.md").write_text(table.to_markdown(index=False, floatfmt=".3g") + "\n")
     names = ", ".join(p.name for p in written if p)
     print(f"wrote {args.out}: {names}, table.md, results.csv")

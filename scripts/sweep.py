@@ -1,16 +1,18 @@
-"""Sweep any model type over cache interval x branch x schedule, plus fewer-steps baselines: one CSV
-row per setting, written atomically.
+"""The research sweep: a model type over suites of caching settings (``cachediff.suites``), samples on
+disk by seed, then one CSV row per setting in one schema (``cachediff.sweep.COLUMNS``).
 
-Each row holds the denoiser MACs per image, the MAC bound and the measured speedup over the uncached
-baseline, PSNR to the baseline's images (same seeds and prompts), and on request the CLIP score
-(``--clip``, text-conditioned models) and FID (``--fid-reference``). Image k comes from seed k and
-prompt k, saved per shard of seeds: an interrupted sweep resumes without redoing finished settings or
-shards, and under a launcher (``torchrun`` or ``accelerate launch``) the processes share the shards,
-writing the same files as one process would; process 0 then scores and times everything.
+Stages (``--stage``): ``generate`` writes the samples (image k from seed k and prompt k, per shard
+of seeds; under ``torchrun`` or ``accelerate launch`` the processes share the shards and write the
+files one process would), ``score`` adds a row for every setting not in the CSV yet (parameters,
+full calls, MACs and MAC bound, PSNR to the baseline, FID with ``--fid-reference``, CLIP score with
+``--clip``, measured speedup with ``--repeats``), ``all`` does both. Everything resumes: finished
+shards, features and rows are kept, and every file is written atomically.
 
-Example:
-    python scripts/sweep.py --model_type ddpm-mnist --samples 64 --intervals 2 5 --branches 1 2 \\
-        --schedules uniform adaptive --fewer-steps 60 --fid-reference mnist
+Examples:
+    python scripts/sweep.py --model_type ddpm-mnist --suites interval zeros steps curve schedules branch \\
+        --samples 2000 --shard 250 --batch 32 --fid-reference mnist --timing-images 32 --out runs/mnist-sweep
+    python scripts/sweep.py --model_type ddpm-mnist --suites grid curve --intervals 2 5 --branches 1 2 \\
+        --schedules uniform adaptive --curve 60 --samples 64 --fid-reference mnist
     torchrun --standalone --nproc_per_node 2 scripts/sweep.py --model_type sd1.5 --model /w/sd-v1-5 \\
         --prompts coco --samples 5000 --intervals 2 3 5 --branches 0 1 2 --clip /w/clip-vit-g-14
 """
@@ -18,15 +20,17 @@ Example:
 from __future__ import annotations
 
 import argparse
-import itertools
+import datetime
+import fnmatch
+import json
 import os
+import platform
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from cachediff import DeepCacheConfig, generation, metrics
+from cachediff import generation, suites
 from cachediff.accelerators import accelerator
 from cachediff.cli import DTYPES
 from cachediff.files import read_csv, update_csv
@@ -34,25 +38,49 @@ from cachediff.metrics import clip_score as C
 from cachediff.metrics import fid as F
 from cachediff.pipelines import PRESETS, get_preset
 from cachediff.prompts import load_prompts
-from cachediff.sweep import Setting, Sweep, speed
+from cachediff.sweep import COLUMNS, REFERENCES, Setting, Sweep, reference_stats, row, speed
+from cachediff.unets import num_branches
 
 TEXT_TASKS = ("text2image", "img2img", "inpaint", "text2video")
+#: scheduler class -> the sampler's short name in setting names
+SAMPLERS = {"DDIMScheduler": "ddim", "PNDMScheduler": "plms", "DPMSolverMultistepScheduler": "dpmpp"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    plan = suites.Plan()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model_type", default="ddpm-mnist", choices=list(PRESETS), help="model preset")
     p.add_argument("--model", help="hub id or local folder overriding the preset's weights")
-    p.add_argument("--steps", type=int, help="inference steps of every cached setting (default: preset's)")
-    p.add_argument("--intervals", type=int, nargs="+", help="cache intervals N (default: preset's)")
-    p.add_argument("--branches", type=int, nargs="+", help="branch ids (default: the preset's)")
+    p.add_argument(
+        "--suites", nargs="+", default=["grid"], choices=list(suites.SUITES), help="which suites to run, in "
+        "this order, after the uncached baseline (see cachediff/suites.py)",
+    )  # fmt: skip
+    p.add_argument("--stage", default="all", choices=["generate", "score", "all"], help="which passes to run")
+    p.add_argument("--steps", type=int, help="steps that DeepCache accelerates (default: the preset's)")
+    p.add_argument(
+        "--baseline-steps", type=int, help="steps of the uncached baseline that costs and PSNR are relative "
+        "to (default: --steps)",
+    )  # fmt: skip
+    p.add_argument("--branch", type=int, help="branch id of the suites, paper branch + 1 (default: preset's)")
+    p.add_argument("--intervals", type=int, nargs="+", default=plan.intervals, help="intervals N")
+    p.add_argument("--budgets", type=int, nargs="+", default=plan.budgets, help="budgets N (schedules suite)")
+    p.add_argument("--curve", type=int, nargs="+", default=plan.curve, help="step counts (curve suite)")
+    p.add_argument("--branches", type=int, nargs="+", help="branch ids of the grid suite (default: --branch)")
     p.add_argument(
         "--schedules", nargs="+", default=["uniform"], choices=["uniform", "non-uniform", "adaptive"],
-        help="full-step schedules",
+        help="schedules of the grid suite",
     )  # fmt: skip
-    p.add_argument("--fewer-steps", type=int, nargs="*", default=[], help="uncached runs with fewer steps")
+    p.add_argument(
+        "--only", nargs="+", metavar="PATTERN", help="only the settings whose names match one of these "
+        "wildcards (e.g. 'ddim-*' 'N10-*'); the baseline always runs",
+    )  # fmt: skip
+    p.add_argument(
+        "--retime", nargs="*", metavar="SETTING", help="measure the speed of these finished settings again "
+        "(none named: all), e.g. after other jobs shared the CPU",
+    )  # fmt: skip
     p.add_argument("--samples", type=int, default=16, help="images per setting (seeds 0..samples-1)")
-    p.add_argument("--shard", type=int, default=4, help="images per generated batch and file")
+    p.add_argument("--shard", type=int, default=4, help="images per saved file (and per unit of work)")
+    p.add_argument("--batch", type=int, help="images per pipeline call (default: --shard; small is faster)")
     p.add_argument("--prompts", default="builtin", help="prompt set: builtin, coco, parti, a file or URL")
     p.add_argument("--image", help="init image for img2img, inpainting and video (default: a gradient)")
     p.add_argument("--mask", help="inpainting mask, white = repaint (default: the centre square)")
@@ -62,32 +90,34 @@ def parse_args(argv=None) -> argparse.Namespace:
         "paper's), or a transformers folder or hub id",
     )  # fmt: skip
     p.add_argument("--clip-arch", default="ViT-g-14", help="open_clip architecture of --clip (the paper's)")
-    p.add_argument("--fid-reference", help="FID reference statistics (.npz) or 'mnist' (MNIST test set)")
+    p.add_argument("--fid-reference", help="FID reference: statistics (.npz), 'mnist' or 'fashion-mnist'")
+    p.add_argument("--reference-images", type=int, default=2000, help="test images of a named reference")
     p.add_argument("--timing-images", type=int, default=2, help="images per timed run")
     p.add_argument("--repeats", type=int, default=2, help="interleaved timed repeats (0: no timing)")
     p.add_argument("--scheduler", help="diffusers scheduler class (default: the preset's)")
+    p.add_argument(
+        "--scheduler-option", nargs="+", default=[], metavar="KEY=VALUE", help="scheduler config entries, "
+        "JSON values (e.g. clip_sample=true)",
+    )  # fmt: skip
     p.add_argument("--dtype", default="float32", choices=list(DTYPES), help="weights and compute dtype")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     p.add_argument("--out", type=Path, default=Path("runs/sweep"), help="samples, stats and results.csv")
     args = p.parse_args(argv)
-    counts = [args.samples, args.shard, args.frames, args.timing_images, *args.fewer_steps]
-    counts += [*(args.intervals or []), args.steps or 1]
-    if min(counts) < 1 or args.repeats < 0 or min(args.branches or [0]) < 0:
-        p.error("counts, steps and intervals must be >= 1; --repeats and --branches >= 0")
+    counts = [
+        args.samples,
+        args.shard,
+        args.frames,
+        args.timing_images,
+        args.reference_images,
+        args.steps or 1,
+    ]
+    counts += [*args.intervals, *args.budgets, *args.curve, args.batch or 1]
+    if min(counts) < 1 or args.repeats < 0 or min([*(args.branches or []), args.branch or 0]) < 0:
+        p.error("counts, steps and intervals must be >= 1; --repeats and branches >= 0")
+    if any("=" not in option for option in args.scheduler_option):
+        p.error("--scheduler-option takes KEY=VALUE")
     return args
-
-
-def grid(args, preset) -> list[Setting]:
-    """The uncached baseline first, then every cached setting, then the fewer-steps runs."""
-    steps = args.steps or preset.steps
-    out = [Setting(f"base-{steps}", steps)]
-    intervals, branches = args.intervals or [preset.interval], args.branches or [preset.branch]
-    for n, b, schedule in itertools.product(intervals, branches, args.schedules):
-        config = DeepCacheConfig(interval=n, branch=b, schedule=schedule)
-        out.append(Setting(f"N{n}-b{b}-{schedule}", steps, config))
-    out += [Setting(f"steps-{k}", k) for k in args.fewer_steps if k != steps]
-    return out
 
 
 def launcher() -> tuple[int, int]:
@@ -96,13 +126,6 @@ def launcher() -> tuple[int, int]:
     if world > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("gloo")
     return rank, world
-
-
-def fid_reference(source: str, out: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Reference statistics: an ``.npz`` of ``mu`` and ``sigma``, or the MNIST test set's."""
-    if source == "mnist":
-        return F.mnist_reference(out / "reference_mnist_test_2000.npz")
-    return F.load_stats(Path(source))
 
 
 def main(argv=None) -> int:
@@ -114,74 +137,95 @@ def main(argv=None) -> int:
         return 2
 
 
+def load(args, preset):
+    """The preset's pipeline with the requested scheduler and scheduler options."""
+    pipe = generation.load_pipeline(preset, args.model, args.device, DTYPES[args.dtype])
+    generation.set_scheduler(pipe, args.scheduler or preset.scheduler)
+    options = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.scheduler_option)}
+    if options:
+        pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, **options)
+    return pipe
+
+
 def run(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     preset = get_preset(args.model_type)
-    if args.fid_reference not in (None, "mnist") and not Path(args.fid_reference).is_file():
-        raise FileNotFoundError(f"no FID reference statistics {args.fid_reference!r} (.npz or 'mnist')")
-    pipe = generation.load_pipeline(preset, args.model, args.device, DTYPES[args.dtype])
-    generation.set_scheduler(pipe, args.scheduler or preset.scheduler)
-    settings = grid(args, preset)
-    for s in settings[1:]:  # bad branches and schedules fail before any sampling
-        if s.cache is not None:
-            accelerator(pipe, s.cache, s.steps)
-    inputs = generation.default_inputs(pipe, preset.task, args.image, args.mask)
-    if preset.task in ("video", "text2video"):
-        inputs["frames"] = args.frames
+    if args.fid_reference not in (None, *REFERENCES) and not Path(args.fid_reference).is_file():
+        known = ", ".join(REFERENCES)
+        raise FileNotFoundError(f"no FID reference statistics {args.fid_reference!r} (.npz or {known})")
+    pipe = load(args, preset)
     prompts = load_prompts(args.prompts, args.samples) if preset.task in TEXT_TASKS else None
     inception = F.load_inception(args.device) if args.fid_reference else None
     featurize = inception and (lambda x: F.inception_features(x.to(args.device), inception, 50, False))
-    sweep = Sweep(pipe, args.out, args.samples, args.shard, featurize, preset.task, prompts, **inputs)
+    inputs = generation.default_inputs(pipe, preset.task, args.image, args.mask)
+    if preset.task in ("video", "text2video"):
+        inputs["frames"] = args.frames
+    sweep = Sweep(
+        pipe, args.out, args.samples, args.shard, featurize, preset.task, prompts, args.batch, **inputs
+    )
+    settings = plan_settings(args, preset, sweep)
 
     rank, world = launcher()
-    for s in settings:
-        sweep.generate_missing(s, rank, world)
+    if args.stage in ("generate", "all"):
+        for s in settings:
+            sweep.generate_missing(s, rank, world)
     if world > 1:
         torch.distributed.barrier()
-    if rank == 0:
-        score(args, sweep, settings, prompts)
+    if rank == 0 and args.stage in ("score", "all"):
+        score(args, sweep, settings, prompts, featurize)
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
     return 0
 
 
-def score(args, sweep: Sweep, settings: list[Setting], prompts: list[str] | None) -> None:
-    """One row per setting not in the CSV yet, written as soon as it is done."""
+def plan_settings(args, preset, sweep: Sweep) -> list[Setting]:
+    """The baseline and the suites' settings that ``--only`` selects; bad branches and schedules fail
+    here, before any sampling."""
+    name = type(sweep.pipe.scheduler).__name__
+    sampler = SAMPLERS.get(name, name.removesuffix("Scheduler").lower())
+    steps = args.steps or preset.steps
+    plan = suites.Plan(
+        steps=steps, branch=preset.branch if args.branch is None else args.branch,
+        intervals=tuple(args.intervals), budgets=tuple(args.budgets), curve=tuple(args.curve),
+        baseline=args.baseline_steps or steps, branches=tuple(args.branches or ()),
+        schedules=tuple(args.schedules), sampler=sampler,
+    )  # fmt: skip
+    full, cached = sweep.step_macs(plan.deepcache("probe", 2))
+    branches = num_branches(sweep.pipe.unet) if getattr(sweep.pipe, "unet", None) is not None else 0
+    settings = suites.build(args.suites, plan, full, cached, branches)
+    chosen = [settings[0]] + [
+        s for s in settings[1:] if not args.only or any(fnmatch.fnmatch(s.name, p) for p in args.only)
+    ]
+    for s in chosen:
+        if s.cache is not None:
+            accelerator(sweep.pipe, s.cache, s.steps)
+    return chosen
+
+
+def score(args, sweep: Sweep, settings: list[Setting], prompts, featurize) -> None:
+    """One row per setting not in the CSV yet, written as soon as it is done; ``--retime`` measures
+    the speed of finished ones again."""
     csv = args.out / "results.csv"
-    done = {r["setting"] for r in read_csv(csv)}
     base = settings[0]
-    base_macs, base_images = sweep.macs_per_image(base), sweep.images(base)
-    reference = fid_reference(args.fid_reference, args.out) if args.fid_reference else None
+    reference = None
+    if args.fid_reference:
+        reference = reference_stats(args.fid_reference, args.out, args.reference_images, featurize)
     clip = C.load_clip(args.clip, args.clip_arch, args.device) if args.clip else None
+
+    def timing(s: Setting) -> dict:
+        return speed(sweep, base, s, args.timing_images, args.repeats) if args.repeats else {}
+
     for s in settings:
-        if s.name in done:
+        if s.name in {r["setting"] for r in read_csv(csv)}:
+            if args.retime is not None and s != base and (not args.retime or s.name in args.retime):
+                update_csv(csv, dict(setting=s.name, **timing(s)))
             continue
-        config, images = s.cache or DeepCacheConfig(interval=1), sweep.images(s)
-        macs = sweep.macs_per_image(s)
-        row = dict(
-            setting=s.name,
-            method=s.cache.schedule if s.cache else "uncached" if s == base else "fewer steps",
-            steps=s.steps,
-            interval=config.interval,
-            branch=config.branch,
-            schedule=config.schedule,
-            full_steps=sweep.mean_full_steps(s),
-            gmacs_per_image=macs / 1e9,
-            mac_speedup=base_macs / macs,
-            psnr_db=metrics.psnr(images, base_images) if s.steps == base.steps else float("nan"),
-            samples=args.samples,
-        )
-        if args.repeats:
-            row.update(speed(sweep, base, s, args.timing_images, args.repeats))
-        if reference is not None:
-            row["fid"] = F.frechet_distance(*F.feature_stats(sweep.features(s)), *reference)
-        if clip is not None and prompts is not None:
-            texts = [prompts[k % len(prompts)] for k in range(len(images))]
-            row["clip_score"] = C.clip_score(images, texts, clip).mean().item()
-        update_csv(csv, row)
-        print(row, flush=True)
-    print(f"wrote {csv}")
+        values = row(sweep, s, base, reference, clip, prompts) | timing(s)
+        update_csv(csv, {k: values[k] for k in COLUMNS if k in values})
+        print(values, flush=True)
+    stamp = f"{datetime.date.today()} on {platform.machine()} ({torch.get_num_threads()} threads)"
+    print(f"wrote {csv} ({stamp})")
 
 
 if __name__ == "__main__":

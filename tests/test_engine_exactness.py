@@ -53,8 +53,8 @@ def test_deep_blocks_run_exactly_on_the_schedules_full_steps(kind, interval):
         sample(pipe, cond, steps=10)
     h1.remove(), h2.remove()
     n_full = len(schedule.uniform(10, interval))
-    assert mid.n == first_up.n == n_full == engine.stats.full_steps
-    assert engine.stats.cached_steps == 10 - n_full
+    assert mid.n == first_up.n == n_full == engine.stats.n_full
+    assert engine.stats.n_cached == 10 - n_full
 
 
 @pytest.mark.parametrize("kind", KINDS)

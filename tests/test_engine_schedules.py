@@ -88,7 +88,7 @@ def test_adaptive_budget_decisions_follow_the_measured_change(kind, interval):
     stats = engine.stats
     assert stats.changes[0] is None and all(c > 0 for c in stats.changes[1:])
     assert stats.pattern == replay(stats.changes, interval)
-    assert 1 < stats.full_steps <= -(-16 // interval)  # it refreshes, within the budget
+    assert 1 < stats.n_full <= -(-16 // interval)  # it refreshes, within the budget
 
 
 @pytest.mark.parametrize("warmup,cooldown", [(2, 3), (0, 4)])
@@ -99,7 +99,7 @@ def test_adaptive_budget_reserves_the_full_steps_that_refinements_force(warmup, 
         sample(pipe, cond, steps=16)
     forced = {0, *range(warmup), *range(16 - cooldown, 16)}
     assert engine.stats.pattern == replay(engine.stats.changes, 4, forced)
-    assert engine.stats.full_steps <= 16 // 4 + len(forced)
+    assert engine.stats.n_full <= 16 // 4 + len(forced)
 
 
 def test_track_change_records_changes_for_static_schedules_without_changing_the_output():

@@ -66,7 +66,7 @@ def test_model_type_runs_end_to_end(model_type, tiny_folders, tmp_path):
     record = json.loads((out / "run.json").read_text())
     results = record["results"]
     # fewer calls than steps: inpainting (strength < 1), Text2Video-Zero (first-frame loop)
-    assert results["steps"] >= 2 and results["full_steps"] < results["steps"]
+    assert results["steps"] >= 2 and results["n_full"] < results["steps"]
     assert results["macs_cached"] < results["macs_full"]
     assert (out / "baseline_vs_deepcache.png").stat().st_size > 0
     assert record["env"]["diffusers"]
@@ -93,7 +93,7 @@ def test_stable_diffusion_script(tiny_folders, tmp_path):
     euler, folder = "EulerDiscreteScheduler", tiny_folders["sd"]
     record = run_script(stable_diffusion, folder, tmp_path, "--scheduler", euler, "--cache_interval", "3")
     assert record["args"]["model_type"] == "sd1.5" and record["args"]["scheduler"] == euler
-    assert (record["results"]["steps"], record["results"]["full_steps"]) == (4, 2)  # steps 0 and 3
+    assert (record["results"]["steps"], record["results"]["n_full"]) == (4, 2)  # steps 0 and 3
 
 
 def test_stable_diffusion_xl_script_with_the_refiner(tiny_folders, tmp_path):
@@ -101,7 +101,7 @@ def test_stable_diffusion_xl_script_with_the_refiner(tiny_folders, tmp_path):
     record = run_script(stable_diffusion_xl, folder, tmp_path, "--refine", "--refiner", str(folder))
     assert record["args"]["refine"] is True
     results = record["results"]
-    assert results["steps"] == 4 and results["full_steps"] == 2  # base 3 steps (F C C), refiner 1 (F)
+    assert results["steps"] == 4 and results["n_full"] == 2  # base 3 steps (F C C), refiner 1 (F)
 
 
 def test_stable_video_diffusion_script_saves_gifs(tiny_folders, tmp_path):

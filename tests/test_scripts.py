@@ -13,6 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cachediff import DeepCacheConfig
+from cachediff.sweep import Setting, params
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = [
     "main.py",
@@ -25,7 +28,6 @@ SCRIPTS = [
     "scripts/profile_helpers.py",
     "scripts/plot_sweep.py",
     "scripts/sweep.py",
-    "experiments/ddpm/sweep_mnist.py",
     "experiments/ddpm/schedule_proxy.py",
     "experiments/ddpm/train_mnist.py",
     "experiments/ddpm/training_report.py",
@@ -123,22 +125,23 @@ def test_macs_script_prints_every_branch(tmp_path):
     assert len(pd.read_csv(tmp_path / "m.csv")) == 12
 
 
+def sweep_row(name: str, steps: int, config: DeepCacheConfig | None, **values) -> dict:
+    """A row of the sweep schema for a setting, with its parameter columns."""
+    return dict(setting=name, sampler="DDIMScheduler", **params(Setting(name, steps, config)), **values)
+
+
 def test_plot_sweep_writes_plots_and_table(tmp_path):
-    plain, uniform = dict(method="DDIM, fewer steps", interval=1), dict(method="uniform", interval=5)
     rows = [
-        dict(setting="ddim-100", steps=100, branch=0, fid=5.0, **plain),
-        dict(setting="ddim-50", steps=50, branch=0, fid=6.0, **plain),
-        dict(setting="N5-b2", steps=100, branch=2, fid=5.5, **uniform),
-        dict(setting="N5-b0", steps=100, branch=0, fid=7.0, **uniform),
-        dict(
-            setting="N5-b2-zeros", steps=100, interval=5, branch=2, fid=90.0, method="cached feature -> zeros"
-        ),
-        dict(setting="N5-b2-adaptive", steps=100, interval=5, branch=2, fid=5.2, method="adaptive"),
+        sweep_row("ddim-100", 100, None, fid=5.0),
+        sweep_row("ddim-50", 50, None, fid=6.0),
+        sweep_row("N5-b2", 100, DeepCacheConfig(5, 2), fid=5.5),
+        sweep_row("N5-b0", 100, DeepCacheConfig(5, 0), fid=7.0),
+        sweep_row("N5-b2-zeros", 100, DeepCacheConfig(5, 2, reuse="zeros"), fid=90.0),
+        sweep_row("N5-b2-adaptive", 100, DeepCacheConfig(5, 2, schedule="adaptive"), fid=5.2),
     ]
     for r in rows:
-        r.update(gmacs_per_image_per_100_steps=0.1 * r["steps"] / 100, mac_speedup=1.5, measured_speedup=1.4)
-        r.update(psnr_vs_ddim100_db=30.0, samples=10, paper_branch=r["branch"] + 1, full_steps=20)
-        r.update(schedule=r["method"] if r["method"] == "adaptive" else "uniform")
+        r.update(gmacs_per_image=0.1 * r["steps"], mac_speedup=1.5, measured_speedup=1.4)
+        r.update(psnr_db=30.0, samples=10, n_full=20)
     pd.DataFrame(rows).to_csv(tmp_path / "r.csv", index=False)
     for k, name in enumerate(["ddim-100", "N5-b2"]):  # sample shards as the sweep writes them
         (tmp_path / name).mkdir()
@@ -149,6 +152,7 @@ def test_plot_sweep_writes_plots_and_table(tmp_path):
     assert re.search(r"\| N5-b2-adaptive\s+\| adaptive\s+\|", table), table
     for name in ("fid_vs_cost.png", "per_branch.png", "table.md", "results.csv", "samples.png"):
         assert (tmp_path / "out" / name).stat().st_size > 0
+    assert pd.read_csv(tmp_path / "out" / "results.csv").equals(pd.read_csv(csv))  # the CSV as it was
     grid = plt.imread(tmp_path / "out" / "samples.png")
     assert np.isclose(grid[..., 0], 100 / 255, atol=0.01).sum() > 500  # the grey row is drawn
     proc = run("scripts/plot_sweep.py", csv, "--out", out, "--grid", "N10-b2", check=False)
@@ -176,10 +180,10 @@ def test_report_mnist_curve_lists_every_measured_step_count_in_order(tmp_path):
 
 def test_plot_sweep_reads_the_pipeline_sweep_columns(tmp_path):
     rows = [
-        dict(setting="base-50", method="uncached", steps=50, interval=1, branch=0, clip_score=30.0),
-        dict(setting="steps-25", method="fewer steps", steps=25, interval=1, branch=0, clip_score=29.0),
-        dict(setting="N3-b0-uniform", method="uniform", steps=50, interval=3, branch=0, clip_score=29.8),
-        dict(setting="N3-b1-uniform", method="uniform", steps=50, interval=3, branch=1, clip_score=29.9),
+        sweep_row("plms-50", 50, None, clip_score=30.0),
+        sweep_row("plms-25", 25, None, clip_score=29.0),
+        sweep_row("N3-b0-uniform", 50, DeepCacheConfig(3, 0), clip_score=29.8),
+        sweep_row("N3-b1-uniform", 50, DeepCacheConfig(3, 1), clip_score=29.9),
     ]
     for r in rows:
         r.update(gmacs_per_image=r["steps"] / (r["interval"] + 1), psnr_db=30.0, measured_speedup=1.5)
@@ -194,20 +198,19 @@ def test_plot_sweep_reads_the_pipeline_sweep_columns(tmp_path):
     )
     assert "clip_score_vs_cost.png, per_branch.png" in out.stdout
     table = (tmp_path / "o" / "table.md").read_text()
-    assert "paper_branch" in table and "clip_score" in table and "gmacs_per_image" in table
+    assert "paper_branch" in table and "clip_score" in table and "mmacs_per_step" in table
 
 
 @pytest.mark.slow  # about a minute on 2 cores: 100-step baseline, Inception and two 2048-d FIDs
-def test_sweep_mnist_runs_only_the_settings_asked_for(tmp_path):
+def test_mnist_sweep_runs_only_the_settings_asked_for(tmp_path):
     out = tmp_path / "sweep"
-    args = ["--samples", "4", "--shard", "2", "--reference", "4", "--timing-batch", "2", "--repeats", "1"]
-    run("experiments/ddpm/sweep_mnist.py", *args, "--suites", "curve", "--only", "ddim-1?", "--out", str(out))
+    args = ["--model_type", "ddpm-mnist", "--samples", "4", "--shard", "2", "--fid-reference", "mnist"]
+    args += ["--reference-images", "4", "--timing-images", "2", "--repeats", "1", "--suites", "curve"]
+    run("scripts/sweep.py", *args, "--only", "ddim-1?", "--out", str(out))
     rows = pd.read_csv(out / "results.csv").set_index("setting")
     assert list(rows.index) == ["ddim-100", "ddim-10"]
     assert rows.loc["ddim-10", "mac_speedup"] == pytest.approx(10.0)
-    assert (
-        rows.loc["ddim-10", "psnr_vs_ddim100_db"] < rows.loc["ddim-100", "psnr_vs_ddim100_db"] == float("inf")
-    )
+    assert rows.loc["ddim-10", "psnr_db"] < rows.loc["ddim-100", "psnr_db"] == float("inf")
     assert sorted(p.name for p in (out / "ddim-10").glob("samples_*")) == [
         "samples_000000.npy",
         "samples_000002.npy",

@@ -134,7 +134,7 @@ def test_separate_cond_and_uncond_passes_keep_separate_caches():
 
     with cachediff.deepcache(pipe, interval=3, branch=1) as engine:
         ours = sample(pipe, cond, call=two_passes)
-    assert engine.stats.full_steps == 2 * 4
+    assert engine.stats.n_full == 2 * 4
 
     # Reference: two independent U-Nets, each with its own engine and one call per step.
     u_unet, t_unet = copy.deepcopy(pipe.unet), copy.deepcopy(pipe.unet)

@@ -35,7 +35,7 @@ def test_samples_do_not_depend_on_the_shard_or_batch_size(pipe, tmp_path):
     assert np.array_equal(a.samples(SETTING), b.samples(SETTING))
     assert np.array_equal(a.samples(SETTING), c.samples(SETTING))
     assert [r["images"] for r in c._records(SETTING)] == [3, 1]  # one record per pipeline call
-    assert c.mean_full_steps(SETTING) == 2 and c.macs_per_image(SETTING) == b.macs_per_image(SETTING)
+    assert c.mean_n_full(SETTING) == 2 and c.macs_per_image(SETTING) == b.macs_per_image(SETTING)
 
 
 def test_an_interrupted_sweep_resumes_without_redoing_work(pipe, tmp_path, monkeypatch):
@@ -102,8 +102,8 @@ def test_full_steps_are_recorded_per_shard_for_adaptive_runs(pipe, tmp_path):
     sweep.features(adaptive, progress=False)
     records = sorted((tmp_path / "adaptive").glob("stats_*.json"))
     assert len(records) == 2
-    assert 1 <= sweep.mean_full_steps(adaptive) < 8
-    assert sweep.mean_full_steps(SETTING) == SETTING.full_steps() == 2
+    assert 1 <= sweep.mean_n_full(adaptive) < 8
+    assert sweep.mean_n_full(SETTING) == SETTING.n_full() == 2
 
 
 def test_first_shard_generates_the_first_shard_alone(pipe, tmp_path):

@@ -3,6 +3,7 @@ across two processes under ``torchrun`` with files identical to one process."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -11,11 +12,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from cachediff.sweep import COLUMNS, setting_of
 from cachediff.testing import save_tiny_clip, save_tiny_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-import sweep as script  # noqa: E402
+_spec = importlib.util.spec_from_file_location("sweep_script", ROOT / "scripts" / "sweep.py")
+script = importlib.util.module_from_spec(_spec)  # the script as a module, without touching sys.path
+_spec.loader.exec_module(script)
 
 
 @pytest.fixture(scope="module")
@@ -34,14 +37,17 @@ def files(folder: Path) -> dict[str, bytes]:
 
 def test_grid_rows_and_resumption(ddpm, tmp_path, monkeypatch):
     grid = ["--intervals", "2", "3", "--branches", "0", "1", "--schedules", "uniform", "adaptive"]
-    assert script.main(args(ddpm, tmp_path, *grid, "--fewer-steps", "4")) == 0
+    assert script.main(args(ddpm, tmp_path, *grid, "--suites", "grid", "curve", "--curve", "4")) == 0
     rows = pd.read_csv(tmp_path / "results.csv")
     assert len(rows) == 1 + 2 * 2 * 2 + 1 and rows.setting.is_unique
-    base = rows.set_index("setting").loc["base-6"]
-    assert base.method == "uncached" and base.mac_speedup == 1 and base.full_steps == 6
+    assert list(rows.columns) == [c for c in COLUMNS if c in rows]  # one schema, in order
+    base = rows.set_index("setting").loc["ddim-6"]
+    assert base.method == "uncached" and base.mac_speedup == 1 and base.n_full == 6
     cached = rows[rows.interval > 1]
-    assert (cached.mac_speedup > 1).all() and (cached.full_steps < 6).all() and cached.psnr_db.notna().all()
-    assert rows.set_index("setting").loc["steps-4"].mac_speedup == pytest.approx(1.5)
+    assert (cached.mac_speedup > 1).all() and (cached.n_full < 6).all() and cached.psnr_db.notna().all()
+    assert set(cached.method) == {"uniform", "adaptive"} and set(cached.paper_branch) == {1, 2}
+    assert rows.set_index("setting").loc["ddim-4"].mac_speedup == pytest.approx(1.5)
+    assert all(setting_of(r).name == r["setting"] for r in rows.to_dict("records"))
 
     before = files(tmp_path)
     (tmp_path / "results.csv").write_text(rows.drop(index=3).to_csv(index=False))  # lose one row
@@ -50,7 +56,7 @@ def test_grid_rows_and_resumption(ddpm, tmp_path, monkeypatch):
         script.Sweep, "generate", lambda *a: generated.append(a) or pytest.fail("regenerated")
     )
     monkeypatch.setattr(script, "speed", lambda *a: {})  # timing would generate again
-    assert script.main(args(ddpm, tmp_path, *grid, "--fewer-steps", "4")) == 0
+    assert script.main(args(ddpm, tmp_path, *grid, "--suites", "grid", "curve", "--curve", "4")) == 0
     again = pd.read_csv(tmp_path / "results.csv")
     assert len(again) == len(rows) and not generated and files(tmp_path) == before
     restored = again.set_index("setting").loc[rows.setting[3]]
@@ -83,5 +89,5 @@ def test_two_processes_write_the_files_of_one(ddpm, tmp_path):
     subprocess.run(launched, check=True, env=env, capture_output=True, timeout=600)
     assert script.main(args(ddpm, tmp_path / "one", *common)) == 0
     one, two = files(tmp_path / "one"), files(tmp_path / "two")
-    assert len(one) == 2 * 3 and one == two  # base and N2, shards at seeds 0, 2, 4
+    assert len(one) == 2 * 3 and one == two  # baseline and N2, shards at seeds 0, 2, 4
     assert pd.read_csv(tmp_path / "two" / "results.csv").equals(pd.read_csv(tmp_path / "one" / "results.csv"))

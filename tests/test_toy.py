@@ -146,7 +146,7 @@ def test_output_equals_reference_definition(toy, branch, interval):
     expected = reference(toy, inputs, branch, full)
     for g, e in zip(got, expected, strict=False):
         torch.testing.assert_close(g, e, rtol=0, atol=1e-9)
-    assert engine.stats.full_steps == len(full)
+    assert engine.stats.n_full == len(full)
 
 
 @pytest.mark.parametrize("branch", range(9))

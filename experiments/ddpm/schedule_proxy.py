@@ -2,8 +2,8 @@
 output of the same number of steps (100 by default), on held-out seeds (10000 and up, disjoint from
 the FID seeds 0..1999 of the sweep).
 
-The headline comparison is FID (``sweep_mnist.py --suites schedules``); this proxy only picks the
-parameters that the sweep then measures, so the FID seeds are never used for tuning.
+The headline comparison is FID (``make mnist-results``: ``scripts/sweep.py --suites schedules``); this
+proxy only picks the parameters that the sweep then measures, so the FID seeds are never used for tuning.
 
 Example:
     python experiments/ddpm/schedule_proxy.py --images 32 --out runs/schedule-proxy.csv
@@ -13,7 +13,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
@@ -24,9 +23,9 @@ from cachediff.engine import DeepCacheEngine
 from cachediff.files import write_csv
 from cachediff.generation import load_pipeline, unconditional
 from cachediff.pipelines import get_preset
+from cachediff.suites import SCHEDULES, Plan
 
-sys.path.insert(0, str(Path(__file__).parent))
-from sweep_mnist import BRANCH, BUDGETS, SCHEDULES  # noqa: E402
+BRANCH, BUDGETS = Plan().branch, Plan().budgets
 
 #: Candidates beyond the sweep's own schedules (label -> (N, T) -> config fields).
 CANDIDATES = {
@@ -74,19 +73,19 @@ def main() -> None:
         finally:
             engine.disable()
         psnr = metrics.psnr(out, base, 2.0)
-        full = engine.stats.full_steps
+        full = engine.stats.n_full
         rows.append(
             dict(
                 steps=args.steps,
                 branch=args.branch,
                 budget_n=n,
                 schedule=label,
-                full_steps=full,
+                n_full=full,
                 psnr_db=psnr,
             )
         )
         write_csv(rows, args.out)
-        tqdm.write(f"N={n:<3d} {label:18s} full steps {engine.stats.full_steps:3d}  PSNR {psnr:.2f} dB")
+        tqdm.write(f"N={n:<3d} {label:18s} full steps {engine.stats.n_full:3d}  PSNR {psnr:.2f} dB")
     print(f"wrote {args.out}")
 
 

@@ -31,7 +31,10 @@ import collections
 import json
 from pathlib import Path
 
+import regex
+
 from cachediff.datasets import FASHION_CLASSES
+from cachediff.testing import byte_alphabet
 
 CLASS_NAMES = FASHION_CLASSES
 
@@ -48,6 +51,8 @@ TEMPLATES = (
 PROMPT_DROPOUT = 0.1  # share of training prompts replaced by "" (classifier-free guidance)
 MAX_TOKENS = 16  # tokenizer.model_max_length and the text encoder's positions (SD: 77)
 IMAGE_SIZE = 32  # 28 x 28 padded by 2 black pixels on each side
+#: Where the finished autoencoder is kept (it ships as the pipeline's vae)
+VAE_DIR = Path(__file__).resolve().parents[2] / "assets" / "tiny-sd" / "vae"
 
 VAE_CONFIG = dict(
     in_channels=1,
@@ -90,8 +95,6 @@ PNDM_CONFIG = dict(**SCHEDULE, skip_prk_steps=True, steps_offset=1, set_alpha_to
 
 def prompt_words(templates=TEMPLATES, names=CLASS_NAMES) -> list[str]:
     """The words CLIP's pre-tokenizer makes of every training prompt (letters runs, other symbols)."""
-    import regex
-
     pattern = regex.compile(r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""", regex.I)
     text = " ".join(t.format(name=n) for t in templates for n in names)
     return pattern.findall(text.lower())
@@ -132,10 +135,8 @@ def _merge(word: tuple[str, ...], pair: tuple[str, str]) -> tuple[str, ...]:
 def write_tokenizer(folder: Path) -> None:
     """A ``CLIPTokenizer`` folder (vocab.json, merges.txt, configs) whose vocabulary is CLIP's byte
     alphabet, the learned merges and the two special tokens, in CLIP's order."""
-    from transformers.models.clip.tokenization_clip import bytes_to_unicode
-
     folder.mkdir(parents=True, exist_ok=True)
-    alphabet = list(bytes_to_unicode().values())
+    alphabet = byte_alphabet()  # CLIP's 256 byte stand-ins, in CLIP's order
     merges = learn_bpe(prompt_words())
     tokens = alphabet + [c + "</w>" for c in alphabet] + ["".join(m) for m in merges]
     tokens += ["<|startoftext|>", "<|endoftext|>"]

@@ -3,7 +3,9 @@
 Stages, each checkpointed atomically in ``--workdir`` and skipped once done:
 
 1. ``vae``: the ``AutoencoderKL`` (MSE reconstruction + KL 1e-6, as SD's autoencoder without its
-   perceptual and adversarial terms); then the latent scaling factor 1 / std, as SD's 0.18215;
+   perceptual and adversarial terms); then the latent scaling factor 1 / std, as SD's 0.18215. The
+   result is written to ``--vae-dir`` (``assets/tiny-sd/vae``, 1.3 MB) and committed, so that a new
+   checkout, which has no ``--workdir``, starts at stage 2;
 2. ``latents``: the posterior mean and std of all 60k training images, encoded once;
 3. ``unet``: the ``UNet2DConditionModel`` and the ``CLIPTextModel`` jointly, epsilon objective on
    latents sampled from the posterior, SD v1.5's noise schedule, prompts from the templates with
@@ -60,6 +62,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--guidance-scale", type=float, default=4.0, help="guidance scale written on export")
     p.add_argument("--export", type=Path, help="only export the EMA weights of the checkpoints here")
+    p.add_argument(
+        "--vae-dir", type=Path, default=tiny_sd.VAE_DIR, help="the finished autoencoder (fp16, committed, so "
+        "that a new checkout skips stage 1); stage 1 writes it",
+    )  # fmt: skip
     return p.parse_args(argv)
 
 
@@ -121,11 +127,13 @@ def text_encoder(tok: CLIPTokenizer) -> CLIPTextModel:
 
 # ----------------------------------------------------------------------------- stage 1: autoencoder
 def train_vae(args, images: torch.Tensor, deadline: float) -> bool:
-    """Returns True when the stage is complete."""
+    """Returns True when the stage is complete: the autoencoder is in ``--vae-dir``."""
+    if (args.vae_dir / "config.json").exists():
+        return True
     path = args.workdir / "vae.pt"
     ckpt = load(path)
     if ckpt and ckpt.get("scaling_factor"):
-        return True
+        return save_vae(args, ckpt)
     vae = AutoencoderKL(**tiny_sd.VAE_CONFIG)
     opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr)
     gen = torch.Generator().manual_seed(args.seed)
@@ -179,14 +187,21 @@ def train_vae(args, images: torch.Tensor, deadline: float) -> bool:
         z = torch.cat([vae.encode(images[i : i + 256]).latent_dist.sample(gen) for i in range(0, 2048, 256)])
     checkpoint(scaling_factor=float(1 / z.std()))
     print(f"vae done: scaling factor {1 / z.std():.4f}", flush=True)
+    return save_vae(args, load(path))
+
+
+def save_vae(args, ckpt: dict) -> bool:
+    """Write the finished autoencoder to ``--vae-dir`` as it ships (fp16 safetensors)."""
+    vae = AutoencoderKL(**tiny_sd.VAE_CONFIG, scaling_factor=ckpt["scaling_factor"])
+    vae.load_state_dict(ckpt["vae"])
+    vae.to(torch.float16).save_pretrained(args.vae_dir, safe_serialization=True)
+    print(f"wrote {args.vae_dir}", flush=True)
     return True
 
 
 def load_vae(args) -> AutoencoderKL:
-    ckpt = load(args.workdir / "vae.pt")
-    vae = AutoencoderKL(**tiny_sd.VAE_CONFIG, scaling_factor=ckpt["scaling_factor"])
-    vae.load_state_dict(ckpt["vae"])
-    return vae.eval()
+    """The finished autoencoder, in float32 (the fp16 weights every later stage and the export use)."""
+    return AutoencoderKL.from_pretrained(args.vae_dir, torch_dtype=torch.float32).eval()
 
 
 # ----------------------------------------------------------------------------- stage 2: latents
@@ -227,7 +242,7 @@ def train_unet(args, latents: dict, labels: torch.Tensor, deadline: float) -> bo
     opt = torch.optim.AdamW(params, lr=args.lr)
     ema = EMAModel(params, decay=args.ema_decay, use_ema_warmup=True, power=3 / 4)
     noise_scheduler = DDPMScheduler(**tiny_sd.SCHEDULE)
-    scale = load(args.workdir / "vae.pt")["scaling_factor"]
+    scale = load_vae(args).config.scaling_factor
     gen = torch.Generator().manual_seed(args.seed + 1)
     step = 0
     ckpt = load(path)

@@ -1,0 +1,84 @@
+"""Run statistics of an accelerator: one ``Call`` per denoiser call of the last run.
+
+Example:
+    >>> s = RunStats([Call(0, True, None, 2.0), Call(1, False, 0.1, 1.0)])
+    >>> s.summary(full_macs=10.0, cached_macs=4.0)
+    '2 calls: 1 full, 1 cached; realised speedup 1.33x; MACs saved 30.0%'
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from .metrics.macs import average_macs
+
+
+class Call(NamedTuple):
+    """One denoiser call of a run."""
+
+    step: int
+    full: bool
+    change: float | None  # relative change of the shallow feature since the previous step, if tracked
+    seconds: float  # wall time of the call
+
+
+@dataclass
+class RunStats:
+    """What the last run did: one ``Call`` per denoiser call.
+
+    Example:
+        >>> s = RunStats([Call(0, True, None, 2.0), Call(1, False, 0.1, 1.0), Call(2, False, 0.2, 1.0)])
+        >>> s.pattern, s.n_full, s.n_cached, s.realised_speedup
+        ('FCC', 1, 2, 1.5)
+        >>> s.average_macs(full=10.0, cached=4.0)
+        6.0
+    """
+
+    calls: list[Call] = field(default_factory=list)
+
+    @property
+    def n_full(self) -> int:
+        """How many calls were full (``DeepCacheConfig.full_steps_for`` gives a schedule's step indices)."""
+        return sum(c.full for c in self.calls)
+
+    @property
+    def n_cached(self) -> int:
+        """How many calls were cached."""
+        return len(self.calls) - self.n_full
+
+    @property
+    def pattern(self) -> str:
+        """'F' for a full call, 'C' for a cached one, in call order."""
+        return "".join("F" if c.full else "C" for c in self.calls)
+
+    @property
+    def changes(self) -> list[float | None]:
+        """The per-call change metric (``None`` where it was not tracked)."""
+        return [c.change for c in self.calls]
+
+    @property
+    def seconds(self) -> float:
+        return sum(c.seconds for c in self.calls)
+
+    @property
+    def realised_speedup(self) -> float:
+        """Time the run would take with every call full (median full call) over the time it took."""
+        full = [c.seconds for c in self.calls if c.full]
+        return len(self.calls) * statistics.median(full) / self.seconds if full and self.seconds else 1.0
+
+    def average_macs(self, full: float, cached: float) -> float:
+        """Average MACs per call, given the MACs of a full and of a cached call."""
+        return average_macs(full, cached, self.n_full, len(self.calls))
+
+    def summary(self, full_macs: float | None = None, cached_macs: float | None = None) -> str:
+        """One line: calls, full/cached, realised speedup and, given MACs per call, MACs saved."""
+        line = (
+            f"{len(self.calls)} calls: {self.n_full} full, {self.n_cached} cached; "
+            f"realised speedup {self.realised_speedup:.2f}x"
+        )
+        if full_macs is not None and cached_macs is not None and self.calls:
+            saved = 1 - self.average_macs(full_macs, cached_macs) / full_macs
+            line += f"; MACs saved {100 * saved:.1f}%"
+        return line
