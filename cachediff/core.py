@@ -64,7 +64,7 @@ from .hooks import Hooks
 from .policy import History, Policy, Static, relative_change
 from .stats import Call, RunStats
 
-SKIP, PRODUCE, RESIDUAL = "skip", "produce", "residual"
+SKIP, PRODUCE, RESIDUAL = "skip", "produce", "residual"  # the roles of a cut (``unets.BranchPlan.roles``)
 ROLES = (SKIP, PRODUCE, RESIDUAL)
 
 #: Which session has hooks on which model (kept outside the model, which stays untouched).

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 
 from .config import DeepCacheConfig
-from .core import ACTS, PRODUCE, SKIP, Group, Session
+from .core import ACTS, Group, Session
 from .policy import policy_for
 from .schedule import ranges
 from .unets import BranchPlan, branch_plan
@@ -57,8 +57,7 @@ class DeepCacheEngine(Session):
         return self.model
 
     def _groups_for(self, config: DeepCacheConfig) -> list[Group]:
-        roles = {name: SKIP for name in self.plan.deep} | {self.plan.producer: PRODUCE}
-        return [Group(roles, policy_for(config))]
+        return [Group(self.plan.roles, policy_for(config))]
 
     def configure(self, config: DeepCacheConfig) -> DeepCacheEngine:
         """Set a new config (re-installing the hooks if enabled); raises on an invalid branch."""

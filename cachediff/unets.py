@@ -70,6 +70,11 @@ class BranchPlan:
     deep: tuple[str, ...]
     producer: str
 
+    @property
+    def roles(self) -> dict[str, str]:
+        """The cut as the caching core's role map: every deep module skipped, the producer's output kept."""
+        return {name: "skip" for name in self.deep} | {self.producer: "produce"}
+
 
 def spec_for(unet: torch.nn.Module) -> UNetSpec:
     """The spec of a U-Net, or a ``TypeError`` naming the supported classes."""

@@ -46,7 +46,7 @@ def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 #: Runs a script up to its ``parse_args`` and prints the flags of its parser, and those without help.
 FLAGS_PROBE = """
-import argparse, json, os, runpy, sys
+import argparse, json, runpy, sys
 
 def report(parser, args=None, namespace=None):
     flags = [a for a in parser._actions if a.option_strings and a.help != argparse.SUPPRESS]
@@ -57,9 +57,8 @@ def report(parser, args=None, namespace=None):
 argparse.ArgumentParser.parse_args = report
 script = sys.argv[1]
 sys.argv = [script]
-if script.endswith(".py"):  # as `python script.py` runs it
-    sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
-    runpy.run_path(script, run_name="__main__")
+if script.endswith(".py"):  # as `python script.py` runs it, but without its folder on sys.path:
+    runpy.run_path(script, run_name="__main__")  # scripts do not import each other
 else:  # as `python -m package.module` runs it
     runpy.run_module(script, run_name="__main__", alter_sys=True)
 """
