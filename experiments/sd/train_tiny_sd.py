@@ -42,7 +42,7 @@ from diffusers.training_utils import EMAModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from cachediff.datasets import load_fashion_mnist
-from cachediff.files import atomic_path
+from cachediff.files import atomic_path, grid, save_png
 from experiments.sd import tiny_sd
 
 
@@ -195,8 +195,19 @@ def save_vae(args, ckpt: dict) -> bool:
     vae = AutoencoderKL(**tiny_sd.VAE_CONFIG, scaling_factor=ckpt["scaling_factor"])
     vae.load_state_dict(ckpt["vae"])
     vae.to(torch.float16).save_pretrained(args.vae_dir, safe_serialization=True)
-    print(f"wrote {args.vae_dir}", flush=True)
+    # Reconstructions of the first 16 test images through the shipped weights: inputs above, outputs below.
+    images = pixels(load_fashion_mnist("test")[0][:16])  # (16, 1, 32, 32)
+    with torch.no_grad():
+        recon = load_vae(args).decode(load_vae(args).encode(images).latent_dist.mode()).sample
+    path = args.vae_dir.parent / "reconstructions.png"
+    save_png(path, upscale(grid(torch.cat([images, recon]), rows=2), 4))
+    print(f"wrote {args.vae_dir} and {path} (MSE {F.mse_loss(recon, images).item():.5f})", flush=True)
     return True
+
+
+def upscale(array, factor: int):
+    """Nearest-neighbour enlargement of a uint8 ``(H, W, C)`` image, so small samples can be judged."""
+    return array.repeat(factor, axis=0).repeat(factor, axis=1)
 
 
 def load_vae(args) -> AutoencoderKL:
