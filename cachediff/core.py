@@ -355,12 +355,10 @@ class Session:
                     return out
                 if role == RESIDUAL:
                     _check_residual(name, out, x)
-                    previous = kept.value if kept is not None else None
-                    state.kept[(name, n)] = _Kept(key, layout, self.act.keep(previous, out - x))
-                    return out
                 previous = kept.value if kept is not None else None
-                state.kept[(name, n)] = _Kept(key, layout, self.act.keep(previous, out))
-                return _clone(out)  # the model may modify it in place
+                value = out - x if role == RESIDUAL else out
+                state.kept[(name, n)] = _Kept(key, layout, self.act.keep(previous, value))
+                return out if role == RESIDUAL else _clone(out)  # the model may modify an output in place
 
             return forward
 
@@ -377,10 +375,9 @@ class Session:
 
 def _check_residual(name: str, out, x: torch.Tensor) -> None:
     if not isinstance(out, torch.Tensor) or not isinstance(x, torch.Tensor) or out.shape != x.shape:
+        shape = tuple(getattr(x, "shape", ()))
         raise TypeError(
-            f"{name}: residual mode needs a tensor output shaped like the input "
-            f"{tuple(getattr(x, 'shape', ()))}; "
-            "use mode='output'"
+            f"{name}: residual mode needs a tensor output shaped like the input {shape}; use mode='output'"
         )
 
 

@@ -107,20 +107,19 @@ class Adaptive:
 
     def __init__(self, config: DeepCacheConfig):
         self.config = config
+        self.forced = Static(self._forced_rule)  # the steps that are full whatever the drift
         self.start(None)
 
-    def start(self, num_steps: int | None) -> None:
-        self.num_steps, self._forced = num_steps, None
+    def _forced_rule(self, num_steps: int | None) -> Rule:
+        config = self.config
+        return frozenset(config.forced_full_steps(num_steps) if config.refined else (0,)).__contains__
 
-    def forced(self) -> Rule:
-        if self._forced is None:
-            config, n = self.config, self.num_steps
-            steps = config.forced_full_steps(n) if config.refined else (0,)
-            self._forced = frozenset(steps).__contains__
-        return self._forced
+    def start(self, num_steps: int | None) -> None:
+        self.num_steps = num_steps
+        self.forced.start(num_steps)
 
     def decide(self, step: int, history: History | None) -> bool | None:
-        if self.forced()(step):
+        if self.forced.decide(step, history):
             return True
         cap = self.config.max_cached
         if history is not None and cap is not None and history.cached_run >= cap:
@@ -147,7 +146,7 @@ class Adaptive:
         mean = statistics.fmean(history.changes or [0.0])
         if n is None:
             return config.interval * mean
-        forced_ahead = sum(self.forced()(s) for s in range(step + 1, n))
+        forced_ahead = sum(self.forced.decide(s, history) for s in range(step + 1, n))
         budget_left = config.budget(n) - history.full_count - forced_ahead
         return mean * (n - step) / budget_left if budget_left > 0 else math.inf
 

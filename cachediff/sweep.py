@@ -142,6 +142,7 @@ class Sweep:
         self.batch = batch or shard
         self.task, self.prompts, self.inputs = task, prompts, inputs
         self.cache = None  # the accelerator of the last cached run (its ``stats``)
+        self._macs: dict[int, tuple[int, int]] = {}  # branch -> MACs of a full and a cached call
         pipe.set_progress_bar_config(disable=True)  # one bar per setting instead
         self._check_sampler()
 
@@ -232,7 +233,7 @@ class Sweep:
         pattern = "F" * self._calls if self.cache is None else self.cache.stats.pattern
         with atomic_path(self.folder(setting) / f"stats_{seeds[0]:06d}.json") as tmp:
             tmp.write_text(
-                json.dumps({"n_full": pattern.count("F"), "pattern": pattern, "images": len(seeds)})
+                json.dumps({"pattern": pattern, "images": len(seeds)})  # full calls: the pattern's F
             )
         return images
 
@@ -247,10 +248,12 @@ class Sweep:
         return float(np.average([r["pattern"].count("F") for r in records], weights=_weights(records)))
 
     def step_macs(self, setting: Setting) -> tuple[int, int]:
-        """MACs of one full and one cached denoiser call for one image (``accelerators.macs_per_call``)."""
-        return macs_per_call(
-            accelerator(self.pipe, setting.cache or DeepCacheConfig(interval=1), setting.steps)
-        )
+        """MACs of one full and one cached denoiser call for one image (``accelerators.macs_per_call``),
+        counted once per cut (the branch): the schedule and the step count do not change them."""
+        config = setting.cache or DeepCacheConfig(interval=1)
+        if config.branch not in self._macs:
+            self._macs[config.branch] = macs_per_call(accelerator(self.pipe, config, setting.steps))
+        return self._macs[config.branch]
 
     def macs_per_image(self, setting: Setting) -> float:
         """Denoiser MACs of one image's run: full and cached calls as recorded (a CFG pipeline's

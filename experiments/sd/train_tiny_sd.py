@@ -197,8 +197,9 @@ def save_vae(args, ckpt: dict) -> bool:
     vae.to(torch.float16).save_pretrained(args.vae_dir, safe_serialization=True)
     # Reconstructions of the first 16 test images through the shipped weights: inputs above, outputs below.
     images = pixels(load_fashion_mnist("test")[0][:16])  # (16, 1, 32, 32)
+    shipped = load_vae(args)
     with torch.no_grad():
-        recon = load_vae(args).decode(load_vae(args).encode(images).latent_dist.mode()).sample
+        recon = shipped.decode(shipped.encode(images).latent_dist.mode()).sample
     path = args.vae_dir.parent / "reconstructions.png"
     save_png(path, upscale(grid(torch.cat([images, recon]), rows=2), 4))
     print(f"wrote {args.vae_dir} and {path} (MSE {F.mse_loss(recon, images).item():.5f})", flush=True)
