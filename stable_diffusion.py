@@ -17,7 +17,10 @@ from cachediff import cli
 
 def main(argv=None) -> int:
     return cli.main(
-        argv, doc=__doc__, model_types=("sd1.5", "sd2.1", "sd-img2img", "sd-inpaint"), default="sd1.5"
+        argv,
+        doc=__doc__,
+        model_types=("sd1.5", "sd2.1", "sd-img2img", "sd-inpaint", "tiny-sd"),
+        default="sd1.5",
     )
 
 

@@ -19,13 +19,15 @@ from . import files, generation
 from .accelerators import accelerator
 from .comparison import Comparison, compare
 from .config import DeepCacheConfig
+from .metrics.class_score import class_score, load_classifier, prompt_labels
 from .pipelines import PRESETS, get_preset
+from .prompts import load_prompts
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def parse_args(
-    argv=None, doc: str = __doc__, model_types=tuple(PRESETS), default: str = "ddpm-mnist", refine=False
+    argv=None, doc: str = __doc__, model_types=tuple(PRESETS), default: str = "tiny-sd", refine=False
 ) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model_type", default=default, choices=list(model_types), help="model preset")
@@ -46,12 +48,25 @@ def parse_args(
         choices=["uniform", "non-uniform", "adaptive"],
         help="full-step schedule (adaptive: ceil(T/N) full steps where the shallow feature drifts most)",
     )
+    p.add_argument(
+        "--reuse", default="cache", choices=["cache", "forecast", "zeros"], help="what cached steps feed "
+        "the shallow branch: the last full step's deep feature (DeepCache), a forecast from the last "
+        "--order full steps, or zeros (the paper's ablation)",
+    )  # fmt: skip
+    p.add_argument("--order", type=int, help="--reuse forecast: full steps it extrapolates from (default 2)")
     p.add_argument("--scheduler", help="diffusers scheduler class, e.g. DDIMScheduler (default: preset's)")
     p.add_argument("--dtype", default="float32", choices=list(DTYPES), help="weights and compute dtype")
     p.add_argument(
         "--batch_size", type=int, help="images per run, seeds seed..seed+B-1 (default: the preset's, 16 or 1)"
     )
-    p.add_argument("--prompt", default="a photograph of an astronaut riding a horse", help="text prompt")
+    p.add_argument(
+        "--prompt", help="text prompt of every image (default: the preset's prompt set, cycled over seeds: "
+        "tiny-sd one per class, others 'a photograph of an astronaut riding a horse')",
+    )  # fmt: skip
+    p.add_argument(
+        "--guidance_scale", type=float, help="classifier-free guidance scale (default: the model folder's "
+        "prompts.json, else the pipeline's 7.5)",
+    )  # fmt: skip
     p.add_argument("--image", help="init image for img2img, inpainting and video (default: a gradient)")
     p.add_argument("--mask", help="inpainting mask, white = repaint (default: the centre square)")
     p.add_argument("--frames", type=int, default=14, help="video frames (SVD, Text2Video-Zero)")
@@ -86,6 +101,8 @@ def main(argv=None, **script) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    generation.check_device(args.device)
+    files.output_folder(args.output)  # fails now, not after the runs
     preset = get_preset(args.model_type)
     steps = args.steps or preset.steps
     args.batch_size = args.batch_size or preset.batch
@@ -93,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
         interval=preset.interval if args.cache_interval is None else args.cache_interval,
         branch=preset.branch if args.cache_branch_id is None else args.cache_branch_id,
         schedule=args.schedule,
+        reuse=args.reuse,
+        order=args.order,
     )
     shallow = preset.shallow_blocks if args.shallow_blocks is None else args.shallow_blocks
     dtype = DTYPES[args.dtype]
@@ -105,35 +124,65 @@ def run(args: argparse.Namespace) -> int:
     video = preset.task in ("video", "text2video")
     if video:
         inputs["frames"] = args.frames
+    prompts = None
     if preset.task not in ("unconditional", "video"):
-        inputs["prompt"] = args.prompt
+        inputs["prompt"] = prompts = _prompts(args.prompt, preset, len(seeds))
+        card = generation.model_card(preset.model_path(args.model))
+        guidance = card.get("guidance_scale") if args.guidance_scale is None else args.guidance_scale
+        if guidance is not None:
+            inputs["guidance_scale"] = guidance
     if getattr(args, "refine", False):
         refiner = generation.load_pipeline(get_preset("sdxl-img2img"), args.refiner, args.device, dtype)
         inputs["refiner"] = refiner
     result, base, cached = compare(pipe, config, seeds, steps, args.repeats, preset.task, shallow, **inputs)
 
+    scores = _class_scores(preset, prompts, base, cached)
+
     args.output.mkdir(parents=True, exist_ok=True)
-    rows = args.batch_size if video else min(4, args.batch_size)
-    files.save_png(args.output / "baseline_vs_deepcache.png", files.side_by_side(base, cached, rows=rows))
-    if video:  # one GIF per run, first video
+    picture = args.output / "baseline_vs_deepcache.png"
+    if video:  # frames in rows, one GIF per run (first video)
+        files.save_png(picture, files.side_by_side(base, cached, rows=args.batch_size))
         files.save_gif(args.output / "baseline.gif", base[: args.frames])
         files.save_gif(args.output / "deepcache.gif", cached[: args.frames])
+    else:  # a baseline row above a DeepCache row, columns labelled with their prompts or seeds
+        labels = prompts or [f"seed {s}" for s in seeds]
+        files.save_png(picture, files.labelled_grid({"baseline": base, "DeepCache": cached}, labels))
     record = dict(
         args=vars(args),
         preset=preset.__dict__,
         config=config.__dict__,
-        results=dataclasses.asdict(result),
+        inputs={k: v for k, v in inputs.items() if k in ("prompt", "guidance_scale", "strength", "frames")},
+        results=dataclasses.asdict(result) | scores,
         env=files.environment(),
     )
     files.write_json(args.output / "run.json", record)
-    print_table(result)
-    print(
-        f"saved {args.output / 'baseline_vs_deepcache.png'} (left: baseline, right: DeepCache) and run.json"
-    )
+    print_table(result, scores)
+    print(f"saved {picture} (baseline row above the DeepCache row; videos: left and right) and run.json")
     return 0
 
 
-def print_table(r: Comparison) -> None:
+def _prompts(prompt: str | None, preset, n: int) -> list[str]:
+    """``prompt`` for every image, or the preset's prompt set cycled over ``n`` images."""
+    if prompt is not None:
+        return [prompt] * n
+    prompts = load_prompts(preset.prompts)
+    return [prompts[k % len(prompts)] for k in range(n)]
+
+
+def _class_scores(preset, prompts: list[str] | None, base: torch.Tensor, cached: torch.Tensor) -> dict:
+    """Class score and top-1 accuracy of both runs, where the preset's images can be classified and
+    every prompt names one class; else nothing."""
+    labels = prompt_labels(prompts or [])
+    if not preset.class_score or not labels or None in labels:
+        return {}
+    model = load_classifier()
+    out = {}
+    for name, images in (("baseline", base), ("deepcache", cached)):
+        out[f"{name}_class_score"], out[f"{name}_class_accuracy"] = class_score(images, labels, model)
+    return out
+
+
+def print_table(r: Comparison, scores: dict | None = None) -> None:
     rows = [
         ("wall time per run (median)", f"{r.baseline_seconds:.2f} s", f"{r.deepcache_seconds:.2f} s"),
         ("speedup (measured)", "1.00x", f"{r.speedup:.2f}x"),
@@ -143,6 +192,13 @@ def print_table(r: Comparison) -> None:
         ("full steps", f"{r.steps} / {r.steps}", f"{r.n_full} / {r.steps}"),
         ("fidelity to baseline (PSNR)", "-", f"{r.psnr_db:.1f} dB (MSE {r.mse:.2e})"),
     ]
-    print(f"\n| {'':30s} | {'baseline':>12s} | {'DeepCache':>24s} |")
+    if scores:
+        score = "{:.3f} (top-1 {:.0%})".format
+        rows.append((
+            "class score (top-1 accuracy)",
+            score(scores["baseline_class_score"], scores["baseline_class_accuracy"]),
+            score(scores["deepcache_class_score"], scores["deepcache_class_accuracy"]),
+        ))  # fmt: skip
+    print(f"\n| {'':30s} | {'baseline':>18s} | {'DeepCache':>24s} |")
     for name, a, b in rows:
-        print(f"| {name:30s} | {a:>12s} | {b:>24s} |")
+        print(f"| {name:30s} | {a:>18s} | {b:>24s} |")

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
+
 from .hooks import Hooks
 
 
@@ -38,11 +40,12 @@ class StepClock:
         self._scheduler = None
         self.step = self.slot = 0
         self.num_steps: int | None = None
+        self._times: list[float] | None = None
 
     def reset(self, num_steps: int | None = None) -> None:
         """Start a new run at step 0 (``num_steps`` is the run length, if known)."""
         self.step = self.slot = 0
-        self.num_steps = num_steps
+        self.num_steps, self._times = num_steps, None
         if self.on_new_run is not None:
             self.on_new_run(num_steps)
 
@@ -57,6 +60,11 @@ class StepClock:
         self._follow_scheduler()
         return self.step, self.slot
 
+    def beyond_run(self, step: int) -> bool:
+        """Whether a call at ``step`` lies past the end of the followed scheduler's run: it is not
+        part of that run (another pipeline sharing the model, with a scheduler of its own)."""
+        return self._scheduler is not None and self.num_steps is not None and step >= self.num_steps
+
     def end(self) -> None:
         """Leave a model call; without a scheduler, each call ends its step."""
         self.slot += 1
@@ -67,6 +75,14 @@ class StepClock:
         """End the current step (called after each ``scheduler.step``)."""
         self.step += 1
         self.slot = 0
+
+    def time(self, step: int) -> float | None:
+        """The scheduler's timestep of ``step`` (``None`` without a scheduler or past its timesteps),
+        from a host copy of ``scheduler.timesteps`` made once per run."""
+        if self._times is None:
+            timesteps = getattr(self._scheduler, "timesteps", None)
+            self._times = [] if timesteps is None else [float(t) for t in torch.as_tensor(timesteps).tolist()]
+        return self._times[step] if step < len(self._times) else None
 
     def detach(self) -> None:
         """Stop following the scheduler (restores its methods)."""

@@ -9,6 +9,15 @@ Example:
     ...
     ValueError: interval must be an integer >= 1 (1 = no caching), got 0
 
+A forecast instead of a replay, and a bad value:
+
+    >>> DeepCacheConfig(interval=5, reuse="forecast").order
+    2
+    >>> DeepCacheConfig(interval=5, order=3)
+    Traceback (most recent call last):
+    ...
+    ValueError: order is only used with reuse='forecast', not 'cache'
+
 Refinements add full steps to any static schedule:
 
     >>> cfg = DeepCacheConfig(interval=4, warmup=2, cooldown=1, max_cached=2)
@@ -27,6 +36,10 @@ from . import schedule
 #: Schedule names; "non-uniform" is the paper's quadratic schedule around a centre step (Section 3.3);
 #: "adaptive" decides at run time from how much the shallow feature has changed.
 SCHEDULES = ("uniform", "non-uniform", "explicit", "adaptive")
+#: What a cached step hands the shallow branch (``cachediff.core.act_for``).
+REUSE = ("cache", "forecast", "zeros")
+#: The variables a forecast extrapolates in.
+FORECAST_TIMES = ("timestep", "step")
 
 
 @dataclass(frozen=True)
@@ -47,8 +60,15 @@ class DeepCacheConfig:
         symmetric: non-uniform only: use the mirror-symmetric reading instead of the official code's.
         full_steps: the full steps of the "explicit" schedule (step 0 is always full), as step indices
             or as a mask string such as ``"FCCFCCF"``.
-        reuse: what a cached step feeds the shallow branch: "cache" (DeepCache) or "zeros" (the
-            paper's Table 5 ablation, which shows that the cached feature matters).
+        reuse: what a cached step feeds the shallow branch: "cache" (DeepCache: the deep feature of
+            the last full step), "forecast" (the polynomial through the deep features of the last
+            ``order`` full steps, evaluated at the cached step's time: ``cachediff.core.Forecast``)
+            or "zeros" (the paper's Table 5 ablation, which shows that the cached feature matters).
+        order: forecast only: how many full steps' features the forecast passes through (1 = replay,
+            2 = linear, 3 = quadratic extrapolation); default 2.
+        time: forecast only: the variable the features are extrapolated in: "timestep" (the
+            scheduler's timesteps, which need not be evenly spaced; a bare model's numeric timestep
+            argument) or "step" (the step index).
         window: cache only inside ``(start, end)``; ints are step indices, floats fractions of the run.
         warmup: the first ``warmup`` steps are full.
         cooldown: the last ``cooldown`` steps are full.
@@ -66,6 +86,8 @@ class DeepCacheConfig:
     symmetric: bool = False
     full_steps: tuple[int, ...] | str | None = None
     reuse: str = "cache"
+    order: int | None = None
+    time: str | None = None
     window: tuple[float, float] | None = None
     warmup: int = 0
     cooldown: int = 0
@@ -77,8 +99,9 @@ class DeepCacheConfig:
             raise ValueError(f"interval must be an integer >= 1 (1 = no caching), got {self.interval!r}")
         if not _is_int(self.branch) or self.branch < 0:
             raise ValueError(f"branch must be an integer >= 0 (0 = shallowest skip), got {self.branch!r}")
-        if self.reuse not in ("cache", "zeros"):
-            raise ValueError(f"reuse must be 'cache' or 'zeros', got {self.reuse!r}")
+        if self.reuse not in REUSE:
+            raise ValueError(f"reuse must be one of {', '.join(map(repr, REUSE))}; got {self.reuse!r}")
+        self._check_forecast()
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}; got {self.schedule!r}")
         if self.schedule == "non-uniform":
@@ -95,6 +118,24 @@ class DeepCacheConfig:
         elif self.full_steps is not None:
             raise ValueError(f"full_steps is only used with schedule='explicit', not {self.schedule!r}")
         self._check_refinements()
+
+    def _check_forecast(self) -> None:
+        if self.reuse != "forecast":
+            given = [k for k in ("order", "time") if getattr(self, k) is not None]
+            if given:
+                verb = "are" if len(given) > 1 else "is"
+                raise ValueError(
+                    f"{' and '.join(given)} {verb} only used with reuse='forecast', not {self.reuse!r}"
+                )
+            return
+        order = 2 if self.order is None else self.order
+        if not _is_int(order) or not 1 <= order <= 4:
+            raise ValueError(f"order must be an integer in 1..4 (1 = replay), got {self.order!r}")
+        time = self.time or "timestep"
+        if time not in FORECAST_TIMES:
+            raise ValueError(f"time must be one of {', '.join(map(repr, FORECAST_TIMES))}; got {self.time!r}")
+        object.__setattr__(self, "order", order)
+        object.__setattr__(self, "time", time)
 
     def _check_refinements(self) -> None:
         for name in ("warmup", "cooldown"):

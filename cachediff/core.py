@@ -10,20 +10,24 @@ Every accelerator of this library is a *session* on one denoiser, built from thr
 - **decide**: per call, a ``cachediff.policy`` policy says full or cached: a static rule of steps
   (uniform, non-uniform, explicit, windows, refinements) or the adaptive one, which reads the change
   of the shallow feature: the input of the group's first module, computed afresh on every call.
-- **act**: what a cached call hands out in place of a kept result: ``Replay`` (DeepCache), ``Zeros``
-  (the paper's Table 5 ablation). A new act (a forecast from several kept features) is one class with
-  ``keep`` and ``give``.
+- **act**: what a cached call hands out in place of a kept result: ``Replay`` (DeepCache),
+  ``Forecast`` (the polynomial through the results of the last k full calls, evaluated at the cached
+  call's time), ``Zeros`` (the paper's Table 5 ablation). An act is one class with ``keep`` and
+  ``give``.
 
 Per denoiser call, for each group, top to bottom::
 
     step, slot = clock.begin()                  # which step of the run, which call within the step
     full = policy.decide(step)                  # None: wait for the probe
     full |= slot is new or its input changed    # fail open: nothing stale is ever reused
+    a call past the end of the scheduler's run  # another pipeline's: runs as the original, keeps nothing
     on reaching the group's first module:       # the probe (adaptive schedule, track_change)
         change = |x - x_prev| / |x_prev|;  full = policy.resolve(step, change) if undecided
     SKIP:     full -> run, record the output layout;   cached -> an uninitialised tensor of it
-    PRODUCE:  full -> run, kept = act.keep(out);       cached -> act.give(kept)
-    RESIDUAL: full -> run, kept = act.keep(out - x);   cached -> x + act.give(kept)
+    PRODUCE:  full -> run, kept = act.keep(kept, out, t);      cached -> act.give(kept, t)
+    RESIDUAL: full -> run, kept = act.keep(kept, out - x, t);  cached -> x + act.give(kept, t)
+
+where t is the call's time (``act.time``: the step index, or the scheduler's timestep).
 
 A cached call's SKIP placeholders flow only into other skipped modules, so they cost no compute and
 hold no memory between calls; the only memory held is what the act keeps.
@@ -50,7 +54,7 @@ Example:
 
 from __future__ import annotations
 
-import time
+import math
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -62,7 +66,7 @@ from torch.utils import _pytree as pytree
 from .clock import StepClock
 from .hooks import Hooks
 from .policy import History, Policy, Static, relative_change
-from .stats import Call, RunStats
+from .stats import Call, RunStats, Stopwatch
 
 SKIP, PRODUCE, RESIDUAL = "skip", "produce", "residual"  # the roles of a cut (``unets.BranchPlan.roles``)
 ROLES = (SKIP, PRODUCE, RESIDUAL)
@@ -76,37 +80,91 @@ class Replay:
     """DeepCache: a cached call hands out the result kept from the last full call.
 
     An act has two methods, both called inside the denoiser's forward (so inside a compiled graph:
-    no host synchronisation, no Python state that changes every call):
+    no host synchronisation, no Python state that changes every call), and a ``time`` attribute,
+    the variable its ``t`` is measured in ("step": the step index; "timestep": the scheduler's):
 
-    - ``keep(kept, value)``: on a full call, what to keep, given what was kept before (``None`` at
-      first) and the module's fresh result;
-    - ``give(kept, layout)``: on a cached call, the result to hand out (the core copies it before the
-      model sees it), given what was kept and the layout of the module's output.
+    - ``keep(kept, value, t)``: on a full call at time ``t``, what to keep, given what was kept
+      before (``None`` at first) and the module's fresh result;
+    - ``give(kept, layout, t)``: on a cached call at time ``t``, the result to hand out (the core
+      copies it before the model sees it), given what was kept and the layout of the module's output.
     """
 
-    name = "cache"
+    name, time = "cache", "step"
 
-    def keep(self, kept: Any, value: Any) -> Any:
+    def keep(self, kept: Any, value: Any, t: float) -> Any:
         return value
 
-    def give(self, kept: Any, layout: tuple) -> Any:
+    def give(self, kept: Any, layout: tuple, t: float) -> Any:
         return kept
+
+
+class Forecast:
+    """A cached call hands out the polynomial through the results of the last ``order`` full calls,
+    evaluated at its own time: with full calls at times t_1 .. t_k (k <= order) and results f_i,
+
+        f(t) = sum_i w_i f_i,    w_i = prod_{j != i} (t - t_j) / (t_i - t_j)
+
+    the Lagrange form of Newton's forward-difference extrapolation (k = 2: f_2 + (f_2 - f_1) (t - t_2)
+    / (t_2 - t_1)). Exact when the result is a polynomial of degree < k in ``time``. ``order`` 1 is
+    ``Replay``; early in a run, before ``order`` full calls, the polynomial is of the calls so far.
+    The weights are Python floats of host times, so the forecast costs ``order`` multiply-adds of the
+    feature and no synchronisation; ``order`` results are kept.
+
+    Example:
+        >>> act = Forecast(order=2, time="step")
+        >>> kept = act.keep(act.keep(None, torch.tensor([1.0]), 0), torch.tensor([3.0]), 5)
+        >>> act.give(kept, None, 10), act.give(kept, None, 7)
+        (tensor([5.]), tensor([3.8000]))
+    """
+
+    name = "forecast"
+
+    def __init__(self, order: int = 2, time: str = "timestep"):
+        self.order, self.time = order, time
+
+    def keep(self, kept: Any, value: Any, t: float) -> Any:
+        points = [p for p in kept or () if p[0] != t]  # a repeated time (PLMS) replaces its point
+        return tuple(points + [(t, value)])[-self.order :]
+
+    def give(self, kept: Any, layout: tuple, t: float) -> Any:
+        times = [ti for ti, _ in kept]
+        weights = [
+            math.prod((t - tj) / (ti - tj) for j, tj in enumerate(times) if j != i)
+            for i, ti in enumerate(times)
+        ]
+        return pytree.tree_map(lambda *leaves: _weighted_sum(leaves, weights), *[v for _, v in kept])
+
+
+def _weighted_sum(leaves: tuple, weights: list[float]) -> Any:
+    """sum_i w_i leaf_i for tensors, in their dtype; the newest leaf for anything else."""
+    if not isinstance(leaves[-1], torch.Tensor):
+        return leaves[-1]
+    out = leaves[-1] * weights[-1]
+    for leaf, w in zip(leaves[:-1], weights[:-1], strict=True):
+        out.add_(leaf, alpha=w)
+    return out
 
 
 class Zeros:
     """The paper's Table 5 ablation: a cached call hands out zeros of the kept result's layout."""
 
-    name = "zeros"
+    name, time = "zeros", "step"
 
-    def keep(self, kept: Any, value: Any) -> Any:
+    def keep(self, kept: Any, value: Any, t: float) -> Any:
         return None
 
-    def give(self, kept: Any, layout: tuple) -> Any:
+    def give(self, kept: Any, layout: tuple, t: float) -> Any:
         return _placeholder(*layout, torch.zeros)
 
 
 REPLAY = Replay()
-ACTS = {act.name: act for act in (REPLAY, Zeros())}
+
+
+def act_for(reuse: str = "cache", order: int | None = None, time: str | None = None):
+    """The act of a configuration's ``reuse``, ``order`` and ``time`` (``DeepCacheConfig``)."""
+    if reuse == "forecast":
+        return Forecast(order or 2, time or "timestep")
+    return {"cache": REPLAY, "zeros": Zeros()}[reuse]
 
 
 # ----------------------------------------------------------------------------- cut
@@ -158,6 +216,7 @@ class _Active:
     """The call in progress."""
 
     step: int
+    time: float  # in the act's variable (step index or timestep)
     slot: _Slot
     full: list  # per group: True, False, or None until the probe resolves it
     probed: list  # per group: whether the probe ran
@@ -174,7 +233,8 @@ class Session:
         model: the denoiser, left unmodified (hooks on instance methods, removed by ``disable``).
         groups: the cut and the policy of each group of modules; a module in several groups follows
             the first.
-        act: what cached calls hand out (``Replay()`` or ``Zeros()``; ``ACTS`` by name).
+        act: what cached calls hand out (``Replay()``, ``Forecast(order)``, ``Zeros()``; ``act_for``
+            by a configuration's fields).
         pipeline: optional owner of a ``.scheduler`` whose ``step`` calls count steps and whose
             ``set_timesteps`` calls start new runs (``cachediff.clock``). Without it every call is
             one step and ``reset()`` starts a new run.
@@ -293,6 +353,13 @@ class Session:
             # Which step and slot; decide per group, full wherever the slot is new or its input changed.
             step, index = self.clock.begin()
             sample = args[0] if args else kwargs.get("sample", _first_tensor(kwargs))  # (B, C, H, W)
+            watch = Stopwatch(sample.device if isinstance(sample, torch.Tensor) else torch.device("cpu"))
+            if self.clock.beyond_run(step):  # not this run's call: run it as the original, keep nothing
+                try:
+                    return original(*args, **kwargs)
+                finally:
+                    self.stats.calls.append(Call(step, True, None, watch.stop()))
+                    self.clock.end()
             key = _key(sample)
             slot = self._slots.get(index)
             old = slot.groups if slot is not None else [None] * len(self._groups)
@@ -303,31 +370,47 @@ class Session:
             if slot is None or slot.key != key:
                 slot = self._slots[index] = _Slot(key, [_GroupState() for _ in self._groups])
                 full = [True] * len(self._groups)
-            self._active = active = _Active(step, slot, full, [False] * len(self._groups))
-            start = time.perf_counter()
+            time = self._time(step, args, kwargs)
+            self._active = active = _Active(step, time, slot, full, [False] * len(self._groups))
             try:
                 return original(*args, **kwargs)
             finally:
-                if isinstance(sample, torch.Tensor) and sample.device.type == "cuda":
-                    torch.cuda.synchronize(sample.device)
                 for state, decided in zip(slot.groups, active.full, strict=True):
                     state.history.record(decided is not False)
                 for name in active.reused:
                     self.reused[name] += 1
-                seconds = time.perf_counter() - start
-                self.stats.calls.append(Call(step, not active.reused, active.change, seconds))
+                self.stats.calls.append(Call(step, not active.reused, active.change, watch.stop()))
                 self._active = None
                 self.clock.end()
 
         return forward
 
+    def _time(self, step: int, args: tuple, kwargs: dict) -> float:
+        """The call's time in the act's variable: the step index, or the call's timestep: its
+        ``timestep`` argument where that is on the host (a number or a CPU tensor: no
+        synchronisation), else the scheduler's timestep of the step (a host copy made once per run),
+        else the step index."""
+        if self.act.time == "step":
+            return float(step)
+        t = args[1] if len(args) > 1 else kwargs.get("timestep")
+        if isinstance(t, torch.Tensor) and t.device.type == "cpu" and t.numel() > 0:
+            t = t.reshape(-1)[0].item()
+        if not isinstance(t, (int, float)):
+            t = self.clock.time(step)
+        return float(step) if t is None else float(t)
+
     def _probe(self, active: _Active, g: int, state: _GroupState, x: torch.Tensor) -> None:
-        """The shallow feature's change since the previous call; it resolves an undecided call."""
+        """The shallow feature's change since the previous call; it resolves an undecided call.
+
+        The change stays on the device (recorded for ``stats``) unless the policy reads it: the
+        adaptive policy's decision is the one host synchronisation of a call (``to_host``)."""
         x = x.detach()
         change = None
         if state.shallow is not None and state.shallow.shape == x.shape:
-            change = relative_change(x, state.shallow)
-            state.history.changes.append(change)
+            change = relative_change(x, state.shallow)  # a 0-d tensor
+            if self._groups[g].policy.probes:
+                change = to_host(change)
+                state.history.changes.append(change)
         state.shallow, active.change = x.clone(), change
         if active.full[g] is None:
             active.full[g] = self._groups[g].policy.resolve(active.step, state.history, change)
@@ -355,9 +438,9 @@ class Session:
                     return out
                 if role == RESIDUAL:
                     _check_residual(name, out, x)
-                previous = kept.value if kept is not None else None
+                previous = kept.value if kept is not None and kept.key == key else None
                 value = out - x if role == RESIDUAL else out
-                state.kept[(name, n)] = _Kept(key, layout, self.act.keep(previous, value))
+                state.kept[(name, n)] = _Kept(key, layout, self.act.keep(previous, value, active.time))
                 return out if role == RESIDUAL else _clone(out)  # the model may modify an output in place
 
             return forward
@@ -369,7 +452,7 @@ class Session:
         if role == SKIP:  # read only by other skipped modules
             return _placeholder(*kept.layout, torch.empty)
         active.reused.append(name)  # counted after the call: no run-long state inside a compiled graph
-        value = self.act.give(kept.value, kept.layout)
+        value = self.act.give(kept.value, kept.layout, active.time)
         return x + value if role == RESIDUAL else _clone(value)
 
 
@@ -379,6 +462,12 @@ def _check_residual(name: str, out, x: torch.Tensor) -> None:
         raise TypeError(
             f"{name}: residual mode needs a tensor output shaped like the input {shape}; use mode='output'"
         )
+
+
+def to_host(value: torch.Tensor) -> float:
+    """A 0-d tensor's value on the host: the only host synchronisation of the core (adaptive
+    schedule only, once per call)."""
+    return value.item()
 
 
 def tree_nbytes(tree) -> int:

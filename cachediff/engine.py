@@ -3,7 +3,8 @@
 The cut comes from ``cachediff.unets.branch_plan``: every module deeper than the branch is ``SKIP``,
 the last of them before the up-side layer that consumes skip b ``PRODUCE``s the deep feature. The
 policy comes from the configuration's schedule (``cachediff.policy.policy_for``), the act from its
-``reuse`` field ("cache": replay the deep feature, "zeros": the ablation).
+``reuse`` field ("cache": replay the deep feature, "forecast": extrapolate it from the last full
+steps, "zeros": the ablation).
 
 Example:
     >>> import torch
@@ -23,7 +24,7 @@ from __future__ import annotations
 import torch
 
 from .config import DeepCacheConfig
-from .core import ACTS, Group, Session
+from .core import Group, Session, act_for
 from .policy import policy_for
 from .schedule import ranges
 from .unets import BranchPlan, branch_plan
@@ -50,7 +51,7 @@ class DeepCacheEngine(Session):
         track_change: bool = False,
     ):
         self.config, self.plan = config, branch_plan(unet, config.branch)
-        super().__init__(unet, self._groups_for(config), ACTS[config.reuse], pipeline, track_change)
+        super().__init__(unet, self._groups_for(config), _act(config), pipeline, track_change)
 
     @property
     def unet(self) -> torch.nn.Module:
@@ -66,7 +67,7 @@ class DeepCacheEngine(Session):
         if was_enabled:
             self.disable()
         self.config, self.plan = config, plan
-        self._set_plan(self._groups_for(config), ACTS[config.reuse])
+        self._set_plan(self._groups_for(config), _act(config))
         if was_enabled:
             self.enable()
         return self
@@ -85,3 +86,7 @@ class DeepCacheEngine(Session):
             full = self.config.full_steps_for(num_steps)
             lines.append(f"full steps ({len(full)} of {num_steps}): {ranges(full)}")
         return "\n".join(lines)
+
+
+def _act(config: DeepCacheConfig):
+    return act_for(config.reuse, config.order, config.time)

@@ -17,6 +17,7 @@ import fcntl
 import json
 import os
 import platform
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,20 +26,84 @@ import diffusers
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path`` (same suffix, so writers pick the same format); rename
-    it onto ``path`` when the block succeeds, delete it when the block fails."""
+    """Yield a temporary path beside ``path`` (hidden, so no pattern of result files matches it; same
+    suffix, so writers pick the same format); rename it onto ``path`` when the block succeeds, delete
+    it when the block fails. A process killed inside the block leaves it behind:
+    ``remove_stale_temporaries`` clears those."""
     path = Path(path)
-    tmp = path.with_name(f"{path.stem}.tmp{os.getpid()}{path.suffix}")  # one per process
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{path.suffix}")  # one per process
     try:
         yield tmp
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+#: Temporary files of ``atomic_path`` (and of releases before it hid them: ``name.tmp<pid>.suffix``).
+_TEMPORARY = re.compile(r"\.tmp(\d+)\.[^.]+$")
+
+
+def is_temporary(path: Path) -> bool:
+    """Whether ``path`` is a temporary file of ``atomic_path``.
+
+    Example:
+        >>> is_temporary(Path(".stats_000000.json.tmp42.json")), is_temporary(Path("stats_000000.tmp7.json"))
+        (True, True)
+        >>> is_temporary(Path("stats_000000.json"))
+        False
+    """
+    return _TEMPORARY.search(Path(path).name) is not None
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporary files under ``folder`` whose writing process is gone (killed inside an
+    ``atomic_path`` block); return them."""
+    stale = []
+    for path in Path(folder).rglob("*.tmp*"):
+        match = _TEMPORARY.search(path.name)
+        if match and path.is_file() and not _alive(int(match.group(1))):
+            path.unlink(missing_ok=True)
+            stale.append(path)
+    return stale
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def output_folder(path: Path) -> Path:
+    """Create the output folder ``path`` (and its parents) before any work, or raise a one-line
+    ``ValueError`` saying why it cannot be one.
+
+    Example:
+        >>> output_folder(Path("/dev/null/x"))
+        Traceback (most recent call last):
+        ...
+        ValueError: cannot use '/dev/null/x' as the output folder: a parent is a file
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"cannot use {str(path)!r} as the output folder: it is a file")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (NotADirectoryError, FileExistsError):
+        raise ValueError(f"cannot use {str(path)!r} as the output folder: a parent is a file") from None
+    except OSError as err:
+        raise ValueError(f"cannot use {str(path)!r} as the output folder: {err.strerror}") from None
+    if not os.access(path, os.W_OK):
+        raise ValueError(f"cannot use {str(path)!r} as the output folder: not writable")
+    return path
 
 
 def require_weights(path: str, what: str = "model") -> None:
@@ -81,6 +146,58 @@ def side_by_side(left: torch.Tensor, right: torch.Tensor, rows: int, gap: int = 
     a, b = grid(left, rows), grid(right, rows)
     spacer = np.full((a.shape[0], gap, a.shape[2]), 255, dtype=np.uint8)
     return np.concatenate([a, spacer, b], axis=1)
+
+
+def labelled_grid(
+    rows: dict[str, torch.Tensor], columns: list[str], tile: int = 128, font_size: int = 13
+) -> np.ndarray:
+    """Rows of images ``(B, C, H, W)`` in [-1, 1], each enlarged (nearest neighbour) to at least
+    ``tile`` pixels, with the row names on the left and the column labels (wrapped) above.
+
+    Example:
+        >>> a = labelled_grid({"baseline": torch.zeros(2, 1, 8, 8), "DeepCache": torch.ones(2, 1, 8, 8)},
+        ...                   ["a photo of a bag", "a photo of a coat"], tile=32)
+        >>> a.shape[2], a.shape[0] > 2 * 32, a.shape[1] > 2 * 32
+        (3, True, True)
+    """
+    first = next(iter(rows.values()))
+    scale = max(1, -(-tile // first.shape[-1]))
+    h, w = first.shape[-2] * scale, first.shape[-1] * scale
+    font = ImageFont.load_default(size=font_size)
+    chars = max(4, int(w / (0.55 * font_size)))
+    wrapped = ["\n".join(_wrap(label, chars)) for label in columns]
+    lines = max(label.count("\n") + 1 for label in wrapped)
+    left = max(int(font.getlength(name)) for name in rows) + 12
+    top, gap = lines * (font_size + 3) + 8, 4
+    canvas = Image.new("RGB", (left + len(columns) * (w + gap), top + len(rows) * (h + gap)), "white")
+    draw = ImageDraw.Draw(canvas)
+    for q, label in enumerate(wrapped):
+        draw.multiline_text((left + q * (w + gap), 4), label, fill="black", font=font, spacing=3)
+    for r, (name, images) in enumerate(rows.items()):
+        y = top + r * (h + gap)
+        draw.text((4, y + h // 2), name, fill="black", font=font, anchor="lm")
+        for q in range(len(columns)):
+            tile_image = Image.fromarray(grid(images[q : q + 1], rows=1)[2:-2, 2:-2].squeeze(-1))
+            canvas.paste(tile_image.convert("RGB").resize((w, h), Image.NEAREST), (left + q * (w + gap), y))
+    return np.asarray(canvas)
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    """Words of ``text`` in lines of at most ``width`` characters (longer words alone on a line)."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and len(lines[-1]) + 1 + len(word) <= width:
+            lines[-1] += " " + word
+        else:
+            lines.append(word)
+    return lines or [""]
+
+
+def save_figure(fig, path: Path, dpi: int = 120) -> Path:
+    """Save a matplotlib figure atomically (its format from the suffix); return the path."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi)
+    return Path(path)
 
 
 def save_png(path: Path, array: np.ndarray) -> None:

@@ -25,6 +25,30 @@ from .modules import denoiser
 from .pipelines import Preset
 
 
+def check_device(name: str) -> torch.device:
+    """The torch device ``name``, or a one-line ``ValueError`` if it is not one or is not available.
+
+    Example:
+        >>> check_device("cpu")
+        device(type='cpu')
+        >>> check_device("foo")
+        Traceback (most recent call last):
+        ...
+        ValueError: unknown device 'foo'; give cpu, cuda, cuda:N or mps
+    """
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}; give cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r}: this torch build has no CUDA device; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device {name!r}: only {torch.cuda.device_count()} CUDA devices")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {name!r}: MPS is not available here; use --device cpu")
+    return device
+
+
 def load_pipeline(preset: Preset, model: str | None = None, device: str = "cpu", dtype=torch.float32):
     """Load the preset's pipeline from a hub id or local folder, with a clear error if missing."""
     path = preset.model_path(model)
@@ -49,6 +73,13 @@ def set_scheduler(pipe, name: str | None) -> None:
     if cls is None or not name.endswith("Scheduler"):
         raise ValueError(f"unknown scheduler {name!r}; give a diffusers class such as DDIMScheduler")
     pipe.scheduler = cls.from_config(pipe.scheduler.config)
+
+
+def model_card(path: str) -> dict:
+    """What a model folder says about its use in ``prompts.json`` (the tiny SD's: ``guidance_scale``,
+    ``steps``, ``classes``, ``templates``), or nothing."""
+    card = Path(path) / "prompts.json"
+    return json.loads(card.read_text()) if card.is_file() else {}
 
 
 def _absent_components(path: str) -> dict:

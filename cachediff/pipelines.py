@@ -3,12 +3,12 @@
 One table, no if-ladders: scripts look a preset up and pass it to ``cachediff.generation``.
 
 Example:
-    >>> PRESETS["ddpm-mnist"].steps, PRESETS["sd1.5"].model
-    (100, 'runwayml/stable-diffusion-v1-5')
+    >>> PRESETS["tiny-sd"].steps, PRESETS["tiny-sd"].prompts, PRESETS["sd1.5"].model
+    (50, 'fashion', 'runwayml/stable-diffusion-v1-5')
     >>> get_preset("sd9")
     Traceback (most recent call last):
     ...
-    ValueError: unknown model type 'sd9'; choose one of: ddpm-mnist, ddpm-cifar10, sd1.5, sd2.1, ...
+    ValueError: unknown model type 'sd9'; choose one of: tiny-sd, ddpm-mnist, ddpm-cifar10, sd1.5, ...
 """
 
 from __future__ import annotations
@@ -35,6 +35,9 @@ class Preset:
         scheduler: diffusers scheduler class to use instead of the pipeline's (None: keep it).
         batch: default images per run.
         shallow_blocks: DiTs: the transformer blocks at each end that run on every step.
+        prompts: the default prompt set (a ``cachediff.prompts.load_prompts`` source), cycled over seeds.
+        class_score: its images are Fashion-MNIST-like, so the shipped classifier scores them against
+            the class each prompt names (``cachediff.metrics.class_score``).
     """
 
     model: str
@@ -46,6 +49,8 @@ class Preset:
     scheduler: str | None = None
     batch: int = 1
     shallow_blocks: int = 1
+    prompts: str = "builtin"
+    class_score: bool = False
 
     def model_path(self, override: str | None = None) -> str:
         """The weights to load: ``override`` if given, else the preset's (shipped paths made absolute)."""
@@ -58,7 +63,20 @@ _SD15 = "runwayml/stable-diffusion-v1-5"
 _SDXL = "stabilityai/stable-diffusion-xl-base-1.0"
 
 PRESETS: dict[str, Preset] = {
-    # Trained here (experiments/ddpm/train_mnist.py), shipped under assets/.
+    # Trained here, shipped under assets/: a Stable Diffusion pipeline on Fashion-MNIST
+    # (experiments/sd/train_tiny_sd.py; 50 PLMS steps, the paper's SD setting N = 5 at paper branch 2)
+    # and an MNIST DDPM (experiments/ddpm/train_mnist.py).
+    "tiny-sd": Preset(
+        "assets/tiny-sd",
+        "StableDiffusionPipeline",
+        "text2image",
+        50,
+        5,
+        1,
+        batch=10,
+        prompts="fashion",
+        class_score=True,
+    ),  # fmt: skip
     "ddpm-mnist": Preset("assets/ddpm-mnist", "DDIMPipeline", "unconditional", 100, 5, 2, batch=16),
     # The paper's models (weights from the hub, or a local folder, on a user's machine).
     "ddpm-cifar10": Preset(

@@ -158,11 +158,13 @@ def policy_for(config: DeepCacheConfig) -> Static | Adaptive:
     return Static(config.full_step_rule)
 
 
-def relative_change(x: torch.Tensor, previous: torch.Tensor) -> float:
-    """mean |x - previous| / mean |previous|: how much a feature changed in one step.
+def relative_change(x: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+    """mean |x - previous| / mean |previous|, a 0-d float32 tensor on their device (no host
+    synchronisation): how much a feature changed in one step.
 
     Example:
         >>> relative_change(torch.tensor([2.0, 2.0]), torch.tensor([1.0, 1.0]))
-        1.0
+        tensor(1.)
     """
-    return float((x - previous).abs().mean() / previous.abs().mean().clamp_min(1e-12))
+    x, previous = x.float(), previous.float()
+    return (x - previous).abs().mean() / previous.abs().mean().clamp_min(1e-12)

@@ -3,6 +3,8 @@
 A source is a name, a local path or a URL:
 
 * ``builtin``: a small fixed list, for tests and smoke runs;
+* ``fashion``: "a photo of a {name}" for the ten Fashion-MNIST classes, in label order (the prompts
+  of the tiny Stable Diffusion trained here, which its class score checks);
 * ``coco``: MS-COCO 2017 val captions, the first caption of each image in image-id order (5,000
   prompts, the paper's CLIP-score set), from ``captions_val2017.json`` or the official annotations zip;
 * ``parti``: PartiPrompts (1,632 prompts), the ``Prompt`` column of ``PartiPrompts.tsv``;
@@ -14,6 +16,8 @@ Downloads are cached under ``~/.cache/cachediff/prompts`` (``CACHEDIFF_CACHE`` o
 Example:
     >>> load_prompts("builtin", limit=2)
     ['a photograph of an astronaut riding a horse', 'a red fox sitting in fresh snow, golden hour']
+    >>> load_prompts("fashion")[-1]
+    'a photo of a ankle boot'
     >>> load_prompts("nowhere.txt")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
@@ -30,6 +34,7 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
+from .datasets import FASHION_CLASSES
 from .files import atomic_path
 
 #: Where the public prompt sets live (downloaded once on a user's machine, then read from the cache).
@@ -50,13 +55,19 @@ BUILTIN = [
     "a close-up of a hummingbird drinking from a flower",
 ]
 
+#: Prompt sets that ship with the library: name -> prompts
+NAMED = {
+    "builtin": BUILTIN,
+    "fashion": [f"a photo of a {name}" for name in FASHION_CLASSES],
+}
+
 
 def load_prompts(source: str = "builtin", limit: int | None = None) -> list[str]:
     """The prompts of ``source`` (see the module docstring), the first ``limit`` of them if given."""
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")
-    if source == "builtin":
-        prompts = list(BUILTIN)
+    if source in NAMED:
+        prompts = list(NAMED[source])
     else:
         prompts = _parse(_fetch(URLS.get(source, source)))
     if not prompts:
@@ -69,7 +80,7 @@ def _fetch(location: str) -> Path:
     if "://" not in location:
         path = Path(location).expanduser()
         if not path.is_file():
-            names = ", ".join(["builtin", *URLS])
+            names = ", ".join([*NAMED, *URLS])
             raise FileNotFoundError(
                 f"prompt file {location!r} does not exist; give a path, a URL, or one of: {names}"
             )

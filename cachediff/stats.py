@@ -9,19 +9,68 @@ Example:
 from __future__ import annotations
 
 import statistics
+import time
 from dataclasses import dataclass, field
 from typing import NamedTuple
+
+import torch
 
 from .metrics.macs import average_macs
 
 
+class Stopwatch:
+    """Times one call without synchronising the host: ``time.perf_counter`` on a CPU; on a GPU a pair
+    of CUDA events, recorded in the stream and read (one synchronisation) the first time
+    ``seconds`` is asked for, after the run.
+
+    Example:
+        >>> watch = Stopwatch(torch.device("cpu"))
+        >>> watch.stop().seconds >= 0
+        True
+    """
+
+    def __init__(self, device: torch.device):
+        self._events = None
+        if device.type == "cuda":
+            self._events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+            self._events[0].record()
+        self._start, self._seconds = time.perf_counter(), None
+
+    def stop(self) -> Stopwatch:
+        if self._events is not None:
+            self._events[1].record()
+        else:
+            self._seconds = time.perf_counter() - self._start
+        return self
+
+    @property
+    def seconds(self) -> float:
+        if self._seconds is None:
+            start, end = self._events
+            end.synchronize()
+            self._seconds = start.elapsed_time(end) / 1000
+        return self._seconds
+
+
 class Call(NamedTuple):
-    """One denoiser call of a run."""
+    """One denoiser call of a run. ``change`` and the time are read from the device only when asked
+    for (``RunStats.changes``, ``seconds``), so that recording them costs no host synchronisation."""
 
     step: int
     full: bool
-    change: float | None  # relative change of the shallow feature since the previous step, if tracked
-    seconds: float  # wall time of the call
+    change_value: float | torch.Tensor | None  # the shallow feature's change since the previous call
+    elapsed: float | Stopwatch  # wall time of the call
+
+    @property
+    def change(self) -> float | None:
+        """Relative change of the shallow feature since the previous call, if tracked."""
+        value = self.change_value
+        return float(value) if isinstance(value, torch.Tensor) else value
+
+    @property
+    def seconds(self) -> float:
+        """Wall time of the call (on a GPU: between CUDA events around it)."""
+        return self.elapsed.seconds if isinstance(self.elapsed, Stopwatch) else self.elapsed
 
 
 @dataclass

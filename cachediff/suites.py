@@ -7,6 +7,8 @@ Suites (the paper's tables, and beyond):
   steps      uncached sampling with fewer steps at the MACs of each N (Tables 4 and 6)
   curve      uncached sampling at fixed step counts: the quality against the step count
   schedules  non-uniform, adaptive and cool-down schedules at the budgets of the plan (issue 5)
+  forecast   the deep feature forecast from the last 2 and 3 full steps instead of replayed, uniform
+             and adaptive, at the budgets of the plan (issue 15)
   branch     every branch at N = 5 (Table 12)
   grid       every interval x branch x schedule of the plan, and the plan's extra step counts
 
@@ -100,6 +102,9 @@ def _grid(plan: Plan) -> list[Setting]:
     return [plan.deepcache(f"N{n}-b{b}-{s}", n, b, schedule=s) for n, b, s in combos]
 
 
+#: Forecast orders of the forecast suite (order 1 is the replay of the interval and schedules suites).
+FORECAST_ORDERS = (2, 3)
+
 #: suite name -> (plan, full MACs, cached MACs at the plan's branch, branch count) -> settings
 SUITES: dict[str, Callable[[Plan, float, float, int], list[Setting]]] = {
     "interval": lambda p, f, c, nb: [p.deepcache(f"N{n}-b{p.branch}", n) for n in p.intervals],
@@ -111,6 +116,18 @@ SUITES: dict[str, Callable[[Plan, float, float, int], list[Setting]]] = {
         for label, options in SCHEDULES.items()
         for n in p.budgets
     ],
+    "forecast": lambda p, f, c, nb: [
+        p.deepcache(
+            f"N{n}-b{p.branch}{'-adaptive' if s == 'adaptive' else ''}-f{k}",
+            n,
+            schedule=s,
+            reuse="forecast",
+            order=k,
+        )
+        for n in p.budgets
+        for s in ("uniform", "adaptive")
+        for k in FORECAST_ORDERS
+    ],  # fmt: skip
     "branch": lambda p, f, c, nb: [p.deepcache(f"N5-b{i}", 5, i) for i in range(nb)],
     "grid": lambda p, f, c, nb: _grid(p),
 }

@@ -3,7 +3,8 @@
 Generation and scoring are separate passes joined by files (as EDM's ``generate.py`` and ``fid.py``):
 ``Sweep.generate_missing`` writes samples, ``row`` scores them. Every row has one schema
 (``COLUMNS``): the setting's parameters as columns (``params``; ``setting_of`` reads them back), its
-cost (full calls, MACs, measured speed) and its quality (FID, PSNR to the baseline, CLIP score).
+cost (full calls, MACs, measured speed) and its quality (FID, PSNR to the baseline, CLIP score, class
+score).
 
 Samples are addressable by seed: image k of a setting is generated from seed k alone, in shards of
 ``shard`` images saved as ``<out>/<setting>/samples_<first seed>.npy``. An interrupted sweep resumes
@@ -42,9 +43,9 @@ from . import metrics
 from .accelerators import accelerator, macs_per_call
 from .config import DeepCacheConfig
 from .datasets import load_fashion_mnist, load_mnist
-from .files import atomic_path, save_npy
+from .files import atomic_path, is_temporary, remove_stale_temporaries, save_npy
 from .generation import TASKS
-from .metrics import clip_score, fid
+from .metrics import class_score, clip_score, fid
 from .modules import denoiser
 
 
@@ -62,25 +63,28 @@ class Setting:
 
 
 #: Configuration fields that are columns of a row (with ``steps``); ``None`` where they do not apply.
-CONFIG_COLUMNS = ("interval", "branch", "schedule", "reuse", "center", "power", "symmetric", "full_steps")
+CONFIG_COLUMNS = ("interval", "branch", "schedule", "reuse", "order", "time", "center", "power", "symmetric")
+CONFIG_COLUMNS += ("full_steps",)
 CONFIG_COLUMNS += ("warmup", "cooldown", "max_cached", "window", "threshold")
 #: The columns of a row, in order: the key, the parameters, the cost, the quality.
 COLUMNS = (
     "setting", "method", "sampler", "steps", "interval", "branch", "paper_branch", *CONFIG_COLUMNS[2:],
     "samples", "n_full", "gmacs_per_image", "mac_speedup", "measured_speedup", "seconds_per_image",
-    "psnr_db", "fid", "clip_score",
+    "psnr_db", "fid", "clip_score", "class_score", "class_accuracy",
 )  # fmt: skip
 _SEQUENCES = ("full_steps", "window")  # tuple fields, written as "[0, 4, 9]"
 
 
 def method(config: DeepCacheConfig | None) -> str:
     """The curve a setting belongs to: "uncached", "cached feature -> zeros", or its schedule (with
-    " + refinements" where a window, warm-up, cool-down or cap refines it)."""
+    " + refinements" where a window, warm-up, cool-down or cap refines it, and " + forecast k" where
+    an order-k forecast replaces the replay)."""
     if config is None or config.interval == 1 and config.schedule != "adaptive":
         return "uncached"
     if config.reuse == "zeros":
         return "cached feature -> zeros"
-    return config.schedule + (" + refinements" if config.refined else "")
+    name = config.schedule + (" + refinements" if config.refined else "")
+    return name + (f" + forecast {config.order}" if config.reuse == "forecast" else "")
 
 
 def params(setting: Setting) -> dict:
@@ -99,7 +103,7 @@ def setting_of(row: dict) -> Setting:
     given.update({k: tuple(ast.literal_eval(given[k])) for k in _SEQUENCES if k in given})
     if "symmetric" in given:
         given["symmetric"] = bool(given["symmetric"])
-    ints = ("interval", "branch", "center", "warmup", "cooldown", "max_cached")
+    ints = ("interval", "branch", "order", "center", "warmup", "cooldown", "max_cached")
     given.update({k: int(given[k]) for k in ints if k in given})
     uncached = int(row["interval"]) == 1 and given.get("schedule") != "adaptive"
     return Setting(row["setting"], int(row["steps"]), None if uncached else DeepCacheConfig(**given))
@@ -145,12 +149,15 @@ class Sweep:
         self._macs: dict[int, tuple[int, int]] = {}  # branch -> MACs of a full and a cached call
         pipe.set_progress_bar_config(disable=True)  # one bar per setting instead
         self._check_sampler()
+        remove_stale_temporaries(self.out)  # left by processes killed while writing
 
     def _check_sampler(self) -> None:
-        """Record the scheduler in ``<out>/sampler.json``; refuse to add samples of another one (keys
-        that only one diffusers release knows are not compared)."""
+        """Record the scheduler and the task's scalar inputs (guidance scale, strength) in
+        ``<out>/sampler.json``; refuse to add samples of another one (keys that only one diffusers
+        release knows are not compared)."""
         scheduler = self.pipe.scheduler
         config = {k: v for k, v in scheduler.config.items() if not k.startswith("_")}
+        config.update({k: v for k, v in self.inputs.items() if isinstance(v, (int, float, str))})
         current = json.loads(json.dumps(dict(config, _class_name=type(scheduler).__name__), default=str))
         self.out.mkdir(parents=True, exist_ok=True)
         meta = self.out / "sampler.json"
@@ -238,7 +245,8 @@ class Sweep:
         return images
 
     def _records(self, setting: Setting) -> list[dict]:
-        return [json.loads(r.read_text()) for r in sorted((self.out / setting.name).glob("stats_*.json"))]
+        paths = [p for p in sorted((self.out / setting.name).glob("stats_*.json")) if not is_temporary(p)]
+        return [_read_json(p) for p in paths]
 
     def mean_n_full(self, setting: Setting) -> float:
         """Full steps per run, averaged over the recorded runs (static schedules: from the rule)."""
@@ -284,6 +292,13 @@ class Sweep:
     def images(self, setting: Setting) -> torch.Tensor:
         """The setting's saved samples as floats in [-1, 1], ``(N, C, H, W)``."""
         return _unit_range(self.samples(setting))
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); delete it to generate its shard again") from err
 
 
 def _weights(records: list[dict]) -> list[int]:
@@ -350,9 +365,11 @@ def row(
     reference=None,
     clip=None,
     prompts: Sequence[str] | None = None,
+    classifier=None,
 ) -> dict:
     """The scores of a setting's samples on disk: parameters, full calls, MACs, PSNR to the baseline on
-    the first shard of seeds, FID against ``reference`` statistics, CLIP score with ``clip``."""
+    the first shard of seeds, FID against ``reference`` statistics, CLIP score with ``clip``, class
+    score and top-1 accuracy with ``classifier`` (where every prompt names one class)."""
     images = sweep.first_shard(setting)
     out = dict(setting=setting.name, sampler=type(sweep.pipe.scheduler).__name__, **params(setting))
     macs = sweep.macs_per_image(setting)
@@ -365,7 +382,12 @@ def row(
     )
     if reference is not None:
         out["fid"] = fid.frechet_distance(*fid.feature_stats(sweep.features(setting)), *reference)
-    if clip is not None and prompts is not None:
-        texts = [prompts[k % len(prompts)] for k in range(sweep.n)]
+    texts = [prompts[k % len(prompts)] for k in range(sweep.n)] if prompts is not None else None
+    if clip is not None and texts is not None:
         out["clip_score"] = clip_score.clip_score(sweep.images(setting), texts, clip).mean().item()
+    labels = class_score.prompt_labels(texts or [])
+    if classifier is not None and labels and None not in labels:
+        out["class_score"], out["class_accuracy"] = class_score.class_score(
+            sweep.images(setting), labels, classifier
+        )
     return {k: out[k] for k in COLUMNS if k in out}

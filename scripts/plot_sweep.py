@@ -26,6 +26,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from cachediff.files import save_figure  # noqa: E402
+
 #: quality columns
 QUALITIES = {"fid": "FID (lower is better)", "clip_score": "CLIP score", "psnr_db": "PSNR to baseline (dB)"}
 FEWER = "fewer steps"
@@ -89,9 +91,7 @@ def pareto(df: pd.DataFrame, out: Path, cost: str, quality: str) -> Path:
     axes[1].set(xlabel="measured speedup over the uncached baseline", ylabel=QUALITIES[quality])
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    path = out / f"{quality}_vs_cost.png"
-    fig.savefig(path, dpi=120)
-    return path
+    return save_figure(fig, out / f"{quality}_vs_cost.png")
 
 
 def per_branch(df: pd.DataFrame, out: Path, cost: str, quality: str) -> Path | None:
@@ -109,8 +109,7 @@ def per_branch(df: pd.DataFrame, out: Path, cost: str, quality: str) -> Path | N
     twin.plot(rows.branch + 1, rows[cost], "s--", color="C1")
     twin.set_ylabel(COST, color="C1")
     fig.tight_layout()
-    fig.savefig(out / "per_branch.png", dpi=120)
-    return out / "per_branch.png"
+    return save_figure(fig, out / "per_branch.png")
 
 
 def sample_grid(folder: Path, settings: list[str], out: Path, count: int) -> Path:
@@ -126,8 +125,7 @@ def sample_grid(folder: Path, settings: list[str], out: Path, count: int) -> Pat
         ax.set_xticks([]), ax.set_yticks([])
         ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "samples.png", dpi=120)
-    return out / "samples.png"
+    return save_figure(fig, out / "samples.png")
 
 
 def main() -> None:

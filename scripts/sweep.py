@@ -5,8 +5,8 @@ Stages (``--stage``): ``generate`` writes the samples (image k from seed k and p
 of seeds; under ``torchrun`` or ``accelerate launch`` the processes share the shards and write the
 files one process would), ``score`` adds a row for every setting not in the CSV yet (parameters,
 full calls, MACs and MAC bound, PSNR to the baseline, FID with ``--fid-reference``, CLIP score with
-``--clip``, measured speedup with ``--repeats``), ``all`` does both. Everything resumes: finished
-shards, features and rows are kept, and every file is written atomically.
+``--clip``, class score on the tiny SD, measured speedup with ``--repeats``), ``all`` does both.
+Everything resumes: finished shards, features and rows are kept, and every file is written atomically.
 
 Examples:
     python scripts/sweep.py --model_type ddpm-mnist --suites interval zeros steps curve schedules branch \\
@@ -33,9 +33,10 @@ import torch
 from cachediff import generation, suites
 from cachediff.accelerators import accelerator
 from cachediff.cli import DTYPES
-from cachediff.files import read_csv, update_csv
+from cachediff.files import output_folder, read_csv, update_csv
 from cachediff.metrics import clip_score as C
 from cachediff.metrics import fid as F
+from cachediff.metrics.class_score import load_classifier
 from cachediff.pipelines import PRESETS, get_preset
 from cachediff.prompts import load_prompts
 from cachediff.sweep import COLUMNS, REFERENCES, Setting, Sweep, reference_stats, row, speed
@@ -81,7 +82,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--samples", type=int, default=16, help="images per setting (seeds 0..samples-1)")
     p.add_argument("--shard", type=int, default=4, help="images per saved file (and per unit of work)")
     p.add_argument("--batch", type=int, help="images per pipeline call (default: --shard; small is faster)")
-    p.add_argument("--prompts", default="builtin", help="prompt set: builtin, coco, parti, a file or URL")
+    p.add_argument(
+        "--prompts", help="prompt set: builtin, fashion, coco, parti, a file or URL (default: the preset's; "
+        "image k gets prompt k modulo the set's size)",
+    )  # fmt: skip
+    p.add_argument(
+        "--guidance-scale", type=float, help="classifier-free guidance scale (default: the model folder's "
+        "prompts.json, else the pipeline's)",
+    )  # fmt: skip
     p.add_argument("--image", help="init image for img2img, inpainting and video (default: a gradient)")
     p.add_argument("--mask", help="inpainting mask, white = repaint (default: the centre square)")
     p.add_argument("--frames", type=int, default=14, help="video frames (SVD, Text2Video-Zero)")
@@ -104,17 +112,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     p.add_argument("--out", type=Path, default=Path("runs/sweep"), help="samples, stats and results.csv")
     args = p.parse_args(argv)
-    counts = [
-        args.samples,
-        args.shard,
-        args.frames,
-        args.timing_images,
-        args.reference_images,
-        args.steps or 1,
-    ]
-    counts += [*args.intervals, *args.budgets, *args.curve, args.batch or 1]
+    given = (args.steps, args.baseline_steps, args.batch, args.threads)  # None: the default
+    counts = [args.samples, args.shard, args.frames, args.timing_images, args.reference_images]
+    counts += [*args.intervals, *args.budgets, *args.curve, *(c for c in given if c is not None)]
     if min(counts) < 1 or args.repeats < 0 or min([*(args.branches or []), args.branch or 0]) < 0:
-        p.error("counts, steps and intervals must be >= 1; --repeats and branches >= 0")
+        p.error("counts, steps, threads and intervals must be >= 1; --repeats and branches >= 0")
     if any("=" not in option for option in args.scheduler_option):
         p.error("--scheduler-option takes KEY=VALUE")
     return args
@@ -148,17 +150,25 @@ def load(args, preset):
 
 
 def run(args) -> int:
-    if args.threads:
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
+    generation.check_device(args.device)
+    output_folder(args.out)
     preset = get_preset(args.model_type)
     if args.fid_reference not in (None, *REFERENCES) and not Path(args.fid_reference).is_file():
         known = ", ".join(REFERENCES)
         raise FileNotFoundError(f"no FID reference statistics {args.fid_reference!r} (.npz or {known})")
     pipe = load(args, preset)
-    prompts = load_prompts(args.prompts, args.samples) if preset.task in TEXT_TASKS else None
+    prompts = None
+    inputs = generation.default_inputs(pipe, preset.task, args.image, args.mask)
+    if preset.task in TEXT_TASKS:
+        prompts = load_prompts(args.prompts or preset.prompts, args.samples)
+        card = generation.model_card(preset.model_path(args.model))
+        guidance = card.get("guidance_scale") if args.guidance_scale is None else args.guidance_scale
+        if guidance is not None:
+            inputs["guidance_scale"] = guidance
     inception = F.load_inception(args.device) if args.fid_reference else None
     featurize = inception and (lambda x: F.inception_features(x.to(args.device), inception, 50, False))
-    inputs = generation.default_inputs(pipe, preset.task, args.image, args.mask)
     if preset.task in ("video", "text2video"):
         inputs["frames"] = args.frames
     sweep = Sweep(
@@ -173,7 +183,8 @@ def run(args) -> int:
     if world > 1:
         torch.distributed.barrier()
     if rank == 0 and args.stage in ("score", "all"):
-        score(args, sweep, settings, prompts, featurize)
+        classifier = load_classifier(device=args.device) if preset.class_score else None
+        score(args, sweep, settings, prompts, featurize, classifier)
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
     return 0
@@ -203,7 +214,7 @@ def plan_settings(args, preset, sweep: Sweep) -> list[Setting]:
     return chosen
 
 
-def score(args, sweep: Sweep, settings: list[Setting], prompts, featurize) -> None:
+def score(args, sweep: Sweep, settings: list[Setting], prompts, featurize, classifier=None) -> None:
     """One row per setting not in the CSV yet, written as soon as it is done; ``--retime`` measures
     the speed of finished ones again."""
     csv = args.out / "results.csv"
@@ -221,7 +232,7 @@ def score(args, sweep: Sweep, settings: list[Setting], prompts, featurize) -> No
             if args.retime is not None and s != base and (not args.retime or s.name in args.retime):
                 update_csv(csv, dict(setting=s.name, **timing(s)))
             continue
-        values = row(sweep, s, base, reference, clip, prompts) | timing(s)
+        values = row(sweep, s, base, reference, clip, prompts, classifier) | timing(s)
         update_csv(csv, {k: values[k] for k in COLUMNS if k in values})
         print(values, flush=True)
     stamp = f"{datetime.date.today()} on {platform.machine()} ({torch.get_num_threads()} threads)"

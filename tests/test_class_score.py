@@ -16,7 +16,9 @@ from cachediff.metrics.class_score import (
     class_score,
     class_score_of,
     load_classifier,
+    prompt_labels,
 )
+from cachediff.prompts import load_prompts
 
 
 @pytest.fixture(scope="module")
@@ -67,3 +69,9 @@ def test_score_is_the_mean_probability_of_the_labelled_class():
         pytest.approx((0.7 + 0.8 + 0.4) / 3),
         pytest.approx(2 / 3),
     )
+
+
+def test_each_prompt_names_its_class_as_a_whole_word():
+    assert prompt_labels(load_prompts("fashion")) == list(range(10))  # the tiny SD's prompts, in label order
+    assert prompt_labels(["t-shirt", "a shirt", "an ankle boot", "a photo of a trouser."]) == [0, 6, 9, 1]
+    assert prompt_labels(["a bag and a coat", "a cat", "", "bags"]) == [None] * 4  # two, none, none, none

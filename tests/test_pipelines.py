@@ -13,11 +13,13 @@ import main
 import stable_diffusion
 import stable_diffusion_xl
 import stable_video_diffusion
+from cachediff.generation import model_card
 from cachediff.pipelines import PRESETS
 from cachediff.testing import save_tiny_pipeline
 
-#: model type -> tiny pipeline kind saved for it
+#: model type -> tiny pipeline kind saved for it ("shipped": the weights in assets/)
 TINY_FOR = {
+    "tiny-sd": "shipped",
     "ddpm-cifar10": "ddpm",
     "ddpm-mnist": "ddpm",
     "sd1.5": "sd",
@@ -41,7 +43,8 @@ def test_every_preset_has_a_tiny_pipeline():
 @pytest.fixture(scope="module")
 def tiny_folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
-    return {kind: save_tiny_pipeline(kind, root / kind) for kind in sorted(set(TINY_FOR.values()))}
+    kinds = sorted(set(TINY_FOR.values()) - {"shipped"})
+    return {kind: save_tiny_pipeline(kind, root / kind) for kind in kinds} | {"shipped": None}
 
 
 #: Known failure on diffusers 0.24.0 (not 0.42.1): its TextToVideoZeroPipeline cannot be loaded at all
@@ -60,7 +63,8 @@ CASES = [
 @pytest.mark.parametrize("model_type", CASES)
 def test_model_type_runs_end_to_end(model_type, tiny_folders, tmp_path):
     out = tmp_path / "out"
-    args = ["--model_type", model_type, "--model", str(tiny_folders[TINY_FOR[model_type]])]
+    folder = tiny_folders[TINY_FOR[model_type]] or PRESETS[model_type].model_path()
+    args = ["--model_type", model_type, "--model", str(folder)]
     args += ["--steps", "4", "--batch_size", "2", "--repeats", "1", "--frames", "2", "--output", str(out)]
     assert main.main(args) == 0
     record = json.loads((out / "run.json").read_text())
@@ -70,6 +74,34 @@ def test_model_type_runs_end_to_end(model_type, tiny_folders, tmp_path):
     assert results["macs_cached"] < results["macs_full"]
     assert (out / "baseline_vs_deepcache.png").stat().st_size > 0
     assert record["env"]["diffusers"]
+
+
+def test_the_default_is_the_shipped_tiny_sd_with_one_prompt_per_class(tmp_path, capsys):
+    assert main.main(["--steps", "4", "--repeats", "1", "--output", str(tmp_path)]) == 0
+    record = json.loads((tmp_path / "run.json").read_text())
+    card = model_card(PRESETS["tiny-sd"].model_path())
+    assert record["args"]["model_type"] == "tiny-sd" and record["config"]["interval"] == 5
+    assert record["inputs"]["prompt"] == [f"a photo of a {name}" for name in card["classes"]]
+    assert record["inputs"]["guidance_scale"] == card["guidance_scale"] != 7.5  # the card's, not diffusers'
+    results = record["results"]
+    for run in ("baseline", "deepcache"):
+        assert 0 <= results[f"{run}_class_accuracy"] <= 1 and 0 < results[f"{run}_class_score"] < 1
+    assert "class score (top-1 accuracy)" in capsys.readouterr().out
+    assert (tmp_path / "baseline_vs_deepcache.png").stat().st_size > 0
+
+
+def test_one_prompt_is_the_prompt_of_every_image_and_its_class_is_scored(tmp_path, monkeypatch):
+    scored = []
+    monkeypatch.setattr(
+        "cachediff.cli.class_score", lambda images, labels, model: scored.append(labels) or (1, 1)
+    )
+    args = ["--prompt", "a photo of a bag", "--batch_size", "2", "--steps", "3", "--repeats", "1"]
+    assert main.main([*args, "--output", str(tmp_path)]) == 0
+    assert json.loads((tmp_path / "run.json").read_text())["inputs"]["prompt"] == ["a photo of a bag"] * 2
+    assert scored == [[8, 8], [8, 8]]  # bag, for the baseline and the DeepCache images
+    scored.clear()
+    assert main.main([*args, "--prompt", "a photo of a cat", "--output", str(tmp_path)]) == 0
+    assert scored == []  # no class named: no class score
 
 
 def run_script(script, folder, out, *extra) -> dict:

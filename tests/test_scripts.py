@@ -34,6 +34,7 @@ SCRIPTS = [
     "experiments/ddpm/sample_stats.py",
     "experiments/ddpm/report_mnist.py",
     "experiments.sd.train_tiny_sd",  # a module: python -m experiments.sd.train_tiny_sd
+    "experiments.sd.report_tiny_sd",
 ]
 
 
@@ -78,8 +79,14 @@ def test_every_flag_has_help(script):
         (["main.py", "--model_type", "sd9"], "invalid choice"),
         (["main.py", "--batch_size", "0"], "must be >= 1"),
         (["main.py", "--cache_interval", "0"], "interval must be an integer >= 1"),
-        (["main.py", "--cache_branch_id", "9"], "branch must be an integer in 0..5"),
+        (["main.py", "--cache_branch_id", "9"], "branch must be an integer in 0..8"),
         (["main.py", "--model", "/no/such/folder"], "no model folder"),
+        (["main.py", "--output", "/dev/null/x"], "a parent is a file"),
+        (["main.py", "--output", "README.md"], "'README.md' as the output folder: it is a file"),
+        (["main.py", "--device", "foo"], "unknown device 'foo'"),
+        (["scripts/sweep.py", "--out", "/dev/null/x"], "a parent is a file"),
+        (["scripts/sweep.py", "--device", "cuda:7"], "device 'cuda:7'"),
+        (["main.py", "--reuse", "cache", "--order", "3"], "order is only used with reuse='forecast'"),
         (["scripts/macs.py", "--interval", "0"], "must be >= 1"),
         (["scripts/bench.py", "--repeats", "0"], "must be >= 1"),
     ],

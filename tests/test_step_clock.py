@@ -170,3 +170,32 @@ def test_a_step_method_looked_up_before_the_first_call_is_counted():
                 x = pipe.scheduler.step(pipe.unet(x, t, **cond).sample, t, x).prev_sample
         assert [c.step for c in engine.stats.calls] == list(range(7))
         assert engine.stats.pattern == "FCCFCCF"
+
+
+def test_a_pipeline_sharing_the_unet_never_reuses_the_others_feature(tmp_path):
+    """Issue 18.1: txt2img then img2img on one U-Net, img2img with a scheduler of its own: its calls
+    lie past the end of the txt2img run, so they run as the original and keep nothing."""
+    import diffusers
+
+    from cachediff.generation import text2image
+    from cachediff.testing import save_tiny_pipeline
+
+    folder = save_tiny_pipeline("sd", tmp_path / "sd")
+    pipe = diffusers.StableDiffusionPipeline.from_pretrained(folder)
+    i2i = diffusers.StableDiffusionImg2ImgPipeline(**pipe.components)
+    i2i.scheduler = diffusers.EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    for p in (pipe, i2i):
+        p.set_progress_bar_config(disable=True)
+    image = torch.rand(1, 3, 16, 16)
+
+    def img2img():
+        return text2image(i2i, [0], 5, "a fox", image=image, strength=0.8)
+
+    uncached = img2img()
+    with cachediff.deepcache(pipe, interval=3, branch=0) as engine:
+        text2image(pipe, [0], 7, "a fox")  # step 7 would be a cached one of its run
+        assert engine.stats.pattern == "FCCFCCF"
+        got = img2img()
+        assert engine.stats.pattern == "FCCFCCF" + "F" * 4  # strength 0.8 of 5 steps: 4 calls, all full
+        assert len(engine._slots) == 1  # none opened for the other pipeline's calls
+    assert torch.equal(got, uncached)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -112,3 +114,24 @@ def test_first_shard_generates_the_first_shard_alone(pipe, tmp_path):
     assert [p.name for p in (tmp_path / SETTING.name).glob("samples_*")] == ["samples_000000.npy"]
     sweep.features(SETTING, progress=False)
     assert len(first) == 2 and torch.equal(first, sweep.images(SETTING)[:2])
+
+
+def test_files_left_by_a_kill_while_writing_never_block_a_resume(pipe, tmp_path):
+    sweep = Sweep(pipe, tmp_path, n_samples=2, shard=2, featurize=mean_features)
+    sweep.features(SETTING, progress=False)
+    before = sweep.mean_n_full(SETTING)
+    folder = tmp_path / SETTING.name
+    dead = 2**22 + 12345  # above the default pid_max: no such process
+    strays = [folder / f".stats_000002.json.tmp{dead}.json", folder / f"stats_000002.tmp{dead}.json"]
+    for stray in strays:  # empty, as a SIGKILL between open and write leaves them (the second: older naming)
+        stray.write_text("")
+    assert sweep.mean_n_full(SETTING) == before  # not read as records
+    Sweep(pipe, tmp_path, n_samples=2, shard=2)  # a resumed sweep clears them
+    assert not any(s.exists() for s in strays)
+    live = folder / f".stats_000002.json.tmp{os.getpid()}.json"
+    live.write_text("")
+    Sweep(pipe, tmp_path, n_samples=2, shard=2)
+    assert live.exists()  # a running writer's file is left alone
+    (folder / "stats_000009.json").write_text("")
+    with pytest.raises(ValueError, match="stats_000009.json is not valid JSON"):
+        sweep.mean_n_full(SETTING)

@@ -4,6 +4,7 @@ across two processes under ``torchrun`` with files identical to one process."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -72,13 +73,28 @@ def test_text_to_image_with_prompts_and_clip_score(tmp_path):
     assert rows.clip_score.between(0, 100).all() and "measured_speedup" not in rows
 
 
+def test_the_tiny_sd_sweep_scores_the_prompted_classes_and_records_its_guidance(tmp_path, capsys):
+    tiny = ["--model_type", "tiny-sd", "--steps", "3", "--samples", "10", "--shard", "10", "--intervals", "2"]
+    tiny += ["--repeats", "0", "--out", str(tmp_path)]
+    assert script.main(tiny) == 0
+    rows = pd.read_csv(tmp_path / "results.csv")
+    assert rows.class_score.between(0, 1).all() and rows.class_accuracy.between(0, 1).all()
+    assert len(rows) == 2 and rows.class_score.nunique() == 2  # each setting scored on its own images
+    card = script.generation.model_card(script.get_preset("tiny-sd").model_path())
+    assert json.loads((tmp_path / "sampler.json").read_text())["guidance_scale"] == card["guidance_scale"]
+    assert script.main([*tiny, "--guidance-scale", "1.5"]) == 2  # other samples than those on disk
+    assert "guidance_scale" in capsys.readouterr().err
+
+
 def test_bad_input_is_a_clear_error(ddpm, tmp_path, capsys):
     assert script.main(args(ddpm, tmp_path, "--fid-reference", str(tmp_path / "none.npz"))) == 2
     assert "no FID reference statistics" in capsys.readouterr().err
     assert script.main(args(ddpm, tmp_path, "--branches", "99")) == 2
     assert "branch must be" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        script.main(args(ddpm, tmp_path, "--intervals", "0"))
+    for bad in (["--intervals", "0"], ["--steps", "0"], ["--threads", "0"], ["--threads", "-2"]):
+        with pytest.raises(SystemExit):  # argparse's one-line error, before any work
+            script.main(args(ddpm, tmp_path, *bad))
+        assert "must be >= 1" in capsys.readouterr().err
 
 
 def test_two_processes_write_the_files_of_one(ddpm, tmp_path):

@@ -189,3 +189,19 @@ def test_plan_names_the_deep_modules(toy):
     plan = branch_plan(toy, 0)
     assert plan.producer == "up_blocks.2.resnets.1"
     assert plan.deep[:3] == ("down_blocks.0", "down_blocks.1", "down_blocks.2")
+
+
+@pytest.mark.parametrize("branch", [0, 4, 8])
+def test_a_linear_forecast_is_exact_where_the_deep_feature_is_affine_in_t(toy, branch):
+    """The toy's ops are affine, so with one input and evenly spaced timesteps its deep feature is
+    affine in t: from the second full step on, the order-2 forecast gives the uncached output, which
+    replay does not."""
+    x = torch.randn(3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    inputs = [(x, 1000.0 - 90 * i) for i in range(11)]
+    exact = run(toy, inputs)
+    for reuse, matches in (("forecast", True), ("cache", False)):
+        config = DeepCacheConfig(interval=3, branch=branch, reuse=reuse)
+        with DeepCacheEngine(toy, config):
+            got = run(toy, inputs)[3:]  # after the second full step (step 3)
+        close = [torch.allclose(g, e, rtol=1e-12, atol=1e-9) for g, e in zip(got, exact[3:], strict=True)]
+        assert all(close) if matches else not any(close[1:3]), reuse

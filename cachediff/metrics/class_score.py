@@ -14,16 +14,22 @@ Example:
     >>> probs = torch.tensor([[0.9, 0.1], [0.3, 0.7]])
     >>> class_score_of(probs, torch.tensor([0, 0]))
     (0.6, 0.5)
+    >>> prompt_labels(["a photo of a t-shirt", "shirt", "a bag and a coat", "a cat"])
+    [0, 6, None, None]
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 from torch import nn
+
+from ..datasets import FASHION_CLASSES
 
 #: The shipped classifier and the SHA-256 of its weights file.
 CLASSIFIER = Path(__file__).resolve().parents[2] / "assets" / "fashion-classifier" / "model.safetensors"
@@ -92,3 +98,17 @@ def class_score_of(probs: torch.Tensor, labels: torch.Tensor) -> tuple[float, fl
 def class_score(images: torch.Tensor, labels, model: nn.Module) -> tuple[float, float]:
     """(class score, accuracy) of images against the class index each was prompted with."""
     return class_score_of(probabilities(images, model), torch.as_tensor(labels))
+
+
+def prompt_labels(prompts: Sequence[str], classes: Sequence[str] = FASHION_CLASSES) -> list[int | None]:
+    """The class each prompt names (a class name as a whole word, "shirt" not inside "t-shirt"), or
+    ``None`` where it names none or more than one."""
+    found = [
+        {
+            k
+            for k, name in enumerate(classes)
+            if re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", p.lower())
+        }
+        for p in prompts
+    ]
+    return [next(iter(f)) if len(f) == 1 else None for f in found]

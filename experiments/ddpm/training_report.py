@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from cachediff.files import grid, save_png  # noqa: E402
+from cachediff.files import grid, save_figure, save_png  # noqa: E402
 from cachediff.generation import load_pipeline, unconditional  # noqa: E402
 from cachediff.pipelines import get_preset  # noqa: E402
 
@@ -39,7 +39,7 @@ def main() -> None:
     )
     ax.legend()
     fig.tight_layout()
-    fig.savefig(args.model / "loss.png", dpi=120)
+    save_figure(fig, args.model / "loss.png")
 
     # Sample grid: 100 DDIM steps, seed k for image k.
     pipe = load_pipeline(get_preset("ddpm-mnist"), str(args.model))

@@ -50,7 +50,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", type=Path, required=True, help="folder for checkpoints and loss logs")
     p.add_argument("--vae-steps", type=int, default=2000, help="autoencoder optimizer steps")
-    p.add_argument("--unet-steps", type=int, default=6000, help="U-Net optimizer steps planned (LR schedule)")
+    p.add_argument("--unet-steps", type=int, default=2500, help="U-Net optimizer steps planned (LR schedule)")
     p.add_argument("--batch-size", type=int, default=128, help="images per optimizer step")
     p.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate of the U-Net stage")
     p.add_argument("--vae-lr", type=float, default=1e-3, help="peak AdamW learning rate of the autoencoder")

@@ -1,0 +1,23 @@
+"""Pictures written for people to judge: the labelled grid of main.py and the reports."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from cachediff.files import labelled_grid
+
+
+def test_labelled_grid_draws_rows_in_order_enlarged_under_their_labels():
+    black, white = torch.full((3, 1, 32, 32), -1.0), torch.ones(3, 1, 32, 32)
+    labels = ["a photo of a t-shirt", "a photo of a ankle boot", "bag"]
+    a = labelled_grid({"baseline": black, "DeepCache": white}, labels, tile=128)
+    grey = a.mean(-1)
+    dark_rows = np.flatnonzero((grey < 10).sum(1) > 3 * 100)  # image rows crossing three black tiles
+    assert len(dark_rows) == 128  # one row of tiles, enlarged 4x
+    x0 = np.flatnonzero((grey < 10).sum(0) >= 128)[0]  # where the tiles begin
+    light = grey[dark_rows[-1] + 1 :, x0:]
+    assert (light > 245).all(axis=1).sum() >= 128  # below it the white tiles (and white margins)
+    header = grey[: dark_rows[0]]
+    assert (header < 128).sum() > 200  # the prompts are written above the tiles
+    assert (grey[dark_rows[0] :, :x0] < 128).sum() > 50  # and the row names to the left

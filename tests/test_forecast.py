@@ -1,0 +1,139 @@
+"""The forecast act (issue 15): cached calls hand out the polynomial through the deep features of the
+last k full calls. Exact on analytic models whose deep feature is a polynomial in t of degree < k."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import diffusers
+import pytest
+import torch
+from torch import nn
+
+import cachediff
+from cachediff import DeepCacheConfig
+from cachediff.clock import StepClock
+from cachediff.core import PRODUCE, Forecast, Group, Session
+from cachediff.policy import Static
+from cachediff.testing import sample, tiny_pipe
+
+STEPS = 12
+#: Unevenly spaced times, as a scheduler's can be: 1000 (1 - s / T)^2
+TIMES = [1000.0 * (1 - s / STEPS) ** 2 for s in range(STEPS)]
+
+
+class Poly(nn.Module):
+    """f(t) = v * sum_i c_i (t / 1000)^i, float64."""
+
+    def __init__(self, degree: int):
+        super().__init__()
+        self.coeffs = [1.0, -2.0, 1.5, 0.7, -0.4][: degree + 1]
+        self.v = torch.linspace(-1, 1, 5, dtype=torch.float64)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.v * sum(c * (t / 1000) ** i for i, c in enumerate(self.coeffs))
+
+
+class Net(nn.Module):
+    """A shallow path (x) around a deep module (a polynomial in the timestep)."""
+
+    def __init__(self, degree: int):
+        super().__init__()
+        self.deep = Poly(degree)
+
+    def forward(self, x: torch.Tensor, timestep: float) -> torch.Tensor:
+        return x + self.deep(torch.tensor(timestep, dtype=torch.float64))
+
+
+def errors(degree: int, order: int, time: str = "timestep", interval: int = 4) -> list[float]:
+    """Max error of each call against the uncached model, every ``interval``-th call full."""
+    net, x = Net(degree), torch.zeros(5, dtype=torch.float64)
+    exact = [net(x, t) for t in TIMES]
+    group = Group({"deep": PRODUCE}, Static(lambda n: lambda step: step % interval == 0))
+    with Session(net, [group], act=Forecast(order, time)) as session:
+        got = [net(x, t) for t in TIMES]
+    assert session.stats.n_full == len(range(0, STEPS, interval))
+    return [float((g - e).abs().max()) for g, e in zip(got, exact, strict=True)]
+
+
+def settled(err: list[float], order: int, interval: int = 4) -> list[float]:
+    """The errors once ``order`` full calls are kept (before, the polynomial has fewer points)."""
+    return err[(order - 1) * interval :]
+
+
+@pytest.mark.parametrize("order", [1, 2, 3])
+def test_a_forecast_of_order_k_is_exact_for_polynomials_of_degree_below_k(order):
+    for degree in range(order):
+        assert max(settled(errors(degree, order), order)) < 1e-12, (degree, order)
+    assert max(settled(errors(order, order), order)) > 1e-3  # of degree k it is not
+
+
+def test_the_timestep_is_the_right_variable_when_steps_are_unevenly_spaced():
+    assert max(settled(errors(1, 2, "timestep"), 2)) < 1e-12  # linear in t: a line through two points
+    assert max(settled(errors(1, 2, "step"), 2)) > 1e-3  # but not linear in the step index
+
+
+def test_order_1_is_replay():
+    replay = [float(e) for e in errors(2, 1)]
+    net, x = Net(2), torch.zeros(5, dtype=torch.float64)
+    with Session(net, [Group({"deep": PRODUCE}, Static(lambda n: lambda s: s % 4 == 0))]):
+        got = [net(x, t) for t in TIMES]
+    exact = [net(x, t) for t in TIMES]
+    assert replay == [float((g - e).abs().max()) for g, e in zip(got, exact, strict=True)]
+
+
+def test_the_forecast_keeps_order_features_and_reports_them():
+    net, x = Net(1), torch.zeros(5, dtype=torch.float64)
+    for order in (1, 2, 3):
+        group = Group({"deep": PRODUCE}, Static(lambda n: lambda s: s % 2 == 0))
+        with Session(net, [group], act=Forecast(order)) as session:
+            _ = [net(x, t) for t in TIMES]
+            assert session.cache_nbytes == order * x.nbytes
+
+
+def test_a_repeated_time_replaces_its_point():
+    act = Forecast(order=2, time="timestep")
+    kept = act.keep(
+        act.keep(act.keep(None, torch.tensor([1.0]), 900), torch.tensor([2.0]), 800), torch.tensor([4.0]), 800
+    )
+    assert [t for t, _ in kept] == [900, 800]  # PLMS evaluates one timestep twice: no division by zero
+    assert torch.equal(act.give(kept, None, 700), torch.tensor([7.0]))
+
+
+def test_the_clock_reads_the_schedulers_timesteps_once_per_run():
+    scheduler = diffusers.DDIMScheduler()
+    clock = StepClock(SimpleNamespace(scheduler=scheduler))
+    clock.start()
+    scheduler.set_timesteps(5)
+    assert [clock.time(s) for s in range(6)] == [float(t) for t in scheduler.timesteps] + [None]
+    scheduler.set_timesteps(3)  # a new run: a new copy
+    assert clock.time(0) == float(scheduler.timesteps[0])
+    clock.detach()
+
+
+def forecast_pipe(scheduler: str):
+    pipe, cond = tiny_pipe("sd", scheduler)
+    return pipe, cond
+
+
+def test_interval_1_stays_bit_exact_and_runs_do_not_leak_into_each_other():
+    pipe, cond = forecast_pipe("DDIMScheduler")
+    base = sample(pipe, cond, steps=8)
+    with cachediff.deepcache(pipe, interval=1, branch=1, reuse="forecast", order=3):
+        assert torch.equal(sample(pipe, cond, steps=8), base)
+    with cachediff.deepcache(pipe, interval=3, branch=1, reuse="forecast", order=2) as engine:
+        first, second = sample(pipe, cond, steps=8), sample(pipe, cond, steps=8)
+        assert engine.stats.pattern == "FCCFCCFC"
+    assert torch.equal(first, second) and not torch.equal(first, base)
+
+
+@pytest.mark.parametrize("schedule", ["uniform", "non-uniform", "adaptive"])
+def test_the_forecast_works_with_every_schedule_and_with_plms(schedule):
+    pipe, cond = forecast_pipe("PNDMScheduler")  # PLMS: one timestep evaluated twice
+    base = sample(pipe, cond, steps=10)
+    config = DeepCacheConfig(interval=3, branch=1, schedule=schedule, center=4, reuse="forecast", order=3)
+    engine = cachediff.DeepCacheEngine(pipe.unet, config, pipe)
+    with engine:
+        out = sample(pipe, cond, steps=10)
+    assert torch.isfinite(out).all() and engine.stats.n_cached > 0
+    assert (out - base).abs().max() < 10 * base.abs().max()  # close to the model's scale, not blown up
