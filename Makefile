@@ -5,7 +5,7 @@ VENV := .venv
 LATEST := .venv-latest
 FASHION := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test test-fast test-slow lint clean mnist-results
+.PHONY: demo test test-fast test-slow lint clean mnist-results tiny-sd-results
 
 demo: $(VENV)/.installed  ## set up, then run the main job on the shipped default model
 	$(VENV)/bin/python main.py
@@ -34,6 +34,19 @@ mnist-results: $(VENV)/.installed  ## docs/DDPM_MNIST.md's tables and plots (res
 	    --budgets 2 3 --suites interval steps schedules
 	$(VENV)/bin/python scripts/plot_sweep.py $(MNIST_RUN)/results.csv --out $(MNIST_DOCS) --grid $(MNIST_GRID)
 	$(VENV)/bin/python experiments/ddpm/report_mnist.py $(MNIST_DOCS)/results.csv --out $(MNIST_DOCS)/tables.md
+
+SD_SWEEP := $(VENV)/bin/python scripts/sweep.py --model_type tiny-sd --samples 2000 --shard 200 --batch 100 \
+    --fid-reference fashion-mnist --timing-images 20 --repeats 3 --threads 2
+SD_RUN := runs/tiny-sd-sweep
+SD_DOCS := docs/results/tiny-sd
+
+tiny-sd-results: $(VENV)/.installed $(FASHION)  ## docs/TINY_SD.md's tables (the paper's Tables 3, 13/14; resumable)
+	$(SD_SWEEP) --out $(SD_RUN) --suites interval curve --intervals 5 --curve 25 --only plms-25 N5-b1
+	$(SD_SWEEP) --out $(SD_RUN) --suites grid curve --intervals 2 3 4 5 6 7 8 --schedules uniform non-uniform \
+	    --curve 15 20 25 30 35 40 45
+	$(SD_SWEEP) --out $(SD_RUN) --suites schedules forecast --budgets 5
+	$(VENV)/bin/python scripts/plot_sweep.py $(SD_RUN)/results.csv --out $(SD_DOCS) --quality fid \
+	    --grid plms-50 N5-b1 plms-25 plms-15
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff format cachediff tests scripts experiments *.py

@@ -127,10 +127,7 @@ def run(args: argparse.Namespace) -> int:
     prompts = None
     if preset.task not in ("unconditional", "video"):
         inputs["prompt"] = prompts = _prompts(args.prompt, preset, len(seeds))
-        card = generation.model_card(preset.model_path(args.model))
-        guidance = card.get("guidance_scale") if args.guidance_scale is None else args.guidance_scale
-        if guidance is not None:
-            inputs["guidance_scale"] = guidance
+        inputs |= generation.guidance(preset.model_path(args.model), args.guidance_scale)
     if getattr(args, "refine", False):
         refiner = generation.load_pipeline(get_preset("sdxl-img2img"), args.refiner, args.device, dtype)
         inputs["refiner"] = refiner

@@ -177,7 +177,8 @@ def labelled_grid(
         y = top + r * (h + gap)
         draw.text((4, y + h // 2), name, fill="black", font=font, anchor="lm")
         for q in range(len(columns)):
-            tile_image = Image.fromarray(grid(images[q : q + 1], rows=1)[2:-2, 2:-2].squeeze(-1))
+            tile = grid(images[q : q + 1], rows=1)[2:-2, 2:-2]  # (H, W, C)
+            tile_image = Image.fromarray(tile[..., 0] if tile.shape[-1] == 1 else tile)
             canvas.paste(tile_image.convert("RGB").resize((w, h), Image.NEAREST), (left + q * (w + gap), y))
     return np.asarray(canvas)
 

@@ -82,6 +82,13 @@ def model_card(path: str) -> dict:
     return json.loads(card.read_text()) if card.is_file() else {}
 
 
+def guidance(path: str, scale: float | None = None) -> dict:
+    """The guidance input of a text task: ``scale`` if given, else the model card's
+    ``guidance_scale``, else none (the pipeline's default)."""
+    scale = model_card(path).get("guidance_scale") if scale is None else scale
+    return {} if scale is None else dict(guidance_scale=scale)
+
+
 def _absent_components(path: str) -> dict:
     """Components a local folder saved as absent (``[null, null]``, e.g. no safety checker), passed as
     ``None`` so pipelines loaded under another class (Text2Video-Zero from SD weights) accept them."""

@@ -11,6 +11,8 @@ Example:
     python scripts/bench.py --out docs/results/bench            # the full table (slow on a CPU)
     python scripts/bench.py --quick                             # tiny models, one repeat (CI smoke test)
     python scripts/bench.py --compile --archs ddpm-cifar10 --out docs/results/bench   # eager vs compiled
+    python scripts/bench.py --gpu                               # on one GPU: SD 1.5 512 px, SDXL 1024 px
+    python scripts/bench.py --gpu --quick                       # the same code on tiny CPU models
 """
 
 from __future__ import annotations
@@ -24,24 +26,32 @@ import pandas as pd
 import torch
 from diffusers import DDIMScheduler
 from torch._dynamo.utils import counters
+from torch.utils import _pytree as pytree
 
 import cachediff
 from cachediff import DeepCacheConfig, DeepCacheSDHelper, metrics
 from cachediff.accelerators import step_macs
 from cachediff.architectures import CPU_SIZES, build, example_inputs
+from cachediff.cli import DTYPES
 from cachediff.core import tree_nbytes
 from cachediff.files import read_csv, update_csv
+from cachediff.generation import check_device
 from cachediff.metrics import average_macs
 from cachediff.testing import denoise_example, tiny_unet
 
 CONFIGS = [(3, 0), (5, 0), (5, 1)]  # (interval, branch id)
+#: The GPU benchmark's architectures and latent sides: SD 1.5 at 512 px, SDXL at 1024 px.
+GPU_SIZES = {"sd1.5": 64, "sdxl": 128}
 
 
-def bench_config(pipe, inputs, steps, interval, branch, repeats) -> dict:
-    """Interleaved timings of baseline / official / cachediff for one (interval, branch)."""
+def bench_config(pipe, inputs, steps, interval, branch, repeats, compiled=None) -> dict:
+    """Interleaved timings of baseline / official / cachediff for one (interval, branch), and of
+    cachediff on the ``compiled`` forward of the U-Net where one is given."""
     from DeepCache import DeepCacheSDHelper as Official
 
     helpers = {"official": Official(pipe), "cachediff": DeepCacheSDHelper(pipe)}
+    if compiled is not None:
+        helpers["compiled"] = helpers["cachediff"]
     for h in helpers.values():
         h.set_params(cache_interval=interval, cache_branch_id=branch)
     held = {}
@@ -50,6 +60,8 @@ def bench_config(pipe, inputs, steps, interval, branch, repeats) -> dict:
         helper = helpers.get(name)
 
         def fn():
+            if name == "compiled":
+                pipe.unet.forward = compiled  # compiled before the hooks, as documented
             if helper:
                 helper.enable()
             try:
@@ -61,13 +73,15 @@ def bench_config(pipe, inputs, steps, interval, branch, repeats) -> dict:
             finally:
                 if helper:
                     helper.disable()
+                vars(pipe.unet).pop("forward", None)
 
         return fn
 
-    runs = {name: run(name) for name in ("baseline", "official", "cachediff")}
-    times = metrics.interleaved(runs, repeats, warmup=1)
+    runs = {name: run(name) for name in ("baseline", *helpers)}
+    times = metrics.interleaved(runs, repeats, warmup=1)  # the warm-up round compiles
     # one more run each, untimed: peak memory above the memory in use before it
-    peak = {name: metrics.peak_memory(fn) for name, fn in runs.items()}
+    device = inputs["sample"].device
+    peak = {name: metrics.peak_memory(fn, device) for name, fn in runs.items()}
     full, cached = step_macs(pipe.unet, inputs, branch)
     bound = full / average_macs(full, cached, DeepCacheConfig(interval).budget(steps), steps)
     med = {k: statistics.median(v) for k, v in times.items()}
@@ -87,6 +101,14 @@ def bench_config(pipe, inputs, steps, interval, branch, repeats) -> dict:
         official_cache_mib=held["official"] / 2**20,
         cachediff_cache_mib=held["cachediff"] / 2**20,
         **{f"{k}_peak_mib": v / 2**20 if v is not None else float("nan") for k, v in peak.items()},
+        **(
+            dict(
+                compiled_speedup=med["baseline"] / med["compiled"],
+                compiled_efficiency=med["baseline"] / med["compiled"] / bound,
+            )
+            if "compiled" in med
+            else {}
+        ),
     )
 
 
@@ -134,7 +156,14 @@ def bench_compile(pipe, inputs, steps, interval, branch, repeats) -> dict:
     )
 
 
-def model_and_inputs(arch: str, quick: bool, size: int | None = None):
+def model_and_inputs(arch: str, quick: bool, size: int | None = None, device="cpu", dtype=torch.float32):
+    """The U-Net of ``arch`` (tiny with ``quick``) and inputs of one CFG step, on ``device`` in ``dtype``."""
+    unet, inputs = _model_and_inputs(arch, quick, size)
+    to = lambda t: t.to(device, dtype) if t.is_floating_point() else t.to(device)  # noqa: E731
+    return unet.to(device, dtype), pytree.tree_map(lambda t: to(t) if torch.is_tensor(t) else t, inputs)
+
+
+def _model_and_inputs(arch: str, quick: bool, size: int | None = None):
     if quick:
         kind = {"sd1.5": "sd", "sdxl": "sdxl", "svd": "svd", "ddpm-cifar10": "ddpm"}[arch]
         unet, cond = tiny_unet(kind, batch=2)
@@ -161,20 +190,42 @@ def main() -> None:
     p.add_argument("--size", type=int, help="latent side for every architecture (default: per arch)")
     p.add_argument("--compile", action="store_true", help="eager vs torch.compile instead (I=3/B=0 only)")
     p.add_argument(
+        "--gpu", action="store_true", help="the prepared GPU benchmark: SD 1.5 at 512 px and SDXL at 1024 "
+        "px, fp16, CFG batch 2, 50 steps, also cachediff compiled; into docs/results/gpu (with --quick: tiny "
+        "models on the CPU, to check that it runs)",
+    )  # fmt: skip
+    p.add_argument("--device", help="torch device (default: cuda with --gpu, else cpu)")
+    p.add_argument("--dtype", choices=list(DTYPES), help="weights and compute (default: float16 with --gpu)")
+    p.add_argument(
+        "--compiled", action="store_true", help="also time cachediff on the torch.compile'd U-Net (--gpu: on)"
+    )
+    p.add_argument(
         "--out", type=Path, help="folder for results.csv and table.md (compile.csv, .md); rows are merged"
     )
     args = p.parse_args()
     if args.steps < 1 or args.repeats < 1 or (args.size is not None and args.size < 8):
         p.error("--steps and --repeats must be >= 1, --size >= 8")
+    if args.gpu:
+        args.archs, args.compiled = [a for a in args.archs if a in GPU_SIZES] or list(GPU_SIZES), True
+        args.steps, args.repeats, args.out = 50, min(args.repeats, 2), args.out or Path("docs/results/gpu")
+        args.device = args.device or ("cpu" if args.quick else "cuda")
+        args.dtype = args.dtype or ("float32" if args.quick else "float16")
     if args.quick:
         args.steps, args.repeats = 6, 1
+    try:
+        device = check_device(args.device or "cpu")
+    except ValueError as err:
+        p.error(str(err))
+    dtype = DTYPES[args.dtype or "float32"]
     torch.set_num_threads(args.threads)
     metrics.return_freed_memory()  # so that each run's peak memory is its own
     rows = []
     for arch in args.archs:
-        unet, inputs = model_and_inputs(arch, args.quick, args.size)
+        size = args.size or (GPU_SIZES[arch] if args.gpu else None)
+        unet, inputs = model_and_inputs(arch, args.quick, size, device, dtype)
         latent = inputs["sample"].shape[-1]
         pipe = SimpleNamespace(unet=unet, scheduler=DDIMScheduler())
+        options = dict(fullgraph=True, **({"backend": "eager"} if args.quick else {}))
         if args.compile:
             row = dict(arch=arch, latent=latent)
             row.update(bench_compile(pipe, inputs, args.steps, *CONFIGS[0], args.repeats))
@@ -182,8 +233,12 @@ def main() -> None:
             print(row, flush=True)
             continue
         for interval, branch in CONFIGS:
-            row = dict(arch=arch, latent=latent)
-            row.update(bench_config(pipe, inputs, args.steps, interval, branch, args.repeats))
+            compiled = None
+            if args.compiled:  # afresh per configuration: three graphs each (dynamo's limit is 8)
+                torch._dynamo.reset()
+                compiled = vars(cachediff.compile_denoiser(pipe, **options)).pop("forward")
+            row = dict(arch=arch, latent=latent, device=str(device), dtype=str(dtype).removeprefix("torch."))
+            row.update(bench_config(pipe, inputs, args.steps, interval, branch, args.repeats, compiled))
             rows.append(row)
             print(
                 f"{arch:13s} I={interval} B={branch}: speedup official {row['official_speedup']:.2f}x, "

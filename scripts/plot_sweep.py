@@ -29,7 +29,12 @@ import pandas as pd  # noqa: E402
 from cachediff.files import save_figure  # noqa: E402
 
 #: quality columns
-QUALITIES = {"fid": "FID (lower is better)", "clip_score": "CLIP score", "psnr_db": "PSNR to baseline (dB)"}
+QUALITIES = {
+    "fid": "FID (lower is better)",
+    "clip_score": "CLIP score",
+    "class_score": "class score (higher is better)",
+    "psnr_db": "PSNR to baseline (dB)",
+}
 FEWER = "fewer steps"
 COST = "MMACs per step (average over the baseline's steps)"
 #: scheduler class -> the sampler's name in legends

@@ -163,10 +163,7 @@ def run(args) -> int:
     inputs = generation.default_inputs(pipe, preset.task, args.image, args.mask)
     if preset.task in TEXT_TASKS:
         prompts = load_prompts(args.prompts or preset.prompts, args.samples)
-        card = generation.model_card(preset.model_path(args.model))
-        guidance = card.get("guidance_scale") if args.guidance_scale is None else args.guidance_scale
-        if guidance is not None:
-            inputs["guidance_scale"] = guidance
+        inputs |= generation.guidance(preset.model_path(args.model), args.guidance_scale)
     inception = F.load_inception(args.device) if args.fid_reference else None
     featurize = inception and (lambda x: F.inception_features(x.to(args.device), inception, 50, False))
     if preset.task in ("video", "text2video"):

@@ -21,3 +21,9 @@ def test_labelled_grid_draws_rows_in_order_enlarged_under_their_labels():
     header = grey[: dark_rows[0]]
     assert (header < 128).sum() > 200  # the prompts are written above the tiles
     assert (grey[dark_rows[0] :, :x0] < 128).sum() > 50  # and the row names to the left
+
+
+def test_labelled_grid_keeps_colour():
+    red = torch.tensor([1.0, -1.0, -1.0]).view(1, 3, 1, 1).expand(2, 3, 16, 16)
+    a = labelled_grid({"baseline": red, "DeepCache": red}, ["seed 0", "seed 1"], tile=32)
+    assert ((a[..., 0] == 255) & (a[..., 1] == 0)).sum() == 4 * 32 * 32

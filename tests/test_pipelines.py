@@ -145,6 +145,7 @@ def test_stable_video_diffusion_script_saves_gifs(tiny_folders, tmp_path):
 
 
 def test_unknown_scheduler_is_a_clear_error(tiny_folders, tmp_path, capsys):
-    args = ["--model", str(tiny_folders["ddpm"]), "--scheduler", "FooScheduler", "--output", str(tmp_path)]
+    args = ["--model_type", "ddpm-cifar10", "--model", str(tiny_folders["ddpm"])]
+    args += ["--scheduler", "FooScheduler", "--output", str(tmp_path)]
     assert main.main(args) == 2
     assert "unknown scheduler 'FooScheduler'" in capsys.readouterr().err

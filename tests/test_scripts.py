@@ -112,6 +112,16 @@ def test_bench_quick_smoke(tmp_path):
     assert rows.official_peak_mib.max() > 0  # measured: the official helper holds every block's output
 
 
+def test_the_gpu_benchmark_runs_in_its_quick_mode(tmp_path):
+    run("scripts/bench.py", "--gpu", "--quick", "--archs", "sd1.5", "--threads", "1", "--out", str(tmp_path))
+    rows = pd.read_csv(tmp_path / "results.csv")
+    assert list(zip(rows.interval, rows.branch, strict=True)) == [(3, 0), (5, 0), (5, 1)]
+    assert (
+        (rows.compiled_speedup > 0).all() and set(rows.device) == {"cpu"} and set(rows.dtype) == {"float32"}
+    )
+    assert "compiled_speedup" in (tmp_path / "table.md").read_text()
+
+
 def test_both_helpers_run_the_same_convolutions_and_matmuls():
     out = run(
         "scripts/profile_helpers.py", "--arch", "ddpm-cifar10", "--steps", "3", "--interval", "3"

@@ -26,6 +26,7 @@ import argparse
 import csv
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -337,7 +338,7 @@ def export(args) -> None:
         canonical="a photo of a {name}",
     )
     (args.export / "prompts.json").write_text(json.dumps(prompts, indent=2))
-    config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    config = {k: os.path.relpath(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     (args.export / "training.json").write_text(json.dumps({"unet_step": ckpt["step"], **config}, indent=2))
     print(f"exported U-Net step {ckpt['step']} to {args.export}")
 
