@@ -19,7 +19,7 @@ from . import files, generation
 from .accelerators import accelerator
 from .comparison import Comparison, compare
 from .config import DeepCacheConfig
-from .metrics.class_score import class_score, load_classifier, prompt_labels
+from .metrics.class_score import class_score_of_prompts, load_classifier
 from .pipelines import PRESETS, get_preset
 from .prompts import load_prompts
 
@@ -169,14 +169,20 @@ def _prompts(prompt: str | None, preset, n: int) -> list[str]:
 def _class_scores(preset, prompts: list[str] | None, base: torch.Tensor, cached: torch.Tensor) -> dict:
     """Class score and top-1 accuracy of both runs, where the preset's images can be classified and
     every prompt names one class; else nothing."""
-    labels = prompt_labels(prompts or [])
-    if not preset.class_score or not labels or None in labels:
+    if not preset.class_score or not prompts:
         return {}
     model = load_classifier()
-    out = {}
-    for name, images in (("baseline", base), ("deepcache", cached)):
-        out[f"{name}_class_score"], out[f"{name}_class_accuracy"] = class_score(images, labels, model)
-    return out
+    scores = {
+        name: class_score_of_prompts(images, prompts, model)
+        for name, images in (("baseline", base), ("deepcache", cached))
+    }
+    if None in scores.values():  # a prompt that names no class, or two
+        return {}
+    return {
+        f"{name}_class_{k}": v
+        for name, s in scores.items()
+        for k, v in zip(("score", "accuracy"), s, strict=True)
+    }
 
 
 def print_table(r: Comparison, scores: dict | None = None) -> None:

@@ -382,12 +382,14 @@ def row(
     )
     if reference is not None:
         out["fid"] = fid.frechet_distance(*fid.feature_stats(sweep.features(setting)), *reference)
-    texts = [prompts[k % len(prompts)] for k in range(sweep.n)] if prompts is not None else None
-    if clip is not None and texts is not None:
-        out["clip_score"] = clip_score.clip_score(sweep.images(setting), texts, clip).mean().item()
-    labels = class_score.prompt_labels(texts or [])
-    if classifier is not None and labels and None not in labels:
-        out["class_score"], out["class_accuracy"] = class_score.class_score(
-            sweep.images(setting), labels, classifier
-        )
+    if prompts is not None and (clip is not None or classifier is not None):
+        texts, samples = (
+            [prompts[k % len(prompts)] for k in range(sweep.n)],
+            sweep.images(setting),
+        )  # read once
+        if clip is not None:
+            out["clip_score"] = clip_score.clip_score(samples, texts, clip).mean().item()
+        scores = classifier and class_score.class_score_of_prompts(samples, texts, classifier)
+        if scores:
+            out["class_score"], out["class_accuracy"] = scores
     return {k: out[k] for k in COLUMNS if k in out}

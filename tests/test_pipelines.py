@@ -93,7 +93,8 @@ def test_the_default_is_the_shipped_tiny_sd_with_one_prompt_per_class(tmp_path, 
 def test_one_prompt_is_the_prompt_of_every_image_and_its_class_is_scored(tmp_path, monkeypatch):
     scored = []
     monkeypatch.setattr(
-        "cachediff.cli.class_score", lambda images, labels, model: scored.append(labels) or (1, 1)
+        "cachediff.metrics.class_score.class_score",
+        lambda images, labels, model: scored.append(labels) or (1, 1),
     )
     args = ["--prompt", "a photo of a bag", "--batch_size", "2", "--steps", "3", "--repeats", "1"]
     assert main.main([*args, "--output", str(tmp_path)]) == 0

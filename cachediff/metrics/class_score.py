@@ -112,3 +112,12 @@ def prompt_labels(prompts: Sequence[str], classes: Sequence[str] = FASHION_CLASS
         for p in prompts
     ]
     return [next(iter(f)) if len(f) == 1 else None for f in found]
+
+
+def class_score_of_prompts(images: torch.Tensor, prompts: Sequence[str], model: nn.Module) -> tuple | None:
+    """(class score, accuracy) of images against the class each prompt names, or ``None`` unless
+    every prompt names exactly one class."""
+    labels = prompt_labels(prompts)
+    if not labels or None in labels:
+        return None
+    return class_score(images, labels, model)
