@@ -35,18 +35,26 @@ mnist-results: $(VENV)/.installed  ## docs/DDPM_MNIST.md's tables and plots (res
 	$(VENV)/bin/python scripts/plot_sweep.py $(MNIST_RUN)/results.csv --out $(MNIST_DOCS) --grid $(MNIST_GRID)
 	$(VENV)/bin/python experiments/ddpm/report_mnist.py $(MNIST_DOCS)/results.csv --out $(MNIST_DOCS)/tables.md
 
-SD_SWEEP := $(VENV)/bin/python scripts/sweep.py --model_type tiny-sd --samples 2000 --shard 200 --batch 100 \
-    --fid-reference fashion-mnist --timing-images 20 --repeats 3 --threads 2
 SD_RUN := runs/tiny-sd-sweep
 SD_DOCS := docs/results/tiny-sd
+SD_SWEEP := $(VENV)/bin/python scripts/sweep.py --model_type tiny-sd --samples 2000 --shard 200 --batch 100 \
+    --fid-reference fashion-mnist --timing-images 20 --repeats 3 --threads 2 --out $(SD_RUN) \
+    --results $(SD_DOCS)/results.csv
+SD_GRID := plms-50 N5-b1 plms-25 plms-15
+SD_DPM := $(SD_SWEEP) --scheduler DPMSolverMultistepScheduler --out runs/tiny-sd-dpmpp --results $(SD_DOCS)/dpmpp.csv
 
 tiny-sd-results: $(VENV)/.installed $(FASHION)  ## docs/TINY_SD.md's tables (the paper's Tables 3, 13/14; resumable)
-	$(SD_SWEEP) --out $(SD_RUN) --suites interval curve --intervals 5 --curve 25 --only plms-25 N5-b1
-	$(SD_SWEEP) --out $(SD_RUN) --suites grid curve --intervals 2 3 4 5 6 7 8 --schedules uniform non-uniform \
-	    --curve 15 20 25 30 35 40 45
-	$(SD_SWEEP) --out $(SD_RUN) --suites schedules forecast --budgets 5
-	$(VENV)/bin/python scripts/plot_sweep.py $(SD_RUN)/results.csv --out $(SD_DOCS) --quality fid \
-	    --grid plms-50 N5-b1 plms-25 plms-15
+	$(SD_SWEEP) --suites interval curve --intervals 5 --curve 25 --only plms-25 N5-b1
+	$(SD_DPM) --steps 25 --suites interval curve --intervals 2 3 4 --curve 10 15 20
+	$(SD_DPM) --steps 20 --baseline-steps 25 --suites interval --intervals 2 3
+	$(SD_SWEEP) --suites curve interval --curve 15 20 30 35 40 45 --intervals 2 3 4 6 7 8
+	$(SD_SWEEP) --suites grid --intervals 2 3 4 5 6 7 8 --schedules non-uniform
+	$(SD_SWEEP) --suites schedules forecast --budgets 5
+	$(SD_SWEEP) --stage generate --samples 200 --suites interval curve --intervals 5 --curve 15 25 \
+	    --only $(SD_GRID)
+	$(VENV)/bin/python scripts/plot_sweep.py $(SD_DOCS)/results.csv --out $(SD_DOCS) --quality fid \
+	    --samples $(SD_RUN) --grid $(SD_GRID)
+	$(VENV)/bin/python scripts/plot_sweep.py $(SD_DOCS)/dpmpp.csv --out $(SD_DOCS)/dpmpp --quality fid
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff format cachediff tests scripts experiments *.py

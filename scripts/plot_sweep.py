@@ -140,6 +140,9 @@ def main() -> None:
     p.add_argument("--quality", choices=list(QUALITIES), help="quality column (default: FID if measured)")
     p.add_argument("--grid", nargs="+", metavar="SETTING", help="also draw these settings' first samples")
     p.add_argument("--grid-images", type=int, default=12, help="samples per row of --grid (default 12)")
+    p.add_argument(
+        "--samples", type=Path, help="the sweep's --out folder with the samples (default: the CSV's)"
+    )
     args = p.parse_args()
     if args.grid_images < 1:
         p.error("--grid-images must be at least 1")
@@ -150,8 +153,9 @@ def main() -> None:
     finite = df.replace([float("inf")], float("nan"))  # the baseline's PSNR to itself
     written = [pareto(finite, args.out, cost, quality), per_branch(finite, args.out, cost, quality)]
     if args.grid:
-        written.append(sample_grid(args.csv.parent, args.grid, args.out, args.grid_images))
-    df.drop(columns=cost).to_csv(args.out / "results.csv", index=False)
+        written.append(sample_grid(args.samples or args.csv.parent, args.grid, args.out, args.grid_images))
+    if args.csv.resolve() != (args.out / "results.csv").resolve():
+        df.drop(columns=cost).to_csv(args.out / "results.csv", index=False)
     cols = ["setting", "method", "steps", "interval", "paper_branch", "n_full", *QUALITIES, cost]
     table = df[[c for c in [*cols, "mac_speedup", "measured_speedup", "samples"] if c in df]]
     (args.out / "table.md").write_text(table.to_markdown(index=False, floatfmt=".3g") + "\n")

@@ -111,7 +111,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     p.add_argument("--out", type=Path, default=Path("runs/sweep"), help="samples, stats and results.csv")
+    p.add_argument(
+        "--results", type=Path, help="the CSV of rows (default: OUT/results.csv); a setting with a row there "
+        "is not sampled again (but by --stage generate), so a CSV kept in git resumes a sweep whose samples "
+        "are gone",
+    )  # fmt: skip
     args = p.parse_args(argv)
+    args.results = args.results or args.out / "results.csv"
     given = (args.steps, args.baseline_steps, args.batch, args.threads)  # None: the default
     counts = [args.samples, args.shard, args.frames, args.timing_images, args.reference_images]
     counts += [*args.intervals, *args.budgets, *args.curve, *(c for c in given if c is not None)]
@@ -172,16 +178,27 @@ def run(args) -> int:
         pipe, args.out, args.samples, args.shard, featurize, preset.task, prompts, args.batch, **inputs
     )
     settings = plan_settings(args, preset, sweep)
-
+    output_folder(args.results.parent)
+    done = {r["setting"] for r in read_csv(args.results)}
     rank, world = launcher()
-    if args.stage in ("generate", "all"):
-        for s in settings:
-            sweep.generate_missing(s, rank, world)
-    if world > 1:
-        torch.distributed.barrier()
+    scorer = None
     if rank == 0 and args.stage in ("score", "all"):
         classifier = load_classifier(device=args.device) if preset.class_score else None
-        score(args, sweep, settings, prompts, featurize, classifier)
+        scorer = Scorer(args, sweep, settings[0], prompts, featurize, classifier)
+    for s in settings:  # one setting at a time, so that its row lands as soon as its samples do
+        if s.name in done and args.stage != "generate":
+            if scorer and args.retime is not None and s != settings[0]:
+                scorer.retime(s)
+            continue
+        if args.stage in ("generate", "all"):
+            sweep.generate_missing(s, rank, world)
+        if world > 1:
+            torch.distributed.barrier()
+        if scorer:
+            scorer.score(s)
+    if scorer:
+        print(f"wrote {args.results} ({datetime.date.today()} on {platform.machine()}, "
+              f"{torch.get_num_threads()} threads)")  # fmt: skip
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
     return 0
@@ -211,29 +228,45 @@ def plan_settings(args, preset, sweep: Sweep) -> list[Setting]:
     return chosen
 
 
-def score(args, sweep: Sweep, settings: list[Setting], prompts, featurize, classifier=None) -> None:
-    """One row per setting not in the CSV yet, written as soon as it is done; ``--retime`` measures
-    the speed of finished ones again."""
-    csv = args.out / "results.csv"
-    base = settings[0]
-    reference = None
-    if args.fid_reference:
-        reference = reference_stats(args.fid_reference, args.out, args.reference_images, featurize)
-    clip = C.load_clip(args.clip, args.clip_arch, args.device) if args.clip else None
+class Scorer:
+    """Writes a setting's row (``cachediff.sweep.row`` and its measured speed) to ``--results``; the
+    FID reference statistics and the CLIP model load on the first row that needs them."""
 
-    def timing(s: Setting) -> dict:
-        return speed(sweep, base, s, args.timing_images, args.repeats) if args.repeats else {}
+    def __init__(self, args, sweep: Sweep, base: Setting, prompts, featurize, classifier=None):
+        self.args, self.sweep, self.base, self.prompts, self.classifier = (
+            args,
+            sweep,
+            base,
+            prompts,
+            classifier,
+        )
+        self.featurize, self._loaded = featurize, None
 
-    for s in settings:
-        if s.name in {r["setting"] for r in read_csv(csv)}:
-            if args.retime is not None and s != base and (not args.retime or s.name in args.retime):
-                update_csv(csv, dict(setting=s.name, **timing(s)))
-            continue
-        values = row(sweep, s, base, reference, clip, prompts, classifier) | timing(s)
-        update_csv(csv, {k: values[k] for k in COLUMNS if k in values})
+    def _models(self):
+        if self._loaded is None:
+            a = self.args
+            reference = a.fid_reference and reference_stats(
+                a.fid_reference, a.out, a.reference_images, self.featurize
+            )
+            self._loaded = reference, a.clip and C.load_clip(a.clip, a.clip_arch, a.device)
+        return self._loaded
+
+    def _timing(self, s: Setting) -> dict:
+        a = self.args
+        return speed(self.sweep, self.base, s, a.timing_images, a.repeats) if a.repeats else {}
+
+    def score(self, s: Setting) -> None:
+        reference, clip = self._models()
+        values = row(self.sweep, s, self.base, reference, clip, self.prompts, self.classifier) | self._timing(
+            s
+        )
+        update_csv(self.args.results, {k: values[k] for k in COLUMNS if k in values})
         print(values, flush=True)
-    stamp = f"{datetime.date.today()} on {platform.machine()} ({torch.get_num_threads()} threads)"
-    print(f"wrote {csv} ({stamp})")
+
+    def retime(self, s: Setting) -> None:
+        """Measure a finished setting's speed again (``--retime``: the named ones, or all)."""
+        if not self.args.retime or s.name in self.args.retime:
+            update_csv(self.args.results, dict(setting=s.name, **self._timing(s)))
 
 
 if __name__ == "__main__":

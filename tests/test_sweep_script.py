@@ -64,6 +64,19 @@ def test_grid_rows_and_resumption(ddpm, tmp_path, monkeypatch):
     assert restored.gmacs_per_image == pytest.approx(rows.gmacs_per_image[3])
 
 
+def test_rows_kept_elsewhere_resume_a_sweep_whose_samples_are_gone(ddpm, tmp_path):
+    kept, common = tmp_path / "kept.csv", ["--results", str(tmp_path / "kept.csv"), "--suites", "interval"]
+    assert script.main(args(ddpm, tmp_path / "lost", *common, "--intervals", "2")) == 0
+    first = pd.read_csv(kept)
+    assert script.main(args(ddpm, tmp_path / "new", *common, "--intervals", "2", "3")) == 0
+    rows = pd.read_csv(kept).set_index("setting")
+    assert len(rows) == 3 and rows.loc["N2-b2"].equals(first.set_index("setting").loc["N2-b2"])
+    assert sorted(files(tmp_path / "new")) == [  # the baseline's first shard, for PSNR, and the new one
+        "N3-b2/samples_000000.npy", "N3-b2/samples_000002.npy", "ddim-6/samples_000000.npy"
+    ]  # fmt: skip
+    assert not (tmp_path / "new" / "results.csv").exists()
+
+
 def test_text_to_image_with_prompts_and_clip_score(tmp_path):
     sd, clip = save_tiny_pipeline("sd", tmp_path / "sd"), save_tiny_clip(tmp_path / "clip")
     extra = ["--model_type", "sd1.5", "--model", str(sd), "--steps", "4", "--samples", "2", "--shard", "2"]
