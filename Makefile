@@ -41,7 +41,7 @@ SD_SWEEP := $(VENV)/bin/python scripts/sweep.py --model_type tiny-sd --samples 2
     --fid-reference fashion-mnist --timing-images 20 --repeats 3 --threads 2 --out $(SD_RUN) \
     --results $(SD_DOCS)/results.csv
 SD_GRID := plms-50 N5-b1 plms-25 plms-15
-SD_DPM := $(SD_SWEEP) --scheduler DPMSolverMultistepScheduler --out runs/tiny-sd-dpmpp --results $(SD_DOCS)/dpmpp.csv
+SD_DPM := $(SD_SWEEP) --scheduler DPMSolverMultistepScheduler --out runs/tiny-sd-dpmpp --results $(SD_DOCS)/dpmpp/results.csv
 
 tiny-sd-results: $(VENV)/.installed $(FASHION)  ## docs/TINY_SD.md's tables (the paper's Tables 3, 13/14; resumable)
 	$(SD_SWEEP) --suites interval curve --intervals 5 --curve 25 --only plms-25 N5-b1
@@ -54,7 +54,7 @@ tiny-sd-results: $(VENV)/.installed $(FASHION)  ## docs/TINY_SD.md's tables (the
 	    --only $(SD_GRID)
 	$(VENV)/bin/python scripts/plot_sweep.py $(SD_DOCS)/results.csv --out $(SD_DOCS) --quality fid \
 	    --samples $(SD_RUN) --grid $(SD_GRID)
-	$(VENV)/bin/python scripts/plot_sweep.py $(SD_DOCS)/dpmpp.csv --out $(SD_DOCS)/dpmpp --quality fid
+	$(VENV)/bin/python scripts/plot_sweep.py $(SD_DOCS)/dpmpp/results.csv --out $(SD_DOCS)/dpmpp --quality fid
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff format cachediff tests scripts experiments *.py

@@ -2,8 +2,9 @@
 
 Caching decisions are made per *step* of a sampling run, never from the timestep value. With a
 pipeline, steps are counted by ``scheduler.step`` calls (so PLMS and Heun, which evaluate one timestep
-twice, count two steps) and ``scheduler.set_timesteps`` starts a new run; several model calls within
-one step (separate cond/uncond passes) get their own *slot*. Without a pipeline every model call is
+twice, count two steps; ``step_pred`` for a predictor-corrector sampler) and
+``scheduler.set_timesteps`` starts a new run; several model calls within one step (separate
+cond/uncond passes, a corrector's call) get their own *slot*. Without a pipeline every model call is
 one step. Used by the DeepCache engine and the module-level cache alike.
 
 Example:
@@ -95,14 +96,38 @@ class StepClock:
             return
         self.detach()
         if current is not None:
+            step_method(current)  # refuse an unknown scheduler before wrapping anything
             self._scheduler = current
             self._hooks.wrap(current, _after(lambda: self.reset(self._scheduler_steps())), "set_timesteps")
-            self._hooks.wrap(current, _after(self.advance), "step")
+            self._hooks.wrap(current, _after(self.advance), step_method(current))
         self.reset(self._scheduler_steps())
 
     def _scheduler_steps(self) -> int | None:
         timesteps = getattr(self._scheduler, "timesteps", None)
         return len(timesteps) if timesteps is not None else None
+
+
+#: Scheduler methods that end a denoising step, in order of preference: ``step``, or the predictor
+#: of a predictor-corrector sampler (ScoreSdeVeScheduler, whose corrector calls the model within
+#: the step, in a slot of its own).
+STEP_METHODS = ("step", "step_pred")
+
+
+def step_method(scheduler) -> str:
+    """The name of the scheduler's method that ends a step; a clear error for one that has none.
+
+    Example:
+        >>> from diffusers import DDIMScheduler, ScoreSdeVeScheduler
+        >>> step_method(DDIMScheduler()), step_method(ScoreSdeVeScheduler())
+        ('step', 'step_pred')
+    """
+    for name in STEP_METHODS:
+        if callable(getattr(scheduler, name, None)):
+            return name
+    raise TypeError(
+        f"{type(scheduler).__name__} has no method that ends a denoising step ({' or '.join(STEP_METHODS)}), "
+        "so cachediff cannot count its steps"
+    )
 
 
 def _after(callback: Callable[[], None]) -> Callable[[Callable], Callable]:

@@ -99,7 +99,7 @@ def params(setting: Setting) -> dict:
 
 def setting_of(row: dict) -> Setting:
     """The setting that a row's parameter columns describe (the inverse of ``params``)."""
-    given = {k: row[k] for k in CONFIG_COLUMNS if row.get(k) is not None and not _missing(row[k])}
+    given = {k: row[k] for k in CONFIG_COLUMNS if not is_missing(row.get(k))}
     given.update({k: tuple(ast.literal_eval(given[k])) for k in _SEQUENCES if k in given})
     if "symmetric" in given:
         given["symmetric"] = bool(given["symmetric"])
@@ -109,8 +109,36 @@ def setting_of(row: dict) -> Setting:
     return Setting(row["setting"], int(row["steps"]), None if uncached else DeepCacheConfig(**given))
 
 
-def _missing(value) -> bool:
-    return isinstance(value, float) and math.isnan(value)
+def is_missing(value) -> bool:
+    """A CSV cell that holds nothing (``None`` or NaN)."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def rescore_reason(row: dict | None, samples: int, columns: Sequence[str]) -> str | None:
+    """Why a setting's row must be scored (again) by a run of ``samples`` images per setting that
+    fills ``columns``: there is no row, it counts fewer samples, or it lacks one of the columns;
+    ``None`` when it holds. A row of more samples is refused (rescoring would replace it with a
+    noisier one).
+
+    Example:
+        >>> rescore_reason(dict(setting="N5", samples=2000, fid=9.1), 2000, ["fid"]) is None
+        True
+        >>> rescore_reason(dict(setting="N5", samples=2000, fid=9.1), 5000, ["fid"])
+        'it holds 2000 samples, not 5000'
+        >>> rescore_reason(dict(setting="N5", samples=2000), 2000, ["fid", "clip_score"])
+        'it has no fid, clip_score'
+    """
+    if row is None:
+        return "it has no row"
+    if int(row["samples"]) > samples:
+        raise ValueError(
+            f"the row of {row['setting']} holds {int(row['samples'])} samples and this run asks for "
+            f"{samples}: give --samples {int(row['samples'])}, or another --results"
+        )
+    if int(row["samples"]) < samples:
+        return f"it holds {int(row['samples'])} samples, not {samples}"
+    lacking = [c for c in columns if is_missing(row.get(c))]
+    return f"it has no {', '.join(lacking)}" if lacking else None
 
 
 class Sweep:

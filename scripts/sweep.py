@@ -39,7 +39,17 @@ from cachediff.metrics import fid as F
 from cachediff.metrics.class_score import load_classifier
 from cachediff.pipelines import PRESETS, get_preset
 from cachediff.prompts import load_prompts
-from cachediff.sweep import COLUMNS, REFERENCES, Setting, Sweep, reference_stats, row, speed
+from cachediff.sweep import (
+    COLUMNS,
+    REFERENCES,
+    Setting,
+    Sweep,
+    is_missing,
+    reference_stats,
+    rescore_reason,
+    row,
+    speed,
+)
 from cachediff.unets import num_branches
 
 TEXT_TASKS = ("text2image", "img2img", "inpaint", "text2video")
@@ -179,17 +189,22 @@ def run(args) -> int:
     )
     settings = plan_settings(args, preset, sweep)
     output_folder(args.results.parent)
-    done = {r["setting"] for r in read_csv(args.results)}
+    scoring = args.stage in ("score", "all")
+    rows = {r["setting"]: r for r in read_csv(args.results)}
+    columns = scored_columns(args, preset)
+    reasons = {s.name: rescore_reason(rows.get(s.name), args.samples, columns) for s in settings if scoring}
     rank, world = launcher()
     scorer = None
-    if rank == 0 and args.stage in ("score", "all"):
+    if rank == 0 and scoring:
         classifier = load_classifier(device=args.device) if preset.class_score else None
         scorer = Scorer(args, sweep, settings[0], prompts, featurize, classifier)
     for s in settings:  # one setting at a time, so that its row lands as soon as its samples do
-        if s.name in done and args.stage != "generate":
-            if scorer and args.retime is not None and s != settings[0]:
+        if scoring and reasons[s.name] is None:  # its row holds: sample nothing
+            if scorer and scorer.wants_timing(rows[s.name]):
                 scorer.retime(s)
             continue
+        if scorer and s.name in rows:
+            print(f"{s.name}: scoring again, as {reasons[s.name]}", flush=True)
         if args.stage in ("generate", "all"):
             sweep.generate_missing(s, rank, world)
         if world > 1:
@@ -229,44 +244,49 @@ def plan_settings(args, preset, sweep: Sweep) -> list[Setting]:
 
 
 class Scorer:
-    """Writes a setting's row (``cachediff.sweep.row`` and its measured speed) to ``--results``; the
-    FID reference statistics and the CLIP model load on the first row that needs them."""
+    """Writes a setting's row (``cachediff.sweep.row`` and its measured speed) to ``--results``. The
+    CLIP model loads at once (a bad ``--clip`` fails before any sampling), the FID reference
+    statistics on the first row that needs them."""
 
     def __init__(self, args, sweep: Sweep, base: Setting, prompts, featurize, classifier=None):
-        self.args, self.sweep, self.base, self.prompts, self.classifier = (
-            args,
-            sweep,
-            base,
-            prompts,
-            classifier,
-        )
-        self.featurize, self._loaded = featurize, None
+        self.args, self.sweep, self.base, self.featurize = args, sweep, base, featurize
+        self.prompts, self.classifier = prompts, classifier
+        self.clip = args.clip and C.load_clip(args.clip, args.clip_arch, args.device)
+        self._reference = None
 
-    def _models(self):
-        if self._loaded is None:
-            a = self.args
-            reference = a.fid_reference and reference_stats(
-                a.fid_reference, a.out, a.reference_images, self.featurize
-            )
-            self._loaded = reference, a.clip and C.load_clip(a.clip, a.clip_arch, a.device)
-        return self._loaded
+    def reference(self):
+        a = self.args
+        if a.fid_reference and self._reference is None:
+            self._reference = reference_stats(a.fid_reference, a.out, a.reference_images, self.featurize)
+        return self._reference
 
     def _timing(self, s: Setting) -> dict:
         a = self.args
         return speed(self.sweep, self.base, s, a.timing_images, a.repeats) if a.repeats else {}
 
     def score(self, s: Setting) -> None:
-        reference, clip = self._models()
-        values = row(self.sweep, s, self.base, reference, clip, self.prompts, self.classifier) | self._timing(
-            s
-        )
+        scores = row(self.sweep, s, self.base, self.reference(), self.clip, self.prompts, self.classifier)
+        values = scores | self._timing(s)
         update_csv(self.args.results, {k: values[k] for k in COLUMNS if k in values})
         print(values, flush=True)
 
+    def wants_timing(self, row: dict) -> bool:
+        """Whether a finished row is timed (again): ``--retime`` names it (or names none), or it has no
+        measured speedup and this run measures one."""
+        a, name = self.args, row["setting"]
+        asked = a.retime is not None and (not a.retime or name in a.retime)
+        unmeasured = a.repeats > 0 and is_missing(row.get("measured_speedup"))
+        return (asked and name != self.base.name) or unmeasured
+
     def retime(self, s: Setting) -> None:
-        """Measure a finished setting's speed again (``--retime``: the named ones, or all)."""
-        if not self.args.retime or s.name in self.args.retime:
-            update_csv(self.args.results, dict(setting=s.name, **self._timing(s)))
+        update_csv(self.args.results, dict(setting=s.name, **self._timing(s)))
+
+
+def scored_columns(args, preset) -> list[str]:
+    """The quality columns that this run's options fill in a row."""
+    text = preset.task in TEXT_TASKS
+    wanted = dict(fid=args.fid_reference, clip_score=args.clip, class_score=text and preset.class_score)
+    return [c for c, on in wanted.items() if on]
 
 
 if __name__ == "__main__":

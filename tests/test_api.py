@@ -130,3 +130,52 @@ def test_a_second_engine_on_the_same_unet_is_refused(sd):
     with cachediff.deepcache(pipe, interval=2, branch=1):  # fine once the first is disabled
         sample(pipe, cond, steps=2)
     assert torch.equal(sample(pipe, cond), base)
+
+
+def _score_sde_pipe():
+    from diffusers import ScoreSdeVePipeline, ScoreSdeVeScheduler, UNet2DModel
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(
+        block_out_channels=(32, 64), down_block_types=("DownBlock2D",) * 2,
+        up_block_types=("UpBlock2D",) * 2, norm_num_groups=8, sample_size=8,
+    )  # fmt: skip
+    pipe = ScoreSdeVePipeline(unet=unet, scheduler=ScoreSdeVeScheduler())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _score_sde_images(pipe) -> torch.Tensor:
+    out = pipe(num_inference_steps=4, generator=torch.Generator().manual_seed(0), output_type="np")
+    return torch.from_numpy(out.images)
+
+
+def test_a_predictor_corrector_sampler_counts_its_predictor_steps():
+    pipe = _score_sde_pipe()  # ScoreSdeVeScheduler: step_correct, then step_pred; no step
+    base = _score_sde_images(pipe)
+    with cachediff.deepcache(pipe, interval=1):
+        assert torch.equal(_score_sde_images(pipe), base)
+    with cachediff.deepcache(pipe, interval=2) as engine:
+        _score_sde_images(pipe)
+    assert engine.stats.pattern == "FFCCFFCC"  # corrector and predictor calls: two slots per step
+    assert not {"step_pred", "set_timesteps"} & set(vars(pipe.scheduler)) and "forward" not in vars(pipe.unet)
+
+
+class _Stepless:
+    """A scheduler with ``set_timesteps`` and no method that ends a step."""
+
+    timesteps = None
+
+    def set_timesteps(self, n):
+        pass
+
+
+def test_a_scheduler_without_steps_is_refused_and_nothing_is_left_hooked():
+    pipe = _score_sde_pipe()
+    pipe.scheduler = _Stepless()
+    with pytest.raises(TypeError, match="_Stepless has no method that ends a denoising step"):
+        cachediff.deepcache(pipe, interval=2).__enter__()
+    assert not any("forward" in vars(m) for m in pipe.unet.modules()) and not vars(pipe.scheduler)
+    pipe.scheduler = _score_sde_pipe().scheduler
+    with cachediff.deepcache(pipe, interval=2):  # the failed enable left no owner behind
+        _score_sde_images(pipe)

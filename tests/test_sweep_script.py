@@ -77,6 +77,22 @@ def test_rows_kept_elsewhere_resume_a_sweep_whose_samples_are_gone(ddpm, tmp_pat
     assert not (tmp_path / "new" / "results.csv").exists()
 
 
+def test_a_resume_with_other_options_times_rescores_or_refuses(ddpm, tmp_path, capsys):
+    one = [*args(ddpm, tmp_path, "--suites", "interval", "--intervals", "2")]
+    assert script.main([*one, "--repeats", "0"]) == 0
+    before, rows = files(tmp_path), pd.read_csv(tmp_path / "results.csv")
+    assert "measured_speedup" not in rows and (rows.samples == 3).all()
+    assert script.main(one) == 0  # --repeats 1: the rows are timed, nothing is sampled again
+    rows = pd.read_csv(tmp_path / "results.csv")
+    assert rows.measured_speedup.notna().all() and files(tmp_path) == before
+    assert script.main([*one, "--samples", "4"]) == 0
+    assert "scoring again, as it holds 3 samples, not 4" in capsys.readouterr().out
+    rows = pd.read_csv(tmp_path / "results.csv")
+    assert len(rows) == 2 and (rows.samples == 4).all() and len(files(tmp_path)) == 2 * 2
+    assert script.main([*one, "--samples", "2"]) == 2  # would replace rows by noisier ones
+    assert "holds 4 samples and this run asks for 2" in capsys.readouterr().err
+
+
 def test_text_to_image_with_prompts_and_clip_score(tmp_path):
     sd, clip = save_tiny_pipeline("sd", tmp_path / "sd"), save_tiny_clip(tmp_path / "clip")
     extra = ["--model_type", "sd1.5", "--model", str(sd), "--steps", "4", "--samples", "2", "--shard", "2"]
