@@ -37,11 +37,12 @@ mnist-results: $(VENV)/.installed  ## docs/DDPM_MNIST.md's tables and plots (res
 
 SD_RUN := runs/tiny-sd-sweep
 SD_DOCS := docs/results/tiny-sd
-SD_SWEEP := $(VENV)/bin/python scripts/sweep.py --model_type tiny-sd --samples 2000 --shard 200 --batch 100 \
-    --fid-reference fashion-mnist --timing-images 20 --repeats 3 --threads 2 --out $(SD_RUN) \
-    --results $(SD_DOCS)/results.csv
+SD_ARGS := --model_type tiny-sd --samples 2000 --shard 200 --batch 100 --fid-reference fashion-mnist \
+    --timing-images 20 --repeats 3 --threads 2
+SD_SWEEP := $(VENV)/bin/python scripts/sweep.py $(SD_ARGS) --out $(SD_RUN) --results $(SD_DOCS)/results.csv
+SD_DPM := $(VENV)/bin/python scripts/sweep.py $(SD_ARGS) --scheduler DPMSolverMultistepScheduler \
+    --out runs/tiny-sd-dpmpp --results $(SD_DOCS)/dpmpp/results.csv
 SD_GRID := plms-50 N5-b1 plms-25 plms-15
-SD_DPM := $(SD_SWEEP) --scheduler DPMSolverMultistepScheduler --out runs/tiny-sd-dpmpp --results $(SD_DOCS)/dpmpp/results.csv
 
 tiny-sd-results: $(VENV)/.installed $(FASHION)  ## docs/TINY_SD.md's tables (the paper's Tables 3, 13/14; resumable)
 	$(SD_SWEEP) --suites interval curve --intervals 5 --curve 25 --only plms-25 N5-b1

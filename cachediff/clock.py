@@ -96,10 +96,10 @@ class StepClock:
             return
         self.detach()
         if current is not None:
-            step_method(current)  # refuse an unknown scheduler before wrapping anything
+            step = step_method(current)  # refuses an unknown scheduler before anything is wrapped
             self._scheduler = current
             self._hooks.wrap(current, _after(lambda: self.reset(self._scheduler_steps())), "set_timesteps")
-            self._hooks.wrap(current, _after(self.advance), step_method(current))
+            self._hooks.wrap(current, _after(self.advance), step)
         self.reset(self._scheduler_steps())
 
     def _scheduler_steps(self) -> int | None:

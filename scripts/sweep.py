@@ -36,7 +36,7 @@ from cachediff.cli import DTYPES
 from cachediff.files import output_folder, read_csv, update_csv
 from cachediff.metrics import clip_score as C
 from cachediff.metrics import fid as F
-from cachediff.metrics.class_score import load_classifier
+from cachediff.metrics.class_score import labels_of_prompts, load_classifier
 from cachediff.pipelines import PRESETS, get_preset
 from cachediff.prompts import load_prompts
 from cachediff.sweep import (
@@ -191,7 +191,7 @@ def run(args) -> int:
     output_folder(args.results.parent)
     scoring = args.stage in ("score", "all")
     rows = {r["setting"]: r for r in read_csv(args.results)}
-    columns = scored_columns(args, preset)
+    columns = scored_columns(args, preset, prompts)
     reasons = {s.name: rescore_reason(rows.get(s.name), args.samples, columns) for s in settings if scoring}
     rank, world = launcher()
     scorer = None
@@ -282,10 +282,11 @@ class Scorer:
         update_csv(self.args.results, dict(setting=s.name, **self._timing(s)))
 
 
-def scored_columns(args, preset) -> list[str]:
-    """The quality columns that this run's options fill in a row."""
-    text = preset.task in TEXT_TASKS
-    wanted = dict(fid=args.fid_reference, clip_score=args.clip, class_score=text and preset.class_score)
+def scored_columns(args, preset, prompts) -> list[str]:
+    """The quality columns that this run's options fill in a row (the class score: where the preset
+    has a classifier and every prompt names a class, as ``cachediff.sweep.row`` scores it)."""
+    classes = preset.class_score and prompts is not None and labels_of_prompts(prompts) is not None
+    wanted = dict(fid=args.fid_reference, clip_score=args.clip, class_score=classes)
     return [c for c, on in wanted.items() if on]
 
 

@@ -133,14 +133,9 @@ def test_a_second_engine_on_the_same_unet_is_refused(sd):
 
 
 def _score_sde_pipe():
-    from diffusers import ScoreSdeVePipeline, ScoreSdeVeScheduler, UNet2DModel
+    from diffusers import ScoreSdeVePipeline, ScoreSdeVeScheduler
 
-    torch.manual_seed(0)
-    unet = UNet2DModel(
-        block_out_channels=(32, 64), down_block_types=("DownBlock2D",) * 2,
-        up_block_types=("UpBlock2D",) * 2, norm_num_groups=8, sample_size=8,
-    )  # fmt: skip
-    pipe = ScoreSdeVePipeline(unet=unet, scheduler=ScoreSdeVeScheduler())
+    pipe = ScoreSdeVePipeline(unet=tiny_unet("ddpm")[0], scheduler=ScoreSdeVeScheduler())
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

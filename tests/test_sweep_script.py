@@ -93,6 +93,14 @@ def test_a_resume_with_other_options_times_rescores_or_refuses(ddpm, tmp_path, c
     assert "holds 4 samples and this run asks for 2" in capsys.readouterr().err
 
 
+def test_a_row_lacks_the_class_score_only_where_the_prompts_name_classes():
+    options, tiny = script.parse_args(["--model_type", "tiny-sd"]), script.get_preset("tiny-sd")
+    assert script.scored_columns(options, tiny, ["a photo of a bag", "a coat"]) == ["class_score"]
+    assert script.scored_columns(options, tiny, ["a photo of a bag", "a red fox"]) == []  # never scored
+    with_fid = script.parse_args(["--model_type", "sd1.5", "--fid-reference", "mnist"])
+    assert script.scored_columns(with_fid, script.get_preset("sd1.5"), ["a bag"]) == ["fid"]
+
+
 def test_text_to_image_with_prompts_and_clip_score(tmp_path):
     sd, clip = save_tiny_pipeline("sd", tmp_path / "sd"), save_tiny_clip(tmp_path / "clip")
     extra = ["--model_type", "sd1.5", "--model", str(sd), "--steps", "4", "--samples", "2", "--shard", "2"]

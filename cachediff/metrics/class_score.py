@@ -114,10 +114,20 @@ def prompt_labels(prompts: Sequence[str], classes: Sequence[str] = FASHION_CLASS
     return [next(iter(f)) if len(f) == 1 else None for f in found]
 
 
+def labels_of_prompts(prompts: Sequence[str]) -> list[int] | None:
+    """The class each prompt names, or ``None`` unless every prompt names exactly one class (the
+    prompts a class score is defined for).
+
+    Example:
+        >>> labels_of_prompts(["a photo of a bag", "a coat"]), labels_of_prompts(["a bag", "a cat"])
+        ([8, 4], None)
+    """
+    labels = prompt_labels(prompts)
+    return labels if labels and None not in labels else None
+
+
 def class_score_of_prompts(images: torch.Tensor, prompts: Sequence[str], model: nn.Module) -> tuple | None:
     """(class score, accuracy) of images against the class each prompt names, or ``None`` unless
     every prompt names exactly one class."""
-    labels = prompt_labels(prompts)
-    if not labels or None in labels:
-        return None
-    return class_score(images, labels, model)
+    labels = labels_of_prompts(prompts)
+    return None if labels is None else class_score(images, labels, model)
