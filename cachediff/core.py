@@ -20,6 +20,7 @@ Per denoiser call, for each group, top to bottom::
     step, slot = clock.begin()                  # which step of the run, which call within the step
     full = policy.decide(step)                  # None: wait for the probe
     full |= slot is new or its input changed    # fail open: nothing stale is ever reused
+    full |= something reads a skipped module    # a forward hook on it, an attention-storing processor
     a call past the end of the scheduler's run  # another pipeline's: runs as the original, keeps nothing
     on reaching the group's first module:       # the probe (adaptive schedule, track_change)
         change = |x - x_prev| / |x_prev|;  full = policy.resolve(step, change) if undecided
@@ -55,6 +56,7 @@ Example:
 from __future__ import annotations
 
 import math
+import warnings
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -64,12 +66,24 @@ import torch
 from torch.utils import _pytree as pytree
 
 from .clock import StepClock
-from .hooks import Hooks
+from .hooks import Hooks, clean
 from .policy import History, Policy, Static, relative_change
 from .stats import Call, RunStats, Stopwatch
 
 SKIP, PRODUCE, RESIDUAL = "skip", "produce", "residual"  # the roles of a cut (``unets.BranchPlan.roles``)
 ROLES = (SKIP, PRODUCE, RESIDUAL)
+
+#: Attention processors that record what their module computes for the pipeline to read after the
+#: call (diffusers' self-attention guidance, Attend-and-Excite, Pix2Pix-Zero, LEDITS++): where one
+#: sits in a module that a cached call skips, what it recorded would be stale, so calls run in full.
+RECORDING_PROCESSORS = frozenset(
+    {
+        "CrossAttnStoreProcessor",
+        "AttendExciteAttnProcessor",
+        "Pix2PixZeroAttnProcessor",
+        "LEDITSCrossAttnProcessor",
+    }
+)
 
 #: Which session has hooks on which model (kept outside the model, which stays untouched).
 _OWNERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -225,6 +239,32 @@ class _Active:
     occurrence: dict = field(default_factory=dict)
 
 
+@dataclass
+class _Skippable:
+    """The modules a cached call skips (the roles' modules and everything inside them), their hook
+    dicts (stable objects that ``register_forward_hook`` fills) and their attention modules."""
+
+    modules: list[tuple[str, torch.nn.Module]] = field(default_factory=list)
+    hooks: list[dict] = field(default_factory=list)
+    attention: list[tuple[str, torch.nn.Module]] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, model: torch.nn.Module, names) -> _Skippable:
+        modules = [
+            (f"{name}.{sub}".rstrip("."), m)
+            for name in names
+            for sub, m in model.get_submodule(name).named_modules()
+        ]
+        hooks = [d for _, m in modules for d in (m._forward_hooks, m._forward_pre_hooks)]
+        return cls(modules, hooks, [(n, m) for n, m in modules if hasattr(m, "processor")])
+
+
+def _recording(module: torch.nn.Module) -> str | None:
+    """The name of the module's attention processor if it records what it computes, else None."""
+    name = type(getattr(module, "processor", None)).__name__
+    return name if name in RECORDING_PROCESSORS else None
+
+
 # ----------------------------------------------------------------------------- the session
 class Session:
     """Caching on one denoiser: hooks, step clock, run statistics and the per-call slot.
@@ -251,7 +291,7 @@ class Session:
         track_change: bool = False,
     ):
         self.model, self.pipeline, self.track_change = model, pipeline, track_change
-        self._hooks = Hooks()
+        self._hooks, self._skippable = Hooks(), _Skippable()
         self.clock = StepClock(pipeline, on_new_run=self._new_run)
         self._set_plan(groups, act)
         self.reset()
@@ -276,6 +316,7 @@ class Session:
                 self._hooks.wrap(self.model, self._wrap_root)
                 for name, (g, role) in self._modules.items():
                     self._hooks.wrap(self.model.get_submodule(name), self._wrap_module(name, g, role))
+                self._skippable = _Skippable.of(self.model, self._modules)
                 self.clock.start()
             except BaseException:
                 self.disable()
@@ -292,6 +333,7 @@ class Session:
             del _OWNERS[self.model]
         self._hooks.remove_all()
         self.clock.detach()
+        clean(_held(self.model, self.pipeline))  # copies made while enabled (Text2Video-Zero's scheduler)
         self._slots = {}
 
     def __enter__(self):
@@ -370,6 +412,8 @@ class Session:
             if slot is None or slot.key != key:
                 slot = self._slots[index] = _Slot(key, [_GroupState() for _ in self._groups])
                 full = [True] * len(self._groups)
+            if not all(f is True for f in full) and self._read_while_skipped():
+                full = [True] * len(self._groups)
             time = self._time(step, args, kwargs)
             self._active = active = _Active(step, time, slot, full, [False] * len(self._groups))
             try:
@@ -384,6 +428,29 @@ class Session:
                 self.clock.end()
 
         return forward
+
+    def _read_while_skipped(self) -> bool:
+        """Whether something outside reads a module that a cached call would skip (a forward hook on
+        it, as self-attention guidance registers; a ``RECORDING_PROCESSORS`` processor): then the
+        call runs in full, with a warning, so that what it reads is current. About 20 us on SD's
+        U-Net: one C-level ``any`` over the skippable modules' hook dicts, one look at each
+        attention processor."""
+        if not any(self._skippable.hooks) and not any(_recording(m) for _, m in self._skippable.attention):
+            return False
+        for name, module in self._skippable.modules:
+            if module._forward_hooks or module._forward_pre_hooks or _recording(module):
+                what = (
+                    f"the attention processor {_recording(module)}"
+                    if _recording(module)
+                    else "a forward hook"
+                )
+                warnings.warn(
+                    f"{name} carries {what}, which reads it on every call, so calls run in full while it "
+                    "is there (no speedup); self-attention guidance and attention-editing pipelines do this",
+                    stacklevel=3,
+                )
+                break
+        return True
 
     def _time(self, step: int, args: tuple, kwargs: dict) -> float:
         """The call's time in the act's variable: the step index, or the call's timestep: its
@@ -462,6 +529,17 @@ def _check_residual(name: str, out, x: torch.Tensor) -> None:
         raise TypeError(
             f"{name}: residual mode needs a tensor output shaped like the input {shape}; use mode='output'"
         )
+
+
+def _held(model: torch.nn.Module, pipeline) -> list:
+    """The model's modules, and the objects a pipeline holds (the modules of its models)."""
+    objects = list(model.modules())
+    for value in vars(pipeline).values() if pipeline is not None else ():
+        if isinstance(value, torch.nn.Module):
+            objects += value.modules()
+        elif hasattr(value, "__dict__") and not isinstance(value, type):
+            objects.append(value)
+    return objects
 
 
 def to_host(value: torch.Tensor) -> float:

@@ -7,6 +7,9 @@ as accelerate's offload hooks). Wrappers are removed in reverse order of install
 A wrapper is installed as a method bound to its object, so that a ``copy.deepcopy`` of the object (as
 Text2Video-Zero makes of its scheduler) gets it re-bound to the copy, where it steps aside: the copy
 runs its own unwrapped method, never the original object's, and never calls back into cachediff.
+Such a copy's leftover is *inert*: it holds no reference to cachediff's state once the wrapper is
+removed, wrapping the copy later does not nest on it, and ``clean`` deletes it from objects that
+can be reached (``Session.disable`` cleans everything its pipeline holds).
 
 Example:
     >>> import torch
@@ -41,28 +44,83 @@ class Hooks:
 
     def wrap(self, obj: object, factory: Callable[[Callable], Callable], attr: str = "forward") -> None:
         """Replace ``obj.<attr>`` by ``factory(current bound method)`` on the instance."""
-        previous = vars(obj).get(attr, _MISSING)
+        previous = _beneath_leftovers(obj, attr)
+        if previous is not vars(obj).get(attr, _MISSING):
+            _restore(obj, attr, previous)
         original = getattr(obj, attr)
-        new = factory(original)
+        state = _Wrapper(obj, factory(original), previous)
 
         def method(owner, *args, **kwargs):
-            if owner is obj:
-                return new(*args, **kwargs)
-            return _unwrapped(owner, attr, previous)(*args, **kwargs)  # a copy of obj
+            if owner is state.obj:
+                return state.new(*args, **kwargs)
+            return _unwrapped(owner, attr, state.previous)(*args, **kwargs)  # a copy of obj
 
         functools.update_wrapper(method, original)
         method.__signature__ = _with_owner(original)  # the bound method shows original's signature
+        method._cachediff_wrapper, state.method = state, method
         setattr(obj, attr, types.MethodType(method, obj))
-        self._installed.append((obj, attr, previous))
+        self._installed.append((obj, attr, state))
 
     def remove_all(self) -> None:
-        """Restore every wrapped method, newest first."""
+        """Restore every wrapped method, newest first; copies' leftovers forget cachediff's state."""
         while self._installed:
-            obj, attr, previous = self._installed.pop()
-            if previous is _MISSING:
-                delattr(obj, attr)
-            else:
-                setattr(obj, attr, previous)
+            obj, attr, state = self._installed.pop()
+            _restore(obj, attr, state.previous)
+            state.obj = state.new = None
+            vars(state.method).pop("__wrapped__", None)  # nor keep the original object alive
+
+
+def clean(objects) -> int:
+    """Delete the inert leftovers of wrappers (see the module docstring) from ``objects``, restoring
+    what was beneath them; returns how many were removed.
+
+    Example:
+        >>> import copy, torch
+        >>> lin, hooks = torch.nn.Linear(2, 2), Hooks()
+        >>> hooks.wrap(lin, lambda original: original)
+        >>> twin = copy.deepcopy(lin)
+        >>> hooks.remove_all()
+        >>> "forward" in vars(twin), clean([twin]), "forward" in vars(twin)
+        (True, 1, False)
+    """
+    removed = 0
+    for obj in objects:
+        for attr in [a for a, v in vars(obj).items() if _leftover(obj, v)]:
+            _restore(obj, attr, _beneath_leftovers(obj, attr))
+            removed += 1
+    return removed
+
+
+class _Wrapper:
+    """The state of one installed wrapper: the object it is for (``None`` once removed), the new
+    method and what the instance held before."""
+
+    def __init__(self, obj: object, new: Callable, previous: object):
+        self.obj, self.new, self.previous = obj, new, previous
+        self.method: Callable | None = None
+
+
+def _leftover(obj: object, value: object) -> bool:
+    """Whether ``value`` is a wrapper of this module bound to ``obj`` but not installed on it."""
+    state = getattr(getattr(value, "__func__", None), "_cachediff_wrapper", None)
+    return isinstance(state, _Wrapper) and getattr(value, "__self__", None) is obj and state.obj is not obj
+
+
+def _beneath_leftovers(obj: object, attr: str) -> object:
+    """What ``obj``'s instance holds for ``attr`` once leftovers are peeled off (``_MISSING``: nothing)."""
+    value = vars(obj).get(attr, _MISSING)
+    while _leftover(obj, value):
+        value = value.__func__._cachediff_wrapper.previous
+        if isinstance(value, types.MethodType):
+            value = types.MethodType(value.__func__, obj)  # the copy's own version of it
+    return value
+
+
+def _restore(obj: object, attr: str, previous: object) -> None:
+    if previous is _MISSING:
+        vars(obj).pop(attr, None)
+    else:
+        setattr(obj, attr, previous)
 
 
 def _unwrapped(owner: object, attr: str, previous: object) -> Callable:

@@ -174,3 +174,56 @@ def test_a_scheduler_without_steps_is_refused_and_nothing_is_left_hooked():
     pipe.scheduler = _score_sde_pipe().scheduler
     with cachediff.deepcache(pipe, interval=2):  # the failed enable left no owner behind
         _score_sde_images(pipe)
+
+
+def test_leaving_the_context_leaves_text_to_video_zero_sdxl_as_it_was(tmp_path):
+    from diffusers import TextToVideoZeroSDXLPipeline
+
+    from cachediff.testing import save_tiny_pipeline
+
+    pipe = TextToVideoZeroSDXLPipeline.from_pretrained(save_tiny_pipeline("sdxl", tmp_path / "sdxl"))
+    pipe.set_progress_bar_config(disable=True)
+
+    def video():
+        kw = dict(video_length=2, num_inference_steps=6, height=32, width=32, t0=1, t1=3)
+        return pipe("a fox", generator=torch.Generator().manual_seed(0), output_type="pt", **kw).images
+
+    base = video()
+    for _ in range(2):  # the pipeline swaps in a deep copy of its scheduler in each call
+        with cachediff.deepcache(pipe, interval=1):
+            assert torch.equal(video(), base)
+        assert not {"set_timesteps", "step"} & set(vars(pipe.scheduler))
+        assert not any("forward" in vars(m) for m in pipe.unet.modules())
+
+
+def test_a_forward_hook_on_a_skipped_module_makes_calls_full_until_it_is_removed(sd):
+    pipe, cond, base = sd
+    with cachediff.deepcache(pipe, interval=3) as engine:
+        cached = sample(pipe, cond)
+        seen = []
+        handle = pipe.unet.mid_block.register_forward_hook(lambda m, i, o: seen.append(1))
+        with pytest.warns(UserWarning, match="mid_block carries a forward hook"):
+            hooked = sample(pipe, cond)
+        assert engine.stats.pattern == "F" * 10 and len(seen) == 10
+        handle.remove()
+        assert torch.equal(sample(pipe, cond), cached) and engine.stats.pattern == "FCCFCCFCCF"
+    assert torch.equal(hooked, base) and not torch.equal(cached, base)
+
+
+def test_self_attention_guidance_reads_a_current_map_on_every_step(tmp_path):
+    from diffusers import StableDiffusionSAGPipeline
+
+    from cachediff.testing import save_tiny_pipeline
+
+    pipe = StableDiffusionSAGPipeline.from_pretrained(save_tiny_pipeline("sd", tmp_path / "sd"))
+    pipe.set_progress_bar_config(disable=True)
+
+    def image():
+        kw = dict(num_inference_steps=4, height=32, width=32, sag_scale=0.75, output_type="pt")
+        return pipe("a fox", generator=torch.Generator().manual_seed(0), **kw).images
+
+    base = image()
+    with cachediff.deepcache(pipe, interval=3) as engine:  # crashed: the map's shape was stale
+        with pytest.warns(UserWarning, match="carries a forward hook"):
+            assert torch.equal(image(), base)
+    assert set(engine.stats.pattern) == {"F"}
