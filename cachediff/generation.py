@@ -72,7 +72,20 @@ def set_scheduler(pipe, name: str | None) -> None:
     cls = getattr(diffusers, name, None)
     if cls is None or not name.endswith("Scheduler"):
         raise ValueError(f"unknown scheduler {name!r}; give a diffusers class such as DDIMScheduler")
+    passed = STEP_KWARGS.get(type(pipe).__name__, ())
+    step = inspect.signature(cls.step).parameters if callable(getattr(cls, "step", None)) else {}
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in step.values())
+    missing = [k for k in passed if k not in step and not takes_any]
+    if missing:
+        raise ValueError(
+            f"{type(pipe).__name__} passes {', '.join(missing)} to scheduler.step, which {name}.step "
+            "does not take; give a scheduler that does, such as DDIMScheduler"
+        )
     pipe.scheduler = cls.from_config(pipe.scheduler.config)
+
+
+#: Keyword arguments a pipeline passes to ``scheduler.step`` beyond the output, timestep and sample.
+STEP_KWARGS = {"DDIMPipeline": ("eta", "use_clipped_model_output")}
 
 
 def model_card(path: str) -> dict:

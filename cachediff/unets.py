@@ -54,6 +54,16 @@ SPECS: dict[str, UNetSpec] = {
 }
 
 
+#: What the README lists as supported, for errors.
+SUPPORTED_MODELS = "SD 1.x/2.x, SDXL, inpainting, img2img, Text2Video-Zero, SVD, DDPM, LDM"
+
+#: Blocks of real models whose layout DeepCache's branch map does not cover -> the model, for errors.
+KNOWN_LAYOUTS = {
+    "KDownBlock2D": "the latent upscaler of StableDiffusionLatentUpscalePipeline, sd-x2-latent-upscaler, "
+    "whose up blocks read one skip each",
+}
+
+
 @dataclass(frozen=True)
 class BranchPlan:
     """What a cached step skips for one branch: module names (``unet.get_submodule`` paths).
@@ -123,9 +133,15 @@ def _side(unet, spec: UNetSpec, side: str) -> list[tuple[str, list[tuple[list[st
             samplers = []
         out.append((prefix, layers, samplers))
     if side == "up" and skip != -1:
+        types = list(getattr(unet.config, "down_block_types", ())) + list(
+            getattr(unet.config, "up_block_types", ())
+        )
+        known = next((f" ({KNOWN_LAYOUTS[t]})" for t in types if t in KNOWN_LAYOUTS), "")
+        blocks = ", ".join(dict.fromkeys(types))
         raise TypeError(
-            f"{type(unet).__name__}: up blocks consume {n_skips - 1 - skip} skips but down blocks produce "
-            f"{n_skips}; this block layout is not supported"
+            f"{type(unet).__name__} with blocks {blocks}{known} is not supported: its up blocks consume "
+            f"{n_skips - 1 - skip} skips but its down blocks produce {n_skips}; supported are U-Nets "
+            f"whose up-side layers consume every skip: {SUPPORTED_MODELS}"
         )
     return out
 

@@ -100,6 +100,23 @@ def test_helper_errors(sd):
         DeepCacheSDHelper().enable()
 
 
+def test_the_latent_upscalers_u_net_is_refused_by_name():
+    from diffusers import UNet2DConditionModel
+
+    upscaler = UNet2DConditionModel(  # diffusers' own test configuration of sd-x2-latent-upscaler
+        act_fn="gelu", attention_head_dim=8, norm_num_groups=None, block_out_channels=[32, 32, 64, 64],
+        time_cond_proj_dim=160, conv_in_kernel=1, conv_out_kernel=1, cross_attention_dim=32,
+        down_block_types=("KDownBlock2D",) + ("KCrossAttnDownBlock2D",) * 3, in_channels=8,
+        mid_block_type=None, only_cross_attention=False, out_channels=5,
+        resnet_time_scale_shift="scale_shift",
+        time_embedding_type="fourier", timestep_post_act="gelu",
+        up_block_types=("KCrossAttnUpBlock2D",) * 3 + ("KUpBlock2D",),
+    )  # fmt: skip
+    with pytest.raises(TypeError, match=r"StableDiffusionLatentUpscalePipeline.* is not supported.*: SD 1.x"):
+        cachediff.deepcache(upscaler, interval=3).__enter__()
+    assert "forward" not in vars(upscaler)
+
+
 def test_pipeline_without_unet_is_rejected():
     from diffusers import Transformer2DModel
 

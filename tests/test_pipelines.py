@@ -150,3 +150,12 @@ def test_unknown_scheduler_is_a_clear_error(tiny_folders, tmp_path, capsys):
     args += ["--scheduler", "FooScheduler", "--output", str(tmp_path)]
     assert main.main(args) == 2
     assert "unknown scheduler 'FooScheduler'" in capsys.readouterr().err
+
+
+def test_a_scheduler_the_pipeline_cannot_step_is_refused_before_sampling(tiny_folders, tmp_path, capsys):
+    args = ["--model_type", "ddpm-mnist", "--model", str(tiny_folders["ddpm"])]
+    args += ["--scheduler", "PNDMScheduler", "--output", str(tmp_path)]
+    assert main.main(args) == 2
+    err = capsys.readouterr().err
+    assert "DDIMPipeline passes eta, use_clipped_model_output to scheduler.step, which PNDMScheduler" in err
+    assert not any(tmp_path.iterdir())

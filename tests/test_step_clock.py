@@ -21,6 +21,7 @@ SCHEDULERS = {
     "HeunDiscreteScheduler": {},  # two evaluations per timestep
     "DPMSolverMultistepScheduler": {},
     "EulerDiscreteScheduler": {},
+    "LMSDiscreteScheduler": {},  # needs scipy (a requirement)
 }
 
 
