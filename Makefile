@@ -48,7 +48,7 @@ tiny-sd-results: $(VENV)/.installed $(FASHION)  ## docs/TINY_SD.md's tables (the
 	$(SD_SWEEP) --suites interval curve --intervals 5 --curve 25 --only plms-25 N5-b1
 	$(SD_DPM) --steps 25 --suites interval curve --intervals 2 3 4 --curve 10 15 20
 	$(SD_DPM) --steps 20 --baseline-steps 25 --suites interval --intervals 2 3
-	$(SD_SWEEP) --suites curve interval --curve 15 20 30 35 40 45 --intervals 2 3 4 6 7 8
+	$(SD_SWEEP) --suites curve interval --curve 10 12 13 15 20 30 35 40 45 --intervals 2 3 4 6 7 8
 	$(SD_SWEEP) --suites grid --intervals 2 3 4 5 6 7 8 --schedules non-uniform
 	$(SD_SWEEP) --suites schedules forecast --budgets 5
 	$(SD_SWEEP) --stage generate --samples 200 --suites interval curve --intervals 5 --curve 15 25 \

@@ -72,6 +72,41 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
     return stale
 
 
+def claim(path: Path) -> bool:
+    """Claim the work whose result ``path`` will hold, for this process: True if the work is ours (no
+    claim, one of ours, or one whose process on this machine is gone), False while another live
+    process holds it. The claim is a hidden ``.<name>.claim`` file beside ``path`` holding the host
+    and the process id, read and written under a lock of the folder; ``release`` removes it. Two
+    sweeps on one folder so share its shards instead of both doing all of them.
+
+    Example:
+        >>> import tempfile
+        >>> shard = Path(tempfile.mkdtemp()) / "samples_000000.npy"
+        >>> claim(shard), claim(shard), sorted(p.name for p in shard.parent.iterdir())
+        (True, True, ['.claims.lock', '.samples_000000.npy.claim'])
+        >>> release(shard); sorted(p.name for p in shard.parent.iterdir())
+        ['.claims.lock']
+    """
+    marker, me = _claim_marker(path), [platform.node(), str(os.getpid())]
+    with open(marker.parent / ".claims.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        owner = marker.read_text().split() if marker.exists() else []
+        held = len(owner) == 2 and owner != me and (owner[0] != me[0] or _alive(int(owner[1])))
+        if not held:
+            marker.write_text(" ".join(me))
+        return not held
+
+
+def release(path: Path) -> None:
+    """Remove this process's claim on ``path`` (``claim``)."""
+    _claim_marker(path).unlink(missing_ok=True)
+
+
+def _claim_marker(path: Path) -> Path:
+    path = Path(path)
+    return path.with_name(f".{path.name}.claim")
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

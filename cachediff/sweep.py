@@ -30,6 +30,7 @@ import ast
 import dataclasses
 import json
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +44,7 @@ from . import metrics
 from .accelerators import accelerator, macs_per_call
 from .config import DeepCacheConfig
 from .datasets import load_fashion_mnist, load_mnist
-from .files import atomic_path, is_temporary, remove_stale_temporaries, save_npy
+from .files import atomic_path, claim, is_temporary, release, remove_stale_temporaries, save_npy
 from .generation import TASKS
 from .metrics import class_score, clip_score, fid
 from .modules import denoiser
@@ -234,19 +235,35 @@ class Sweep:
         return range(0, self.n, self.shard)[rank::world]
 
     def generate_missing(
-        self, setting: Setting, rank: int = 0, world: int = 1, progress: bool = True
+        self, setting: Setting, rank: int = 0, world: int = 1, progress: bool = True, poll: float = 10.0
     ) -> None:
-        """Generate and save the missing sample shards this process owns (all of them by default)."""
+        """Generate and save the missing sample shards this process owns (all of them by default).
+        A shard that another live sweep on the same folder has claimed (``cachediff.files.claim``) is
+        left to it; once only such shards are missing, this waits for them, polling every ``poll``
+        seconds, and takes over any whose process has gone."""
         folder = self.folder(setting)
-        for start in tqdm(self.starts(rank, world), desc=setting.name, disable=not progress, leave=False):
-            samples = folder / f"samples_{start:06d}.npy"
-            if samples.exists():
-                continue
-            seeds = range(start, min(start + self.shard, self.n))
-            images = torch.cat(
-                [self._generate_recorded(setting, chunk) for chunk in _chunks(seeds, self.batch)]
-            )
-            save_npy(samples, ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy())
+        pending = [s for s in self.starts(rank, world) if not (folder / f"samples_{s:06d}.npy").exists()]
+        bar = tqdm(total=len(pending), desc=setting.name, disable=not progress, leave=False)
+        while pending:
+            for start in list(pending):
+                samples = folder / f"samples_{start:06d}.npy"
+                if not samples.exists():
+                    if not claim(samples):
+                        continue  # another sweep is generating it
+                    try:
+                        self._save_shard(setting, start, samples)
+                    finally:
+                        release(samples)
+                pending.remove(start)
+                bar.update()
+            if pending:
+                time.sleep(poll)
+        bar.close()
+
+    def _save_shard(self, setting: Setting, start: int, samples: Path) -> None:
+        seeds = range(start, min(start + self.shard, self.n))
+        images = torch.cat([self._generate_recorded(setting, chunk) for chunk in _chunks(seeds, self.batch)])
+        save_npy(samples, ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy())
 
     def features(self, setting: Setting, progress: bool = True) -> np.ndarray:
         """Features of the setting's ``n_samples`` images, generating and featurising missing shards.

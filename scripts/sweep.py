@@ -33,7 +33,7 @@ import torch
 from cachediff import generation, suites
 from cachediff.accelerators import accelerator
 from cachediff.cli import DTYPES
-from cachediff.files import output_folder, read_csv, update_csv
+from cachediff.files import claim, output_folder, read_csv, release, update_csv
 from cachediff.metrics import clip_score as C
 from cachediff.metrics import fid as F
 from cachediff.metrics.class_score import labels_of_prompts, load_classifier
@@ -210,13 +210,28 @@ def run(args) -> int:
         if world > 1:
             torch.distributed.barrier()
         if scorer:
-            scorer.score(s)
+            score_unless_done_elsewhere(scorer, s, args, columns)
     if scorer:
         print(f"wrote {args.results} ({datetime.date.today()} on {platform.machine()}, "
               f"{torch.get_num_threads()} threads)")  # fmt: skip
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
     return 0
+
+
+def score_unless_done_elsewhere(scorer, s: Setting, args, columns) -> None:
+    """Score ``s`` unless another sweep on the same folder is scoring it or has written its row since
+    this one started (``cachediff.files.claim``)."""
+    marker = scorer.sweep.folder(s) / "row"
+    if not claim(marker):
+        print(f"{s.name}: another sweep is scoring it", flush=True)
+        return
+    try:
+        row = next((r for r in read_csv(args.results) if r["setting"] == s.name), None)
+        if rescore_reason(row, args.samples, columns) is not None:
+            scorer.score(s)
+    finally:
+        release(marker)
 
 
 def plan_settings(args, preset, sweep: Sweep) -> list[Setting]:

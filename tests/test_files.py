@@ -27,3 +27,25 @@ def test_labelled_grid_keeps_colour():
     red = torch.tensor([1.0, -1.0, -1.0]).view(1, 3, 1, 1).expand(2, 3, 16, 16)
     a = labelled_grid({"baseline": red, "DeepCache": red}, ["seed 0", "seed 1"], tile=32)
     assert ((a[..., 0] == 255) & (a[..., 1] == 0)).sum() == 4 * 32 * 32
+
+
+def test_a_claim_holds_while_its_process_lives_and_passes_on_when_it_is_gone(tmp_path):
+    import os
+    import platform
+    import subprocess
+    import sys
+
+    from cachediff.files import claim, release
+
+    shard = tmp_path / "samples_000000.npy"
+    marker = tmp_path / ".samples_000000.npy.claim"
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        marker.write_text(f"{platform.node()} {other.pid}")  # another live sweep holds it
+        assert not claim(shard) and marker.read_text().endswith(str(other.pid))
+    finally:
+        other.kill()
+        other.wait()
+    assert claim(shard) and marker.read_text().endswith(str(os.getpid()))  # its process is gone
+    release(shard)
+    assert not marker.exists() and claim(shard)

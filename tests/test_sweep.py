@@ -135,3 +135,30 @@ def test_files_left_by_a_kill_while_writing_never_block_a_resume(pipe, tmp_path)
     (folder / "stats_000009.json").write_text("")
     with pytest.raises(ValueError, match="stats_000009.json is not valid JSON"):
         sweep.mean_n_full(SETTING)
+
+
+def test_two_sweeps_on_one_folder_share_the_shards(pipe, tmp_path, monkeypatch):
+    import platform
+    import threading
+
+    from cachediff.files import claim, release
+
+    sweep = Sweep(pipe, tmp_path, n_samples=6, shard=2, featurize=mean_features)
+    shard = sweep.folder(SETTING) / "samples_000002.npy"
+    theirs = np.zeros((2, 3, 8, 8), np.uint8)
+    (shard.parent / f".{shard.name}.claim").write_text(f"{platform.node()} {os.getppid()}")  # alive
+    generated, original = [], sweep.generate
+    monkeypatch.setattr(
+        sweep, "generate", lambda s, seeds: generated.append(list(seeds)) or original(s, seeds)
+    )
+
+    def the_other_sweep_finishes():
+        np.save(shard, theirs)
+        release(shard)
+
+    timer = threading.Timer(0.3, the_other_sweep_finishes)
+    timer.start()
+    sweep.generate_missing(SETTING, progress=False, poll=0.05)  # waits for the other's shard
+    timer.join()
+    assert generated == [[0, 1], [4, 5]] and np.array_equal(np.load(shard), theirs)
+    assert claim(shard)  # nothing of this sweep's is left claimed
