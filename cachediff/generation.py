@@ -207,13 +207,24 @@ def _to_tensor(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.asarray(images, dtype=np.float32)).permute(0, 3, 1, 2) * 2 - 1  # (N, C, H, W)
 
 
+def open_image(path: str, mode: str) -> Image.Image:
+    """The image file at ``path`` in ``mode``, or a one-line error saying why it cannot be read."""
+    try:
+        with Image.open(path) as img:
+            return img.convert(mode)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no image file {path!r}") from None
+    except (OSError, ValueError) as err:  # PIL.UnidentifiedImageError is an OSError
+        raise ValueError(f"cannot read {path!r} as an image: {err}") from None
+
+
 def default_inputs(pipe, task: str, image: str | None = None, mask: str | None = None) -> dict:
     """Inputs a task needs beyond the prompt: the init image (a file, or a synthetic gradient) and mask."""
     if task not in ("img2img", "inpaint", "video"):
         return {}
     size = image_size(pipe)
     if image:
-        init = Image.open(image).convert("RGB").resize((size, size))
+        init = open_image(image, "RGB").resize((size, size))
     else:  # a smooth colour gradient: deterministic, no data needed
         ramp = np.linspace(0, 255, size, dtype=np.float32)
         rgb = np.stack(
@@ -225,7 +236,7 @@ def default_inputs(pipe, task: str, image: str | None = None, mask: str | None =
     if task == "img2img":
         return dict(image=init, strength=0.75)
     if mask:
-        mask_image = Image.open(mask).convert("L").resize((size, size))
+        mask_image = open_image(mask, "L").resize((size, size))
     else:  # the centre square is repainted
         m = np.zeros((size, size), dtype=np.uint8)
         m[size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = 255

@@ -159,3 +159,12 @@ def test_a_scheduler_the_pipeline_cannot_step_is_refused_before_sampling(tiny_fo
     err = capsys.readouterr().err
     assert "DDIMPipeline passes eta, use_clipped_model_output to scheduler.step, which PNDMScheduler" in err
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("flag", ["--image", "--mask"])
+def test_a_file_that_is_not_an_image_is_a_clear_error(flag, tiny_folders, tmp_path, capsys):
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image")
+    args = ["--model_type", "sd-inpaint", "--model", str(tiny_folders["sd-inpaint"]), flag, str(text)]
+    assert main.main(args + ["--output", str(tmp_path / "out")]) == 2
+    assert f"cannot read '{text}' as an image" in capsys.readouterr().err
