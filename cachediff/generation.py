@@ -61,8 +61,35 @@ def load_pipeline(preset: Preset, model: str | None = None, device: str = "cpu",
             f"could not load {path!r}: {err}\n"
             "Give --model a local folder with the weights (no download here)."
         ) from err
+    needed = NEEDED_COMPONENTS.get(preset.pipeline, ())
+    optional = set(cls._optional_components) - set(needed)
+    missing = [k for k, v in pipe.components.items() if v is None and k not in optional]
+    saved = _saved_class(path)
+    if missing:
+        raise ValueError(
+            f"{path!r} is not a {preset.pipeline} folder: it has no {', '.join(missing)}"
+            + (f" (it holds a {saved})" if saved else "")
+        )
+    if saved and ("XL" in saved) != ("XL" in preset.pipeline):  # SDXL weights for SD: U-Nets differ
+        raise ValueError(f"{path!r} holds a {saved}, which a {preset.pipeline} cannot run")
     pipe.set_progress_bar_config(leave=False)
     return pipe.to(device)
+
+
+_SDXL_TEXT = ("tokenizer_2", "text_encoder_2")  # optional to diffusers, needed to run from a prompt
+
+#: Components that a pipeline class calls optional but that the preset's task needs.
+NEEDED_COMPONENTS = {
+    "StableDiffusionXLPipeline": _SDXL_TEXT,
+    "StableDiffusionXLImg2ImgPipeline": _SDXL_TEXT,
+    "StableDiffusionXLInpaintPipeline": _SDXL_TEXT,
+}
+
+
+def _saved_class(path: str) -> str | None:
+    """The pipeline class a local folder's ``model_index.json`` names, if any."""
+    index = Path(path) / "model_index.json"
+    return json.loads(index.read_text()).get("_class_name") if index.exists() else None
 
 
 def set_scheduler(pipe, name: str | None) -> None:

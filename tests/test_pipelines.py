@@ -168,3 +168,19 @@ def test_a_file_that_is_not_an_image_is_a_clear_error(flag, tiny_folders, tmp_pa
     args = ["--model_type", "sd-inpaint", "--model", str(tiny_folders["sd-inpaint"]), flag, str(text)]
     assert main.main(args + ["--output", str(tmp_path / "out")]) == 2
     assert f"cannot read '{text}' as an image" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "model_type, kind, message",
+    [
+        ("svd", "sd", "is not a StableVideoDiffusionPipeline folder: it has no image_encoder"),
+        ("sdxl", "sd", "is not a StableDiffusionXLPipeline folder: it has no text_encoder_2, tokenizer_2"),
+        ("sd1.5", "sdxl", "holds a StableDiffusionXLPipeline, which a StableDiffusionPipeline cannot run"),
+    ],
+)
+def test_weights_of_another_pipeline_are_a_clear_error(
+    model_type, kind, message, tiny_folders, tmp_path, capsys
+):
+    args = ["--model_type", model_type, "--model", str(tiny_folders[kind]), "--output", str(tmp_path / "out")]
+    assert main.main(args) == 2
+    assert message in capsys.readouterr().err
