@@ -62,7 +62,7 @@ def load_pipeline(preset: Preset, model: str | None = None, device: str = "cpu",
             "Give --model a local folder with the weights (no download here)."
         ) from err
     needed = NEEDED_COMPONENTS.get(preset.pipeline, ())
-    optional = set(cls._optional_components) - set(needed)
+    optional = (set(cls._optional_components) | {"safety_checker", "feature_extractor"}) - set(needed)
     missing = [k for k, v in pipe.components.items() if v is None and k not in optional]
     saved = _saved_class(path)
     if missing:
@@ -78,7 +78,8 @@ def load_pipeline(preset: Preset, model: str | None = None, device: str = "cpu",
 
 _SDXL_TEXT = ("tokenizer_2", "text_encoder_2")  # optional to diffusers, needed to run from a prompt
 
-#: Components that a pipeline class calls optional but that the preset's task needs.
+#: Components that a pipeline class calls optional but that the preset's task needs (beside these,
+#: a safety checker and its feature extractor may be absent from any pipeline, as diffusers allows).
 NEEDED_COMPONENTS = {
     "StableDiffusionXLPipeline": _SDXL_TEXT,
     "StableDiffusionXLImg2ImgPipeline": _SDXL_TEXT,
