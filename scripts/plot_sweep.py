@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import itertools
 from pathlib import Path
 
 import matplotlib
@@ -88,7 +89,7 @@ def groups(df: pd.DataFrame, cost: str) -> dict[str, pd.DataFrame]:
 
 def pareto(df: pd.DataFrame, out: Path, cost: str, quality: str) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
-    for (label, rows), marker in zip(groups(df, cost).items(), "osx^vDP<>", strict=False):
+    for (label, rows), marker in zip(groups(df, cost).items(), itertools.cycle("osx^vDP<>*hX")):
         axes[0].plot(rows[cost], rows[quality], marker=marker, label=label)
         if "measured_speedup" in rows:
             axes[1].plot(rows.measured_speedup, rows[quality], marker=marker, label=label)
