@@ -18,9 +18,11 @@ KINDS = ["sd", "sdxl", "svd", "ddpm"]
 
 
 def count_calls(module):
-    """Count real executions of ``module`` (a forward hook fires only when its forward runs)."""
+    """Count real executions of ``module`` (a forward hook fires only when its forward runs). A global
+    hook: one on the module itself would make every call full (``core.Session._read_while_skipped``)."""
     counter = SimpleNamespace(n=0)
-    handle = module.register_forward_hook(lambda *_: setattr(counter, "n", counter.n + 1))
+    hook = torch.nn.modules.module.register_module_forward_hook
+    handle = hook(lambda m, *_: setattr(counter, "n", counter.n + 1) if m is module else None)
     return counter, handle
 
 
