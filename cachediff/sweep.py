@@ -242,11 +242,11 @@ class Sweep:
         left to it; once only such shards are missing, this waits for them, polling every ``poll``
         seconds, and takes over any whose process has gone."""
         folder = self.folder(setting)
-        pending = [s for s in self.starts(rank, world) if not (folder / f"samples_{s:06d}.npy").exists()]
+        pending = {s: folder / f"samples_{s:06d}.npy" for s in self.starts(rank, world)}
+        pending = {s: path for s, path in pending.items() if not path.exists()}
         bar = tqdm(total=len(pending), desc=setting.name, disable=not progress, leave=False)
         while pending:
-            for start in list(pending):
-                samples = folder / f"samples_{start:06d}.npy"
+            for start, samples in list(pending.items()):
                 if not samples.exists():
                     if not claim(samples):
                         continue  # another sweep is generating it
@@ -254,7 +254,7 @@ class Sweep:
                         self._save_shard(setting, start, samples)
                     finally:
                         release(samples)
-                pending.remove(start)
+                del pending[start]
                 bar.update()
             if pending:
                 time.sleep(poll)
