@@ -22,17 +22,26 @@ test-fast: $(VENV)/.installed  ## the pinned environment only
 test-slow: $(VENV)/.installed  ## also the tests marked slow
 	$(VENV)/bin/python -m pytest --runslow
 
-MNIST_SWEEP := $(VENV)/bin/python scripts/sweep.py --model_type ddpm-mnist --samples 2000 --shard 250 --batch 32 \
-    --fid-reference mnist --timing-images 32 --repeats 3 --threads 2
 MNIST_RUN := runs/mnist-sweep
 MNIST_DOCS := docs/results/mnist
+MNIST_SWEEP := $(VENV)/bin/python scripts/sweep.py --model_type ddpm-mnist --samples 2000 --shard 250 --batch 32 \
+    --fid-reference mnist --timing-images 32 --repeats 3 --threads 2 --out $(MNIST_RUN) \
+    --results $(MNIST_DOCS)/results.csv
 MNIST_GRID := ddim-100 N2-b2 N5-b2 N10-b2 N5-b2-adaptive-cap N5-b2-zeros ddim-61 ddim-20 s20-N2-b0 ddim-11
 
 mnist-results: $(VENV)/.installed  ## docs/DDPM_MNIST.md's tables and plots (resumable; about 9 h on 2 cores)
-	$(MNIST_SWEEP) --out $(MNIST_RUN) --suites interval zeros steps curve schedules branch
-	$(MNIST_SWEEP) --out $(MNIST_RUN) --steps 20 --baseline-steps 100 --branch 0 --intervals 2 3 \
+	$(MNIST_SWEEP) --suites forecast schedules --only '*-f?' '*-adaptive'
+	$(MNIST_SWEEP) --steps 20 --baseline-steps 100 --branch 0 --budgets 2 3 --suites forecast schedules \
+	    --only '*-f?' '*-adaptive'
+	$(MNIST_SWEEP) --suites interval zeros steps curve schedules branch
+	$(MNIST_SWEEP) --steps 20 --baseline-steps 100 --branch 0 --intervals 2 3 \
 	    --budgets 2 3 --suites interval steps schedules
-	$(VENV)/bin/python scripts/plot_sweep.py $(MNIST_RUN)/results.csv --out $(MNIST_DOCS) --grid $(MNIST_GRID)
+	$(MNIST_SWEEP) --stage generate --samples 250 --suites interval schedules curve steps zeros \
+	    --only $(MNIST_GRID)
+	$(MNIST_SWEEP) --stage generate --samples 250 --steps 20 --baseline-steps 100 --branch 0 \
+	    --intervals 2 --suites interval --only $(MNIST_GRID)
+	$(VENV)/bin/python scripts/plot_sweep.py $(MNIST_DOCS)/results.csv --out $(MNIST_DOCS) \
+	    --samples $(MNIST_RUN) --grid $(MNIST_GRID)
 	$(VENV)/bin/python experiments/ddpm/report_mnist.py $(MNIST_DOCS)/results.csv --out $(MNIST_DOCS)/tables.md
 
 SD_RUN := runs/tiny-sd-sweep
