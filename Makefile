@@ -56,7 +56,8 @@ SD_GRID := plms-50 N5-b1 plms-25 plms-15
 tiny-sd-results: $(VENV)/.installed $(FASHION)  ## docs/TINY_SD.md's tables (the paper's Tables 3, 13/14; resumable)
 	$(SD_SWEEP) --suites interval curve --intervals 5 --curve 25 --only plms-25 N5-b1
 	$(SD_DPM) --steps 25 --suites interval curve --intervals 2 3 4 --curve 10 15 20
-	$(SD_DPM) --steps 20 --baseline-steps 25 --suites interval --intervals 2 3
+	$(SD_DPM) --steps 20 --baseline-steps 25 --suites interval schedules forecast --intervals 2 3 \
+	    --budgets 2 3 --only 's20-N?-b1' '*-adaptive' '*-f?'
 	$(SD_SWEEP) --suites curve interval --curve 10 12 13 15 20 30 35 40 45 --intervals 2 3 4 6 7 8
 	$(SD_SWEEP) --suites grid --intervals 2 3 4 5 6 7 8 --schedules non-uniform
 	$(SD_SWEEP) --suites schedules forecast --budgets 5

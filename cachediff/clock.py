@@ -7,6 +7,12 @@ twice, count two steps; ``step_pred`` for a predictor-corrector sampler) and
 cond/uncond passes, a corrector's call) get their own *slot*. Without a pipeline every model call is
 one step. Used by the DeepCache engine and the module-level cache alike.
 
+A run belongs to the thread that started it (its ``set_timesteps``; without a scheduler, the thread
+of the last call). A call from another thread while that run goes on is not the run's: ``begin``
+returns ``None`` and the caller runs it as the original model, keeping nothing, and that thread's
+``scheduler.step`` does not count. So one accelerated pipeline called from two threads at once never
+mixes their features: each output is correct, the run that started last is the one accelerated.
+
 Example:
     >>> clock = StepClock()
     >>> for _ in range(3):
@@ -19,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 import torch
@@ -42,13 +49,18 @@ class StepClock:
         self.step = self.slot = 0
         self.num_steps: int | None = None
         self._times: list[float] | None = None
+        self.lock = threading.RLock()  # held while a run starts and while a call is placed in it
+        self.owner, self._busy = threading.get_ident(), False
 
     def reset(self, num_steps: int | None = None) -> None:
-        """Start a new run at step 0 (``num_steps`` is the run length, if known)."""
-        self.step = self.slot = 0
-        self.num_steps, self._times = num_steps, None
-        if self.on_new_run is not None:
-            self.on_new_run(num_steps)
+        """Start a new run at step 0 (``num_steps`` is the run length, if known), owned by the
+        calling thread."""
+        with self.lock:
+            self.step = self.slot = 0
+            self.num_steps, self._times = num_steps, None
+            self.owner, self._busy = threading.get_ident(), False
+            if self.on_new_run is not None:
+                self.on_new_run(num_steps)
 
     def start(self, num_steps: int | None = None) -> None:
         """Start a new run and follow the pipeline's scheduler from now on, so that a ``step`` looked
@@ -56,10 +68,18 @@ class StepClock:
         self.reset(num_steps)
         self._follow_scheduler()
 
-    def begin(self) -> tuple[int, int]:
-        """Enter a model call: returns ``(step, slot)``."""
-        self._follow_scheduler()
-        return self.step, self.slot
+    def begin(self) -> tuple[int, int] | None:
+        """Enter a model call: returns ``(step, slot)``, or ``None`` for a call from another thread
+        than the run's (see the module's docstring), which ``end`` then ignores."""
+        with self.lock:
+            self._follow_scheduler()
+            me = threading.get_ident()
+            if self._scheduler is None and not self._busy:  # no run boundaries: the caller's run
+                self.owner = me
+            if self.owner != me:
+                return None
+            self._busy = True
+            return self.step, self.slot
 
     def beyond_run(self, step: int) -> bool:
         """Whether a call at ``step`` lies past the end of the followed scheduler's run: it is not
@@ -67,15 +87,22 @@ class StepClock:
         return self._scheduler is not None and self.num_steps is not None and step >= self.num_steps
 
     def end(self) -> None:
-        """Leave a model call; without a scheduler, each call ends its step."""
-        self.slot += 1
-        if self._scheduler is None:
-            self.advance()
+        """Leave a model call; without a scheduler, each call ends its step. Nothing for a call
+        whose run another thread has taken over meanwhile."""
+        with self.lock:
+            if self.owner == threading.get_ident():
+                self._busy = False
+                self.slot += 1
+                if self._scheduler is None:
+                    self.advance()
 
     def advance(self) -> None:
-        """End the current step (called after each ``scheduler.step``)."""
-        self.step += 1
-        self.slot = 0
+        """End the current step (called after each ``scheduler.step``; not counted from another
+        thread than the run's)."""
+        with self.lock:
+            if self.owner == threading.get_ident():
+                self.step += 1
+                self.slot = 0
 
     def time(self, step: int) -> float | None:
         """The scheduler's timestep of ``step`` (``None`` without a scheduler or past its timesteps),

@@ -28,6 +28,7 @@ Refinements add full steps to any static schedule:
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -69,6 +70,9 @@ class DeepCacheConfig:
         time: forecast only: the variable the features are extrapolated in: "timestep" (the
             scheduler's timesteps, which need not be evenly spaced; a bare model's numeric timestep
             argument) or "step" (the step index).
+        fallback: forecast only: check the forecast on the shallow feature each cached step and
+            replay where extrapolating the shallow feature the same way misses it by more than
+            replaying it does (``cachediff.core.Forecast``); default False.
         window: cache only inside ``(start, end)``; ints are step indices, floats fractions of the run.
         warmup: the first ``warmup`` steps are full.
         cooldown: the last ``cooldown`` steps are full.
@@ -88,6 +92,7 @@ class DeepCacheConfig:
     reuse: str = "cache"
     order: int | None = None
     time: str | None = None
+    fallback: bool | None = None
     window: tuple[float, float] | None = None
     warmup: int = 0
     cooldown: int = 0
@@ -95,6 +100,10 @@ class DeepCacheConfig:
     threshold: float | None = None
 
     def __post_init__(self) -> None:
+        for name in ("interval", "branch", "order", "center", "warmup", "cooldown", "max_cached"):
+            object.__setattr__(self, name, _plain_int(getattr(self, name)))  # numpy integers too
+        if isinstance(self.window, (tuple, list)):
+            object.__setattr__(self, "window", tuple(_plain_int(v) for v in self.window))
         if not _is_int(self.interval) or self.interval < 1:
             raise ValueError(f"interval must be an integer >= 1 (1 = no caching), got {self.interval!r}")
         if not _is_int(self.branch) or self.branch < 0:
@@ -121,11 +130,11 @@ class DeepCacheConfig:
 
     def _check_forecast(self) -> None:
         if self.reuse != "forecast":
-            given = [k for k in ("order", "time") if getattr(self, k) is not None]
+            given = [k for k in ("order", "time", "fallback") if getattr(self, k) is not None]
             if given:
                 verb = "are" if len(given) > 1 else "is"
                 raise ValueError(
-                    f"{' and '.join(given)} {verb} only used with reuse='forecast', not {self.reuse!r}"
+                    f"{', '.join(given)} {verb} only used with reuse='forecast', not {self.reuse!r}"
                 )
             return
         order = 2 if self.order is None else self.order
@@ -134,8 +143,11 @@ class DeepCacheConfig:
         time = self.time or "timestep"
         if time not in FORECAST_TIMES:
             raise ValueError(f"time must be one of {', '.join(map(repr, FORECAST_TIMES))}; got {self.time!r}")
+        if self.fallback not in (None, True, False):
+            raise ValueError(f"fallback must be True or False, got {self.fallback!r}")
         object.__setattr__(self, "order", order)
         object.__setattr__(self, "time", time)
+        object.__setattr__(self, "fallback", bool(self.fallback))
 
     def _check_refinements(self) -> None:
         for name in ("warmup", "cooldown"):
@@ -207,3 +219,8 @@ class DeepCacheConfig:
 
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _plain_int(v):
+    """A Python ``int`` for any integer that is not a bool (``numpy.int64(3)`` -> 3); else ``v``."""
+    return int(v) if isinstance(v, numbers.Integral) and not isinstance(v, bool) else v

@@ -56,11 +56,12 @@ Example:
 from __future__ import annotations
 
 import math
+import threading
 import warnings
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch.utils import _pytree as pytree
@@ -103,12 +104,12 @@ class Replay:
       copies it before the model sees it), given what was kept and the layout of the module's output.
     """
 
-    name, time = "cache", "step"
+    name, time, probes = "cache", "step", False
 
-    def keep(self, kept: Any, value: Any, t: float) -> Any:
+    def keep(self, kept: Any, value: Any, t: float, probe: torch.Tensor | None = None) -> Any:
         return value
 
-    def give(self, kept: Any, layout: tuple, t: float) -> Any:
+    def give(self, kept: Any, layout: tuple, t: float, probe: torch.Tensor | None = None) -> Any:
         return kept
 
 
@@ -124,29 +125,61 @@ class Forecast:
     The weights are Python floats of host times, so the forecast costs ``order`` multiply-adds of the
     feature and no synchronisation; ``order`` results are kept.
 
+    With ``fallback``, the shallow feature checks the forecast on every cached call: the same weights
+    extrapolate the group's probe (the shallow feature, computed afresh on every call) from its values
+    at the full calls, and where that extrapolation misses the probe's actual value by more than the
+    probe's last full value does (|p - sum_i w_i p_i| > |p - p_k|), the call replays f_k instead. The
+    choice is a ``torch.where`` on the device: no synchronisation; ``order`` probes are kept too.
+
     Example:
         >>> act = Forecast(order=2, time="step")
         >>> kept = act.keep(act.keep(None, torch.tensor([1.0]), 0), torch.tensor([3.0]), 5)
         >>> act.give(kept, None, 10), act.give(kept, None, 7)
         (tensor([5.]), tensor([3.8000]))
+        >>> act = Forecast(order=2, time="step", fallback=True)  # probes 0 at t = 0, 1 at t = 5
+        >>> kept = act.keep(None, torch.tensor([1.0]), 0, torch.zeros(1))
+        >>> kept = act.keep(kept, torch.tensor([3.0]), 5, torch.ones(1))
+        >>> act.give(kept, None, 10, torch.tensor([2.0])), act.give(kept, None, 10, torch.tensor([1.0]))
+        (tensor([5.]), tensor([3.]))
     """
 
     name = "forecast"
 
-    def __init__(self, order: int = 2, time: str = "timestep"):
-        self.order, self.time = order, time
+    def __init__(self, order: int = 2, time: str = "timestep", fallback: bool = False):
+        self.order, self.time, self.fallback = order, time, fallback
+        self.probes = fallback
 
-    def keep(self, kept: Any, value: Any, t: float) -> Any:
-        points = [p for p in kept or () if p[0] != t]  # a repeated time (PLMS) replaces its point
-        return tuple(points + [(t, value)])[-self.order :]
+    def keep(self, kept: Any, value: Any, t: float, probe: torch.Tensor | None = None) -> Any:
+        points = [p for p in kept or () if p.t != t]  # a repeated time (PLMS) replaces its point
+        return tuple(points + [_Point(t, value, probe if self.fallback else None)])[-self.order :]
 
-    def give(self, kept: Any, layout: tuple, t: float) -> Any:
-        times = [ti for ti, _ in kept]
+    def give(self, kept: Any, layout: tuple, t: float, probe: torch.Tensor | None = None) -> Any:
+        times = [p.t for p in kept]
         weights = [
             math.prod((t - tj) / (ti - tj) for j, tj in enumerate(times) if j != i)
             for i, ti in enumerate(times)
         ]
-        return pytree.tree_map(lambda *leaves: _weighted_sum(leaves, weights), *[v for _, v in kept])
+        out = pytree.tree_map(lambda *leaves: _weighted_sum(leaves, weights), *[p.value for p in kept])
+        probes = tuple(p.probe for p in kept)
+        if not self.fallback or len(kept) < 2 or probe is None or any(p is None for p in probes):
+            return out
+        missed = (probe - _weighted_sum(probes, weights)).square().sum()
+        replay_missed = (probe - probes[-1]).square().sum()
+        trusted = missed <= replay_missed  # a 0-d bool tensor: stays on the device
+        return pytree.tree_map(
+            lambda f, last: torch.where(trusted, f, last) if isinstance(f, torch.Tensor) else f,
+            out,
+            kept[-1].value,
+        )
+
+
+class _Point(NamedTuple):
+    """A full call's result kept by ``Forecast``: its time, its value and (with ``fallback``) the
+    group's probe of that call."""
+
+    t: float
+    value: Any
+    probe: torch.Tensor | None
 
 
 def _weighted_sum(leaves: tuple, weights: list[float]) -> Any:
@@ -162,22 +195,22 @@ def _weighted_sum(leaves: tuple, weights: list[float]) -> Any:
 class Zeros:
     """The paper's Table 5 ablation: a cached call hands out zeros of the kept result's layout."""
 
-    name, time = "zeros", "step"
+    name, time, probes = "zeros", "step", False
 
-    def keep(self, kept: Any, value: Any, t: float) -> Any:
+    def keep(self, kept: Any, value: Any, t: float, probe: torch.Tensor | None = None) -> Any:
         return None
 
-    def give(self, kept: Any, layout: tuple, t: float) -> Any:
+    def give(self, kept: Any, layout: tuple, t: float, probe: torch.Tensor | None = None) -> Any:
         return _placeholder(*layout, torch.zeros)
 
 
 REPLAY = Replay()
 
 
-def act_for(reuse: str = "cache", order: int | None = None, time: str | None = None):
-    """The act of a configuration's ``reuse``, ``order`` and ``time`` (``DeepCacheConfig``)."""
+def act_for(reuse: str = "cache", order: int | None = None, time: str | None = None, fallback=None):
+    """The act of a configuration's ``reuse``, ``order``, ``time`` and ``fallback`` (``DeepCacheConfig``)."""
     if reuse == "forecast":
-        return Forecast(order or 2, time or "timestep")
+        return Forecast(order or 2, time or "timestep", bool(fallback))
     return {"cache": REPLAY, "zeros": Zeros()}[reuse]
 
 
@@ -292,6 +325,7 @@ class Session:
     ):
         self.model, self.pipeline, self.track_change = model, pipeline, track_change
         self._hooks, self._skippable = Hooks(), _Skippable()
+        self._local = threading.local()
         self.clock = StepClock(pipeline, on_new_run=self._new_run)
         self._set_plan(groups, act)
         self.reset()
@@ -387,30 +421,35 @@ class Session:
             group.policy.start(num_steps)
 
     def _probes(self, g: int) -> bool:
-        return self.track_change or self._groups[g].policy.probes
+        return self.track_change or self._groups[g].policy.probes or self.act.probes
 
     # ----------------------------------------------------------------- hooks
     def _wrap_root(self, original: Callable) -> Callable:
         def forward(*args, **kwargs):
             # Which step and slot; decide per group, full wherever the slot is new or its input changed.
-            step, index = self.clock.begin()
+            with self.clock.lock:  # the run's state, taken at once: another thread may start a new run
+                position = self.clock.begin()
+                slots, stats, reused = self._slots, self.stats, self.reused
+            if position is None:  # another thread's call while this run goes on: the original's
+                return original(*args, **kwargs)
+            step, index = position
             sample = args[0] if args else kwargs.get("sample", _first_tensor(kwargs))  # (B, C, H, W)
             watch = Stopwatch(sample.device if isinstance(sample, torch.Tensor) else torch.device("cpu"))
             if self.clock.beyond_run(step):  # not this run's call: run it as the original, keep nothing
                 try:
                     return original(*args, **kwargs)
                 finally:
-                    self.stats.calls.append(Call(step, True, None, watch.stop()))
+                    stats.calls.append(Call(step, True, None, watch.stop()))
                     self.clock.end()
             key = _key(sample)
-            slot = self._slots.get(index)
+            slot = slots.get(index)
             old = slot.groups if slot is not None else [None] * len(self._groups)
             full = [
                 g.policy.decide(step, s.history if s else None)
                 for g, s in zip(self._groups, old, strict=True)
             ]
             if slot is None or slot.key != key:
-                slot = self._slots[index] = _Slot(key, [_GroupState() for _ in self._groups])
+                slot = slots[index] = _Slot(key, [_GroupState() for _ in self._groups])
                 full = [True] * len(self._groups)
             if not all(f is True for f in full) and self._read_while_skipped():
                 full = [True] * len(self._groups)
@@ -422,12 +461,21 @@ class Session:
                 for state, decided in zip(slot.groups, active.full, strict=True):
                     state.history.record(decided is not False)
                 for name in active.reused:
-                    self.reused[name] += 1
-                self.stats.calls.append(Call(step, not active.reused, active.change, watch.stop()))
+                    reused[name] += 1
+                stats.calls.append(Call(step, not active.reused, active.change, watch.stop()))
                 self._active = None
                 self.clock.end()
 
         return forward
+
+    @property
+    def _active(self) -> _Active | None:
+        """The call in progress in this thread (module hooks of other threads' calls see none)."""
+        return getattr(self._local, "active", None)
+
+    @_active.setter
+    def _active(self, active: _Active | None) -> None:
+        self._local.active = active
 
     def _read_while_skipped(self) -> bool:
         """Whether something outside reads a module that a cached call would skip (a forward hook on
@@ -438,12 +486,9 @@ class Session:
         if not any(self._skippable.hooks) and not any(_recording(m) for _, m in self._skippable.attention):
             return False
         for name, module in self._skippable.modules:
-            if module._forward_hooks or module._forward_pre_hooks or _recording(module):
-                what = (
-                    f"the attention processor {_recording(module)}"
-                    if _recording(module)
-                    else "a forward hook"
-                )
+            recording = _recording(module)
+            if module._forward_hooks or module._forward_pre_hooks or recording:
+                what = f"the attention processor {recording}" if recording else "a forward hook"
                 warnings.warn(
                     f"{name} carries {what}, which reads it on every call, so calls run in full while it "
                     "is there (no speedup); self-attention guidance and attention-editing pipelines do this",
@@ -496,8 +541,9 @@ class Session:
                 n = active.occurrence[name] = active.occurrence.get(name, -1) + 1
                 kept = state.kept.get((name, n))
                 key = _key(x)
+                probe = state.shallow if active.probed[g] else None
                 if not active.full[g] and kept is not None and kept.key == key:
-                    return self._cached(active, name, role, kept, x)
+                    return self._cached(active, name, role, kept, x, probe)
                 out = original(*args, **kwargs)
                 layout = _layout(out)
                 if role == SKIP:
@@ -507,19 +553,20 @@ class Session:
                     _check_residual(name, out, x)
                 previous = kept.value if kept is not None and kept.key == key else None
                 value = out - x if role == RESIDUAL else out
-                state.kept[(name, n)] = _Kept(key, layout, self.act.keep(previous, value, active.time))
+                state.kept[(name, n)] = _Kept(key, layout, self.act.keep(previous, value, active.time, probe))
                 return out if role == RESIDUAL else _clone(out)  # the model may modify an output in place
 
             return forward
 
         return factory
 
-    def _cached(self, active: _Active, name: str, role: str, kept: _Kept, x: torch.Tensor) -> Any:
-        """What a module hands out on a cached call."""
+    def _cached(self, active: _Active, name: str, role: str, kept: _Kept, x: torch.Tensor, probe) -> Any:
+        """What a module hands out on a cached call (``probe``: the group's shallow feature of this
+        call, where the probe ran)."""
         if role == SKIP:  # read only by other skipped modules
             return _placeholder(*kept.layout, torch.empty)
         active.reused.append(name)  # counted after the call: no run-long state inside a compiled graph
-        value = self.act.give(kept.value, kept.layout, active.time)
+        value = self.act.give(kept.value, kept.layout, active.time, probe)
         return x + value if role == RESIDUAL else _clone(value)
 
 

@@ -89,4 +89,4 @@ class DeepCacheEngine(Session):
 
 
 def _act(config: DeepCacheConfig):
-    return act_for(config.reuse, config.order, config.time)
+    return act_for(config.reuse, config.order, config.time, config.fallback)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import diffusers
 import numpy as np
+import safetensors
 import torch
 from PIL import Image
 
@@ -57,6 +58,10 @@ def load_pipeline(preset: Preset, model: str | None = None, device: str = "cpu",
         cls = getattr(diffusers, preset.pipeline)
         pipe = cls.from_pretrained(path, torch_dtype=dtype, **_absent_components(path))
     except OSError as err:
+        broken = unreadable_weights(path)
+        if broken:
+            file, why = broken
+            raise ValueError(f"{file!r} is not a readable weights file ({why}): truncated?") from None
         raise FileNotFoundError(
             f"could not load {path!r}: {err}\n"
             "Give --model a local folder with the weights (no download here)."
@@ -85,6 +90,18 @@ NEEDED_COMPONENTS = {
     "StableDiffusionXLImg2ImgPipeline": _SDXL_TEXT,
     "StableDiffusionXLInpaintPipeline": _SDXL_TEXT,
 }
+
+
+def unreadable_weights(path: str) -> tuple[str, str] | None:
+    """The first ``.safetensors`` file under a local folder whose header does not read (a truncated
+    or corrupt download), and why; ``None`` if all read (or ``path`` is no folder)."""
+    for file in sorted(Path(path).glob("**/*.safetensors")) if Path(path).is_dir() else ():
+        try:
+            with safetensors.safe_open(file, "pt"):
+                pass
+        except (safetensors.SafetensorError, OSError) as err:
+            return str(file), str(err).removeprefix("Error while deserializing header: ")
+    return None
 
 
 def _saved_class(path: str) -> str | None:

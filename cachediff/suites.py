@@ -50,7 +50,7 @@ def cooldown_for_budget(n: int, steps: int = 100) -> dict:
 
 #: Beyond uniform, at each budget N of a T-step run (issue 5): label -> (N, T) -> config fields. The
 #: centre 0.4 T and the cap N + 2 were picked by PSNR to the 100-step output on 32 held-out seeds
-#: (10000+) of the MNIST DDPM, not on the FID seeds (experiments/ddpm/schedule_proxy.py).
+#: (10000+) of the MNIST DDPM, not on the FID seeds (scripts/schedule_proxy.py).
 SCHEDULES: dict[str, Callable[[int, int], dict]] = {
     "nonuniform-c40": lambda n, t: dict(schedule="non-uniform", center=round(0.4 * t)),
     "adaptive-cap": lambda n, t: dict(schedule="adaptive", max_cached=n + 2),

@@ -174,6 +174,8 @@ def run(args) -> int:
     if args.fid_reference not in (None, *REFERENCES) and not Path(args.fid_reference).is_file():
         known = ", ".join(REFERENCES)
         raise FileNotFoundError(f"no FID reference statistics {args.fid_reference!r} (.npz or {known})")
+    if args.fid_reference not in (None, *REFERENCES):
+        F.load_stats(Path(args.fid_reference))  # a file that holds none fails now, not after sampling
     pipe = load(args, preset)
     prompts = None
     inputs = generation.default_inputs(pipe, preset.task, args.image, args.mask)

@@ -100,6 +100,26 @@ def test_helper_errors(sd):
         DeepCacheSDHelper().enable()
 
 
+def test_numpy_integers_are_integers(sd):
+    """Hardening 12: intervals, branches and centres from numpy (a sweep over ``np.arange``) are
+    accepted as the integers they are (before: "interval must be an integer >= 1, got 3"); numpy
+    floats and bools are still refused."""
+    import numpy as np
+
+    pipe, cond, _ = sd
+    with cachediff.deepcache(pipe, interval=3, branch=1) as engine:
+        expected = sample(pipe, cond)
+    with cachediff.deepcache(pipe, interval=np.int64(3), branch=np.int32(1)) as engine:
+        assert torch.equal(sample(pipe, cond), expected) and engine.config.interval == 3
+    config = DeepCacheConfig(interval=np.int64(5), schedule="non-uniform", center=np.int64(4))
+    assert type(config.interval) is int and type(config.center) is int
+    helper = DeepCacheSDHelper(pipe)
+    helper.set_params(cache_interval=np.int64(3), cache_branch_id=np.int64(1))
+    for bad in (np.float64(3.0), np.bool_(True), True):
+        with pytest.raises(ValueError, match="interval must be an integer"):
+            DeepCacheConfig(interval=bad)
+
+
 def test_the_latent_upscalers_u_net_is_refused_by_name():
     from diffusers import UNet2DConditionModel
 
@@ -244,3 +264,73 @@ def test_self_attention_guidance_reads_a_current_map_on_every_step(tmp_path):
         with pytest.warns(UserWarning, match="carries a forward hook"):
             assert torch.equal(image(), base)
     assert set(engine.stats.pattern) == {"F"}
+
+
+def test_two_threads_on_one_cached_pipeline_never_mix_their_runs(sd):
+    """Hardening 6: thread B runs the whole pipeline while thread A is inside its U-Net call of step
+    2 (B's run starts with its own set_timesteps). B's run is the accelerated one and equals its
+    single-threaded output; A's step 2 still reads its own kept feature, and its later calls run as
+    the original model: A equals an explicit run cached at steps 1 and 2 only. (Before: B's calls
+    overwrote A's call in progress and the run's state, crashing with KeyError or mixing features.)"""
+    import threading
+
+    pipe, cond, _ = sd
+    steps, calls, out = 8, [], {}
+    alone_b = None
+    with cachediff.deepcache(pipe, interval=3, branch=1):
+        alone_b = sample(pipe, cond, steps=steps, seed=1)
+    with cachediff.deepcache(pipe, schedule="explicit", full_steps=(0, 3, 4, 5, 6, 7), branch=1):
+        expected_a = sample(pipe, cond, steps=steps, seed=0)
+
+    conv_in = pipe.unet.conv_in
+    original = conv_in.forward
+
+    def conv_in_forward(x):  # inside A's U-Net call of step 2: all of B's run, in another thread
+        calls.append(threading.current_thread().name)
+        if calls.count("A") == 3 and "B" not in calls:
+            b = threading.Thread(
+                target=lambda: out.update(B=sample(pipe, cond, steps=steps, seed=1)), name="B"
+            )
+            b.start()
+            b.join()
+        return original(x)
+
+    conv_in.forward = conv_in_forward
+    try:
+        with cachediff.deepcache(pipe, interval=3, branch=1) as engine:
+            a = threading.Thread(
+                target=lambda: out.update(A=sample(pipe, cond, steps=steps, seed=0)), name="A"
+            )
+            a.start()
+            a.join()
+            assert engine.stats.pattern == "FCCFCCFC"  # the run of the last set_timesteps: B's
+    finally:
+        del conv_in.forward
+    assert set(out) == {"A", "B"}, "a thread raised"
+    assert torch.equal(out["B"], alone_b)
+    assert torch.equal(out["A"], expected_a)
+
+
+def test_two_threads_calling_a_cached_pipeline_at_once_both_finish():
+    """Free-running threads (no ordering imposed) on one cached pipeline: every run finishes, with
+    finite outputs, and the pipeline is left as it was (no crash as ``KeyError: 'up_blocks.0'``)."""
+    import threading
+
+    pipe, cond = tiny_pipe("sd")
+    out, errors = {}, []
+
+    def run(seed):
+        try:
+            for _ in range(3):
+                out[seed] = sample(pipe, cond, steps=6, seed=seed)
+        except Exception as err:  # noqa: BLE001 - reported below
+            errors.append(repr(err))
+
+    with cachediff.deepcache(pipe, interval=3, branch=1):
+        threads = [threading.Thread(target=run, args=(s,)) for s in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not errors and len(out) == 3 and all(torch.isfinite(o).all() for o in out.values())
+    assert "forward" not in vars(pipe.unet)

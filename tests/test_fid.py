@@ -60,3 +60,14 @@ def test_fid_sanity_with_the_real_inception_network():
     assert abs(F.fid(a, a)) < 1e-2
     same_data, other_data = F.fid(a, b), F.fid(a, noise_feats)
     assert same_data < other_data / 3, (same_data, other_data)
+
+
+def test_a_file_without_statistics_is_a_clear_error(tmp_path):
+    """Hardening 12: before, a text file reported "Cannot load file containing pickled data"."""
+    text, single, other = tmp_path / "notes.txt", tmp_path / "a.npy", tmp_path / "b.npz"
+    text.write_text("mu sigma\n")
+    np.save(single, np.zeros(3))
+    np.savez(other, mean=np.zeros(3))
+    for path, why in ((text, "pickled"), (single, "single array"), (other, "holds mean")):
+        with pytest.raises(ValueError, match=f"'{path}' holds no FID statistics.*{why}"):
+            F.load_stats(path)

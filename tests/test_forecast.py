@@ -96,7 +96,7 @@ def test_a_repeated_time_replaces_its_point():
     kept = act.keep(
         act.keep(act.keep(None, torch.tensor([1.0]), 900), torch.tensor([2.0]), 800), torch.tensor([4.0]), 800
     )
-    assert [t for t, _ in kept] == [900, 800]  # PLMS evaluates one timestep twice: no division by zero
+    assert [p.t for p in kept] == [900, 800]  # PLMS evaluates one timestep twice: no division by zero
     assert torch.equal(act.give(kept, None, 700), torch.tensor([7.0]))
 
 
@@ -137,3 +137,68 @@ def test_the_forecast_works_with_every_schedule_and_with_plms(schedule):
         out = sample(pipe, cond, steps=10)
     assert torch.isfinite(out).all() and engine.stats.n_cached > 0
     assert (out - base).abs().max() < 10 * base.abs().max()  # close to the model's scale, not blown up
+
+
+class Probed(nn.Module):
+    """The deep module sees ``[t, wobble]`` (its input is the group's probe) and returns the
+    polynomial of ``t`` alone: the wobble moves the probe, not the deep feature."""
+
+    def __init__(self, degree: int):
+        super().__init__()
+        self.poly = Poly(degree)
+
+    def forward(self, probe: torch.Tensor) -> torch.Tensor:
+        return self.poly(probe[0])
+
+
+class ProbedNet(nn.Module):
+    """Full calls every 4th (as ``probed_outputs`` schedules them); the probe's second entry is
+    ``jump`` times the number of full calls before this one: flat between full calls, so it
+    extrapolates badly (a line through its jumps) and replays exactly."""
+
+    def __init__(self, degree: int, jump: float):
+        super().__init__()
+        self.deep, self.jump, self.calls = Probed(degree), jump, 0
+
+    def forward(self, x: torch.Tensor, timestep: float) -> torch.Tensor:
+        probe = torch.tensor([timestep, self.jump * (self.calls // 4)], dtype=torch.float64)
+        self.calls += 1
+        return x + self.deep(probe)
+
+
+def probed_outputs(jump: float, act) -> list[torch.Tensor]:
+    net, x = ProbedNet(1, jump), torch.zeros(5, dtype=torch.float64)
+    group = Group({"deep": PRODUCE}, Static(lambda n: lambda step: step % 4 == 0))
+    with Session(net, [group], act=act):
+        return [net(x, t) for t in TIMES]
+
+
+def same(xs: list[torch.Tensor], ys: list[torch.Tensor]) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(xs, ys, strict=True))
+
+
+def test_the_fallback_keeps_a_forecast_that_the_shallow_feature_confirms():
+    """A probe that moves linearly in t (no wobble) extrapolates exactly: the forecast stands."""
+    forecast = probed_outputs(0.0, Forecast(order=2))
+    assert same(probed_outputs(0.0, Forecast(2, fallback=True)), forecast)
+    assert not same(forecast, probed_outputs(0.0, Forecast(order=1)))
+
+
+def test_the_fallback_replays_where_the_shallow_feature_contradicts_the_forecast():
+    """A probe that jumps at full calls extrapolates worse than it replays: the cached calls replay."""
+    replay = probed_outputs(1e4, Forecast(order=1))
+    assert same(probed_outputs(1e4, Forecast(2, fallback=True)), replay)
+    assert not same(probed_outputs(1e4, Forecast(order=2)), replay)
+
+
+def test_the_fallback_is_a_forecast_option_and_keeps_its_probes():
+    with pytest.raises(ValueError, match="fallback is only used with reuse='forecast'"):
+        DeepCacheConfig(interval=3, fallback=True)
+    with pytest.raises(ValueError, match="fallback must be True or False"):
+        DeepCacheConfig(interval=3, reuse="forecast", fallback="yes")
+    net, x = ProbedNet(1, 0.0), torch.zeros(5, dtype=torch.float64)
+    group = Group({"deep": PRODUCE}, Static(lambda n: lambda step: step % 2 == 0))
+    with Session(net, [group], act=Forecast(2, fallback=True)) as session:
+        _ = [net(x, t) for t in TIMES]
+        probe = torch.zeros(2, dtype=torch.float64)
+        assert session.cache_nbytes == 2 * (x.nbytes + probe.nbytes) + probe.nbytes  # + the last probe

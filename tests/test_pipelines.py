@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import diffusers
 import pytest
@@ -184,3 +185,17 @@ def test_weights_of_another_pipeline_are_a_clear_error(
     args = ["--model_type", model_type, "--model", str(tiny_folders[kind]), "--output", str(tmp_path / "out")]
     assert main.main(args) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("keep", [1000, 100_000])  # inside the header; inside the tensors
+def test_a_truncated_weights_file_is_named(keep, tiny_folders, tmp_path, capsys):
+    """Hardening 12: before, diffusers' message asked to 'set from_tf=True' (a TF 2.0 checkpoint)."""
+    folder = tmp_path / "sd"
+    shutil.copytree(tiny_folders["sd"], folder)
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:keep])
+    assert (
+        main.main(["--model_type", "sd1.5", "--model", str(folder), "--output", str(tmp_path / "out")]) == 2
+    )
+    err = capsys.readouterr().err
+    assert f"'{weights}' is not a readable weights file" in err and "from_tf" not in err

@@ -28,7 +28,7 @@ SCRIPTS = [
     "scripts/profile_helpers.py",
     "scripts/plot_sweep.py",
     "scripts/sweep.py",
-    "experiments/ddpm/schedule_proxy.py",
+    "scripts/schedule_proxy.py",
     "experiments/ddpm/train_mnist.py",
     "experiments/ddpm/training_report.py",
     "experiments/ddpm/sample_stats.py",

@@ -126,6 +126,10 @@ def test_the_tiny_sd_sweep_scores_the_prompted_classes_and_records_its_guidance(
 def test_bad_input_is_a_clear_error(ddpm, tmp_path, capsys):
     assert script.main(args(ddpm, tmp_path, "--fid-reference", str(tmp_path / "none.npz"))) == 2
     assert "no FID reference statistics" in capsys.readouterr().err
+    (tmp_path / "notes.txt").write_text("not statistics\n")  # before: "pickled (object) data" after sampling
+    assert script.main(args(ddpm, tmp_path / "out", "--fid-reference", str(tmp_path / "notes.txt"))) == 2
+    assert "notes.txt' holds no FID statistics" in capsys.readouterr().err
+    assert not list((tmp_path / "out").glob("*/samples_*"))  # nothing sampled
     assert script.main(args(ddpm, tmp_path, "--branches", "99")) == 2
     assert "branch must be" in capsys.readouterr().err
     for bad in (["--intervals", "0"], ["--steps", "0"], ["--threads", "0"], ["--threads", "-2"]):

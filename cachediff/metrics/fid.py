@@ -112,5 +112,19 @@ def save_stats(path: Path, mu: np.ndarray, sigma: np.ndarray, **meta) -> None:
 
 
 def load_stats(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    with np.load(path) as data:
-        return data["mu"], data["sigma"]
+    """FID statistics written by ``save_stats``: ``mu`` (d,) and ``sigma`` (d, d). A file that holds
+    no such arrays is a ``ValueError`` naming it."""
+    problem = f"{str(path)!r} holds no FID statistics (an .npz of arrays mu and sigma, as save_stats writes)"
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise ValueError(f"{problem}: {err}") from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise ValueError(f"{problem}: it is a single array")
+    with data:
+        if not {"mu", "sigma"} <= set(data.files):
+            raise ValueError(f"{problem}: it holds {', '.join(data.files) or 'nothing'}")
+        mu, sigma = data["mu"], data["sigma"]
+    if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)):
+        raise ValueError(f"{problem}: mu is {mu.shape} and sigma {sigma.shape}")
+    return mu, sigma

@@ -56,12 +56,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def plot_losses(workdir: Path, model: Path) -> Path:
-    """Both stages' losses side by side; the U-Net's log is copied beside the autoencoder's."""
+    """Both stages' losses side by side; the U-Net's log is copied beside the autoencoder's (from a
+    training run's ``workdir`` where there is one; a checkout without it plots the shipped copies)."""
     logs = {
         "autoencoder (MSE)": model / "vae_loss.csv",
         "U-Net + text encoder (epsilon MSE)": model / "unet_loss.csv",
     }
-    shutil.copy(workdir / "unet_loss.csv", model / "unet_loss.csv")
+    if (workdir / "unet_loss.csv").exists():
+        shutil.copy(workdir / "unet_loss.csv", model / "unet_loss.csv")
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     for ax, (title, path) in zip(axes, logs.items(), strict=True):
         log = pd.read_csv(path)
