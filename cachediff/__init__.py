@@ -28,6 +28,7 @@ from .core import Session
 from .engine import DeepCacheEngine
 from .helper import DeepCacheSDHelper
 from .modules import CacheRule, ModuleCache, denoiser, dit_rule, every
+from .sampling import k_diffusion_run, sampling_run
 from .stats import Call, RunStats
 from .unets import SPECS, BranchPlan, branch_plan, num_branches
 
@@ -52,7 +53,9 @@ __all__ = [
     "dit_rule",
     "engine_for",
     "every",
+    "k_diffusion_run",
     "num_branches",
+    "sampling_run",
     "schedule",
     "uncompile",
 ]

@@ -7,6 +7,14 @@ twice, count two steps; ``step_pred`` for a predictor-corrector sampler) and
 cond/uncond passes, a corrector's call) get their own *slot*. Without a pipeline every model call is
 one step. Used by the DeepCache engine and the module-level cache alike.
 
+Without a diffusers scheduler (the CompVis samplers, k-diffusion's), a *timed run* gives the
+run's step times once (``follow``; ``cachediff.sampling``): each call is placed by its timestep
+argument (``TimedRun``): the first evaluation of step i is at the run's time i, a sampler's second
+evaluation within a step (Heun, DPM2, DPM++ SDE) at a time between its step's and the next one's,
+repeated calls at one time (separate cond/uncond passes) in slots of their own, and a call at the
+run's first time after the run has begun starts a fresh run. A call that fits nowhere is not placed
+(``placed`` is False): it runs as the original model and keeps nothing.
+
 A run belongs to the thread that started it (its ``set_timesteps``; without a scheduler, the thread
 of the last call). A call from another thread while that run goes on is not the run's: ``begin``
 returns ``None`` and the caller runs it as the original model, keeping nothing, and that thread's
@@ -25,8 +33,10 @@ Example:
 
 from __future__ import annotations
 
+import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -51,6 +61,8 @@ class StepClock:
         self._times: list[float] | None = None
         self.lock = threading.RLock()  # held while a run starts and while a call is placed in it
         self.owner, self._busy = threading.get_ident(), False
+        self.timed: TimedRun | None = None
+        self.placed = True  # whether the call in progress was placed in the run (timed runs)
 
     def reset(self, num_steps: int | None = None) -> None:
         """Start a new run at step 0 (``num_steps`` is the run length, if known), owned by the
@@ -59,31 +71,69 @@ class StepClock:
             self.step = self.slot = 0
             self.num_steps, self._times = num_steps, None
             self.owner, self._busy = threading.get_ident(), False
+            if self.timed is not None:
+                self.timed = TimedRun(self.timed.times, self.timed.evaluations)
             if self.on_new_run is not None:
                 self.on_new_run(num_steps)
 
     def start(self, num_steps: int | None = None) -> None:
         """Start a new run and follow the pipeline's scheduler from now on, so that a ``step`` looked
         up before the first model call (``scheduler.step(unet(...))``) is counted too."""
+        if self.timed is not None:  # the timed run decides the steps, not a scheduler
+            self.reset(len(self.timed.times))
+            return
         self.reset(num_steps)
         self._follow_scheduler()
 
-    def begin(self) -> tuple[int, int] | None:
-        """Enter a model call: returns ``(step, slot)``, or ``None`` for a call from another thread
-        than the run's (see the module's docstring), which ``end`` then ignores."""
+    def follow(self, times: Sequence[float], evaluations: Callable[[int, int], int]) -> None:
+        """Start a timed run: step i's first evaluation is at ``times[i]`` (in the model's timestep
+        argument, descending), and step i of n makes ``evaluations(i, n)`` evaluations."""
+        times = [float(t) for t in times]
+        if not times or any(b >= a for a, b in zip(times, times[1:], strict=False)):
+            raise ValueError(f"a sampling run's times must be a non-empty, decreasing sequence, got {times}")
         with self.lock:
-            self._follow_scheduler()
+            self.detach()
+            self.timed = TimedRun(times, evaluations)
+            self.reset(len(times))
+
+    def unfollow(self) -> None:
+        """End the timed run: back to counting calls (or following the pipeline's scheduler)."""
+        with self.lock:
+            self.timed = None
+            self.reset()
+
+    def begin(self, call_time: Callable[[], float | None] = lambda: None) -> tuple[int, int] | None:
+        """Enter a model call: returns ``(step, slot)``, or ``None`` for a call from another thread
+        than the run's (see the module's docstring), which ``end`` then ignores. In a timed run the
+        call is placed by ``call_time()``, its timestep (``placed`` says whether it could be)."""
+        with self.lock:
+            if self.timed is None:
+                self._follow_scheduler()
             me = threading.get_ident()
             if self._scheduler is None and not self._busy:  # no run boundaries: the caller's run
                 self.owner = me
             if self.owner != me:
                 return None
-            self._busy = True
+            self._busy, self.placed = True, True
+            if self.timed is not None:
+                self._place(call_time())
             return self.step, self.slot
 
+    def _place(self, t: float | None) -> None:
+        where = None if t is None else self.timed.place(t)
+        self.placed = where is not None
+        if where == "restart":
+            self.reset(len(self.timed.times))
+            where = self.timed.place(t)
+        if where == "step":
+            self.step, self.slot = self.timed.step, 0
+
     def beyond_run(self, step: int) -> bool:
-        """Whether a call at ``step`` lies past the end of the followed scheduler's run: it is not
-        part of that run (another pipeline sharing the model, with a scheduler of its own)."""
+        """Whether a call at ``step`` is no part of the run: past the end of the followed scheduler's
+        run (another pipeline sharing the model, with a scheduler of its own), or a call of a timed
+        run that could not be placed."""
+        if not self.placed:
+            return True
         return self._scheduler is not None and self.num_steps is not None and step >= self.num_steps
 
     def end(self) -> None:
@@ -92,6 +142,9 @@ class StepClock:
         with self.lock:
             if self.owner == threading.get_ident():
                 self._busy = False
+                if self.timed is not None:  # steps come from the call times
+                    self.slot += self.placed
+                    return
                 self.slot += 1
                 if self._scheduler is None:
                     self.advance()
@@ -107,6 +160,8 @@ class StepClock:
     def time(self, step: int) -> float | None:
         """The scheduler's timestep of ``step`` (``None`` without a scheduler or past its timesteps),
         from a host copy of ``scheduler.timesteps`` made once per run."""
+        if self.timed is not None:
+            return self.timed.times[step] if step < len(self.timed.times) else None
         if self._times is None:
             timesteps = getattr(self._scheduler, "timesteps", None)
             self._times = [] if timesteps is None else [float(t) for t in torch.as_tensor(timesteps).tolist()]
@@ -132,6 +187,60 @@ class StepClock:
     def _scheduler_steps(self) -> int | None:
         timesteps = getattr(self._scheduler, "timesteps", None)
         return len(timesteps) if timesteps is not None else None
+
+
+@dataclass
+class TimedRun:
+    """Places the calls of a sampling run by their timestep (see the module's docstring).
+
+    Example (Heun over 3 steps, one call per evaluation: the second evaluation of a step is at the
+    next step's time, where that step's first evaluation follows):
+        >>> run = TimedRun([900.0, 600.0, 300.0], lambda step, n: 1 if step == n - 1 else 2)
+        >>> [(run.place(t), run.step) for t in (900, 600, 600, 300, 300, 900)]
+        [('step', 0), ('second', 0), ('step', 1), ('second', 1), ('step', 2), ('restart', 2)]
+    """
+
+    times: list[float]
+    evaluations: Callable[[int, int], int]
+    step: int = -1
+    seen: int = 0  # evaluations of the current step so far
+    time: float | None = None  # the current evaluation's time
+    calls: int = 0  # calls of the current evaluation so far
+    per_evaluation: int | None = None  # calls per evaluation: learnt from the run's first one
+
+    def place(self, t: float) -> str | None:
+        """Where a call at time ``t`` goes: "same" (another call of the current evaluation),
+        "second" (a further evaluation of the current step), "step" (the first evaluation of step
+        ``self.step``), "restart" (the run's first time again: a new run) or ``None`` (nowhere)."""
+        if self.time is not None and _close(t, self.time):
+            if self.per_evaluation is None or self.calls < self.per_evaluation:
+                self.calls += 1
+                return "same"
+        if self.time is not None and self.per_evaluation is None:
+            self.per_evaluation = self.calls
+        n, s = len(self.times), self.step
+        if 0 <= s < n - 1 and self.seen < self.evaluations(s, n):
+            if self.times[s + 1] - _tolerance(t) <= t <= self.times[s] + _tolerance(t):
+                return self._evaluation(t, "second")
+        later = [k for k in range(s + 1, n) if _close(t, self.times[k])]
+        if later:
+            self.step, self.seen = later[0], 0
+            return self._evaluation(t, "step")
+        if s >= 0 and _close(t, self.times[0]):
+            return "restart"
+        return None
+
+    def _evaluation(self, t: float, where: str) -> str:
+        self.time, self.calls, self.seen = t, 1, self.seen + 1
+        return where
+
+
+def _tolerance(t: float) -> float:
+    return 1e-4 * max(1.0, abs(t))
+
+
+def _close(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-4)
 
 
 #: Scheduler methods that end a denoising step, in order of preference: ``step``, or the predictor

@@ -428,7 +428,7 @@ class Session:
         def forward(*args, **kwargs):
             # Which step and slot; decide per group, full wherever the slot is new or its input changed.
             with self.clock.lock:  # the run's state, taken at once: another thread may start a new run
-                position = self.clock.begin()
+                position = self.clock.begin(lambda: _timestep(args, kwargs, anywhere=True))
                 slots, stats, reused = self._slots, self.stats, self.reused
             if position is None:  # another thread's call while this run goes on: the original's
                 return original(*args, **kwargs)
@@ -504,12 +504,10 @@ class Session:
         else the step index."""
         if self.act.time == "step":
             return float(step)
-        t = args[1] if len(args) > 1 else kwargs.get("timestep")
-        if isinstance(t, torch.Tensor) and t.device.type == "cpu" and t.numel() > 0:
-            t = t.reshape(-1)[0].item()
-        if not isinstance(t, (int, float)):
+        t = _timestep(args, kwargs)
+        if t is None:
             t = self.clock.time(step)
-        return float(step) if t is None else float(t)
+        return float(step) if t is None else t
 
     def _probe(self, active: _Active, g: int, state: _GroupState, x: torch.Tensor) -> None:
         """The shallow feature's change since the previous call; it resolves an undecided call.
@@ -568,6 +566,16 @@ class Session:
         active.reused.append(name)  # counted after the call: no run-long state inside a compiled graph
         value = self.act.give(kept.value, kept.layout, active.time, probe)
         return x + value if role == RESIDUAL else _clone(value)
+
+
+def _timestep(args: tuple, kwargs: dict, anywhere: bool = False) -> float | None:
+    """A call's timestep argument (the second positional one, or ``timestep`` / ``timesteps``) as a
+    host float: a number, or the first element of a tensor on the CPU, or with ``anywhere`` on any
+    device (a host synchronisation there: a timed run places each call by it)."""
+    t = args[1] if len(args) > 1 else kwargs.get("timestep", kwargs.get("timesteps"))
+    if isinstance(t, torch.Tensor) and t.numel() > 0 and (anywhere or t.device.type == "cpu"):
+        t = t.reshape(-1)[0].item()
+    return float(t) if isinstance(t, (int, float)) and not isinstance(t, bool) else None
 
 
 def _check_residual(name: str, out, x: torch.Tensor) -> None:

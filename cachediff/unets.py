@@ -7,6 +7,11 @@ reverse order. *Branch id b* names skip tensor number b (0 = ``conv_in``, the sh
 block (SD 1.x/2.x: 0..11, SDXL: 0..8, SVD: 0..11). The paper numbers branches from 1: paper branch =
 b + 1.
 
+The CompVis / Stability ``UNetModel`` (``ldm.modules.diffusionmodules.openaimodel``: LDM, SD 1.x/2.x in
+the original scripts, guided-diffusion and SGM share its layout) keeps the same skips as block lists:
+input block i produces skip i (block 0 is the input convolution), ``middle_block`` follows, output
+block j consumes skip n - 1 - j. So branch b has the same meaning on both families (``SequentialSpec``).
+
 For branch b a cached step runs only the layers that produce skips 0..b and the up-side layers that
 consume them; every other layer is *deep*. The deep feature that a cached step reuses is the hidden
 state entering the up-side resnet that consumes skip b: the output of the *producer*, the last deep
@@ -46,16 +51,31 @@ class UNetSpec:
 
 _UNET = UNetSpec()
 
+
+@dataclass(frozen=True)
+class SequentialSpec:
+    """A U-Net whose forward runs block lists and keeps one skip per input block:
+    ``h = block(h); hs.append(h)`` over ``input``, then ``middle``, then
+    ``h = block(cat(h, hs.pop()))`` over ``output`` (the CompVis / Stability ``UNetModel``)."""
+
+    input: str = "input_blocks"
+    middle: str = "middle_block"
+    output: str = "output_blocks"
+
+
 #: The supported U-Net classes (by class name, so no diffusers import is needed to read the table).
-SPECS: dict[str, UNetSpec] = {
+SPECS: dict[str, UNetSpec | SequentialSpec] = {
     "UNet2DConditionModel": _UNET,  # SD 1.x / 2.x, SDXL, inpainting, img2img, Text2Video-Zero
     "UNet2DModel": _UNET,  # DDPM, unconditional LDM
     "UNetSpatioTemporalConditionModel": _UNET,  # Stable Video Diffusion
+    "UNetModel": SequentialSpec(),  # CompVis / Stability: LDM-4-G (paper Table 1), SD's original code
 }
 
 
 #: What the README lists as supported, for errors.
-SUPPORTED_MODELS = "SD 1.x/2.x, SDXL, inpainting, img2img, Text2Video-Zero, SVD, DDPM, LDM"
+SUPPORTED_MODELS = (
+    "SD 1.x/2.x, SDXL, inpainting, img2img, Text2Video-Zero, SVD, DDPM, LDM, the CompVis/Stability UNetModel"
+)
 
 #: Blocks of real models whose layout DeepCache's branch map does not cover -> the model, for errors.
 KNOWN_LAYOUTS = {
@@ -86,9 +106,16 @@ class BranchPlan:
         return {name: "skip" for name in self.deep} | {self.producer: "produce"}
 
 
-def spec_for(unet: torch.nn.Module) -> UNetSpec:
+def spec_for(unet: torch.nn.Module) -> UNetSpec | SequentialSpec:
     """The spec of a U-Net, or a ``TypeError`` naming the supported classes."""
     spec = SPECS.get(type(unet).__name__)
+    if isinstance(spec, SequentialSpec):
+        inputs, outputs = (getattr(unet, name, None) for name in (spec.input, spec.output))
+        if inputs is None or outputs is None or len(inputs) != len(outputs):
+            raise TypeError(
+                f"this {type(unet).__name__} has no {spec.input} and {spec.output} of equal length, as the "
+                "CompVis / Stability UNetModel has; supported U-Nets: " + SUPPORTED_MODELS
+            )
     if spec is None:
         raise TypeError(
             f"DeepCache does not support {type(unet).__name__}; supported U-Nets: {', '.join(SPECS)}. "
@@ -155,7 +182,10 @@ def _num_skips(unet: torch.nn.Module, spec: UNetSpec) -> int:
 
 def num_branches(unet: torch.nn.Module) -> int:
     """Number of branch ids (skip connections, ``conv_in`` included) of a supported U-Net."""
-    return _num_skips(unet, spec_for(unet))
+    spec = spec_for(unet)
+    if isinstance(spec, SequentialSpec):
+        return len(getattr(unet, spec.input))
+    return _num_skips(unet, spec)
 
 
 def branch_plan(unet: torch.nn.Module, branch: int) -> BranchPlan:
@@ -172,6 +202,8 @@ def branch_plan(unet: torch.nn.Module, branch: int) -> BranchPlan:
             f"branch must be an integer in 0..{n - 1} for this {type(unet).__name__} "
             f"(paper numbering 1..{n}), got {branch!r}"
         )
+    if isinstance(spec, SequentialSpec):
+        return _sequential_plan(spec, n, branch)
     deep: list[str] = []
     # Down side: every layer that produces a skip deeper than the branch.
     for name, layers, _ in _side(unet, spec, "down"):
@@ -195,6 +227,22 @@ def branch_plan(unet: torch.nn.Module, branch: int) -> BranchPlan:
     if producer is None:
         raise TypeError(f"no up-side layer of {type(unet).__name__} consumes skip {branch}")
     return BranchPlan(branch=branch, num_branches=n, deep=tuple(deep), producer=producer)
+
+
+def _sequential_plan(spec: SequentialSpec, n: int, branch: int) -> BranchPlan:
+    """Input blocks after ``branch``, the middle block and the output blocks before the one that
+    consumes skip ``branch`` (output block n - 1 - b) are deep; the last of them is the producer.
+
+    Example:
+        >>> plan = _sequential_plan(SequentialSpec(), 12, 9)  # SD 1.5's UNetModel, paper branch 10
+        >>> plan.deep
+        ('input_blocks.10', 'input_blocks.11', 'middle_block', 'output_blocks.0', 'output_blocks.1')
+        >>> plan.producer
+        'output_blocks.1'
+    """
+    deep = [f"{spec.input}.{i}" for i in range(branch + 1, n)] + [spec.middle]
+    deep += [f"{spec.output}.{j}" for j in range(n - 1 - branch)]
+    return BranchPlan(branch=branch, num_branches=n, deep=tuple(deep), producer=deep[-1])
 
 
 def _coarsest(block_name: str, layers, is_deep) -> list[str]:

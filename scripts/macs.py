@@ -6,6 +6,7 @@ leaving attention matmuls out as the paper does.
 Example:
     python scripts/macs.py --arch sd1.5 --steps 50 --interval 5
     python scripts/macs.py --arch ddpm-cifar10 --steps 100 --interval 5 --csv docs/results/macs_ddpm.csv
+    python scripts/macs.py --arch compvis-cin256-v2 --steps 250 --interval 5   # LDM-4-G, the paper's Table 1
 """
 
 from __future__ import annotations
@@ -15,19 +16,26 @@ from pathlib import Path
 
 import torch
 
-from cachediff import DeepCacheConfig
+from cachediff import DeepCacheConfig, compvis
 from cachediff.accelerators import step_macs
 from cachediff.architectures import ARCHITECTURES, build, example_inputs
 from cachediff.files import write_csv
 from cachediff.metrics import average_macs
 from cachediff.unets import num_branches
 
+COMPVIS = "compvis-"
+ARCHS = sorted(ARCHITECTURES) + [COMPVIS + name for name in sorted(compvis.CONFIGS)]
+
 
 def table(arch: str, steps: int, interval: int, size: int | None) -> list[dict]:
     """One row per branch id: full, cached and average GMACs per image for a uniform schedule."""
-    with torch.device("meta"):
-        unet = build(arch)
-        inputs = example_inputs(unet, batch=1, size=size)
+    if arch.startswith(COMPVIS):  # the CompVis / Stability UNetModel of a configuration
+        unet = compvis.build_unet(compvis.CONFIGS[arch.removeprefix(COMPVIS)], device="meta")
+        inputs = compvis.example_inputs(arch.removeprefix(COMPVIS), device="meta")
+    else:
+        with torch.device("meta"):
+            unet = build(arch)
+            inputs = example_inputs(unet, batch=1, size=size)
     n_full = DeepCacheConfig(interval).budget(steps)
     rows = []
     for b in range(num_branches(unet)):
@@ -48,8 +56,12 @@ def table(arch: str, steps: int, interval: int, size: int | None) -> list[dict]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--arch", default="sd1.5", choices=sorted(ARCHITECTURES), help="U-Net architecture")
-    p.add_argument("--size", type=int, help="latent side (default: the architecture's sample size)")
+    p.add_argument(
+        "--arch", default="sd1.5", choices=ARCHS, help="U-Net architecture (compvis-*: the CompVis UNetModel)"
+    )
+    p.add_argument(
+        "--size", type=int, help="latent side (default: the architecture's sample size; not compvis-*)"
+    )
     p.add_argument("--steps", type=int, default=50, help="steps per run")
     p.add_argument("--interval", type=int, default=5, help="uniform cache interval N")
     p.add_argument("--csv", type=Path, help="also write the table as CSV")

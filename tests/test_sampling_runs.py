@@ -1,0 +1,191 @@
+"""Sampling runs without a diffusers scheduler (issue 16): the CompVis DDIM and PLMS samplers and
+k-diffusion's samplers on a tiny CompVis ``UNetModel``. Per sampler: interval 1 is bit-exact, the deep
+blocks run exactly on the schedule's full steps (every evaluation and call of those steps, no other),
+cond/uncond calls keep caches of their own, a second sampling call is a fresh run, and a call that
+fits no step runs in full (fail open)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import cachediff
+from cachediff.compvis import SCHEDULES, TINY, DiffusionModel, build_unet, example_inputs
+from cachediff.sampling import evaluations_of
+
+pytest.importorskip("ldm.modules.diffusionmodules.openaimodel", reason="stable-diffusion-sdkit not installed")
+
+STEPS, INTERVAL = 8, 3
+FULL = [s for s in range(STEPS) if s % INTERVAL == 0]
+
+
+def tiny_model(seed: int = 0) -> tuple[DiffusionModel, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(seed)
+    unet = build_unet(TINY["sd-v1"])
+    for p in unet.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    inputs = example_inputs("sd-v1", batch=1, tiny=True)
+    return (
+        DiffusionModel(unet, *SCHEDULES["sd-v1"]),
+        torch.randn_like(inputs["x"]),
+        torch.randn_like(inputs["context"]),
+    )
+
+
+class DeepRuns:
+    """Counts the runs of the middle block's first layer (a global hook, which fires for modules
+    called, and a skipped block calls none of its layers; a hook on the block itself would make
+    every call full, as something would read it)."""
+
+    def __init__(self, unet):
+        self.block, self.count = unet.middle_block[0], 0
+
+    def __enter__(self):
+        def hook(module, args, out):
+            self.count += module is self.block
+
+        self.handle = torch.nn.modules.module.register_module_forward_hook(hook)
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
+def expected_deep_runs(sampler, calls_per_evaluation: int = 1) -> int:
+    evaluations = evaluations_of(sampler)
+    return calls_per_evaluation * sum(evaluations(s, STEPS) for s in FULL)
+
+
+# ----------------------------------------------------------------------------- CompVis samplers
+def compvis_sample(ldm, x, context, sampler_name: str, seed: int = 0) -> torch.Tensor:
+    from ldm.models.diffusion.ddim import DDIMSampler
+    from ldm.models.diffusion.plms import PLMSSampler
+
+    sampler = (DDIMSampler if sampler_name == "ddim" else PLMSSampler)(ldm)
+    uncond = torch.zeros_like(context)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        out, _ = sampler.sample(
+            STEPS, 1, tuple(x.shape[1:]), conditioning=context, x_T=x, verbose=False, eta=0.0,
+            unconditional_guidance_scale=3.0, unconditional_conditioning=uncond,
+        )  # fmt: skip
+    return out
+
+
+def ddim_times(ldm, steps: int = STEPS) -> list[int]:
+    from ldm.modules.diffusionmodules.util import make_ddim_timesteps
+
+    return make_ddim_timesteps("uniform", steps, ldm.num_timesteps, verbose=False)[::-1].tolist()
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "plms"])
+def test_compvis_samplers_follow_the_schedule(sampler):
+    ldm, x, context = tiny_model()
+    unet = ldm.model.diffusion_model
+    base = compvis_sample(ldm, x, context, sampler)
+    with (
+        cachediff.deepcache(unet, interval=1) as engine,
+        cachediff.sampling_run(engine, ddim_times(ldm), sampler),
+    ):
+        assert torch.equal(compvis_sample(ldm, x, context, sampler), base)
+    with cachediff.deepcache(unet, interval=INTERVAL, branch=1) as engine:
+        with cachediff.sampling_run(engine, ddim_times(ldm), sampler), DeepRuns(unet) as deep:
+            first = compvis_sample(ldm, x, context, sampler)
+            second = compvis_sample(ldm, x, context, sampler)  # a fresh run: the same images
+    assert deep.count == 2 * expected_deep_runs(sampler)
+    assert torch.equal(first, second) and not torch.equal(first, base)
+    assert (first - base).abs().max() < 0.5 * base.abs().max()
+
+
+def test_a_call_that_fits_no_step_runs_in_full_and_keeps_nothing():
+    ldm, x, context = tiny_model()
+    unet = ldm.model.diffusion_model
+    times = ddim_times(ldm)
+    with (
+        cachediff.deepcache(unet, interval=INTERVAL, branch=1) as engine,
+        cachediff.sampling_run(engine, times),
+    ):
+        with torch.no_grad(), DeepRuns(unet) as deep:
+            unet(x, torch.tensor([times[0]]), context=context)  # step 0: full
+            odd = unet(x, torch.tensor([times[0] - 7.0]), context=context)  # no step's time
+            unet(x, torch.tensor([times[1]]), context=context)  # step 1: cached
+        assert deep.count == 2 and engine.stats.pattern == "FFC"
+    with torch.no_grad():
+        assert torch.equal(odd, unet(x, torch.tensor([times[0] - 7.0]), context=context))
+
+
+def test_times_must_decrease_and_samplers_must_be_known():
+    ldm, _, _ = tiny_model()
+    engine = cachediff.engine_for(ldm.model.diffusion_model)
+    with pytest.raises(ValueError, match="decreasing"):
+        cachediff.sampling_run(engine, [1.0, 5.0]).__enter__()
+    with pytest.raises(ValueError, match="unknown sampler 'sample_magic'.*sample_heun.*one, two, plms"):
+        evaluations_of("sample_magic")
+
+
+# ----------------------------------------------------------------------------- k-diffusion
+K_SAMPLERS = ["sample_euler", "sample_euler_ancestral", "sample_heun", "sample_dpm_2", "sample_dpmpp_2m",
+              "sample_dpmpp_sde"]  # fmt: skip
+
+
+def k_sample(K, denoiser, x, context, sampler: str, sigmas, separate: bool, seed: int = 0) -> torch.Tensor:
+    """Sampling with classifier-free guidance (scale 3) as the UIs do it: cond and uncond in one
+    batch, or (``separate``) in two calls."""
+    uncond = torch.zeros_like(context)
+
+    def guided(x, sigma, cond):
+        if separate:
+            c, u = denoiser(x, sigma, cond=cond), denoiser(x, sigma, cond=uncond)
+        else:
+            c, u = denoiser(
+                torch.cat([x, x]), torch.cat([sigma, sigma]), cond=torch.cat([cond, uncond])
+            ).chunk(2)
+        return u + 3.0 * (c - u)
+
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        return getattr(K.sampling, sampler)(
+            guided, x * sigmas[0], sigmas, extra_args=dict(cond=context), disable=True
+        )
+
+
+@pytest.mark.parametrize("separate", [False, True], ids=["batched", "separate"])
+@pytest.mark.parametrize("sampler", K_SAMPLERS)
+def test_k_diffusion_samplers_follow_the_schedule(sampler, separate):
+    K = pytest.importorskip("k_diffusion", reason="k-diffusion not installed (needs torchvision)")
+    ldm, x, context = tiny_model()
+    unet = ldm.model.diffusion_model
+    denoiser = K.external.CompVisDenoiser(ldm)
+    sigmas = denoiser.get_sigmas(STEPS)
+    base = k_sample(K, denoiser, x, context, sampler, sigmas, separate)
+    with (
+        cachediff.deepcache(unet, interval=1) as engine,
+        cachediff.k_diffusion_run(engine, denoiser, sigmas, sampler),
+    ):
+        assert torch.equal(k_sample(K, denoiser, x, context, sampler, sigmas, separate), base)
+    with cachediff.deepcache(unet, interval=INTERVAL, branch=1) as engine:
+        with cachediff.k_diffusion_run(engine, denoiser, sigmas, sampler), DeepRuns(unet) as deep:
+            first = k_sample(K, denoiser, x, context, sampler, sigmas, separate)
+            calls = len(engine.stats.calls)
+            second = k_sample(K, denoiser, x, context, sampler, sigmas, separate)
+    per_evaluation = 2 if separate else 1
+    assert deep.count == 2 * expected_deep_runs(sampler, per_evaluation)
+    assert calls == per_evaluation * sum(evaluations_of(sampler)(s, STEPS) for s in range(STEPS))
+    assert torch.equal(first, second) and not torch.equal(first, base)
+    assert (first - base).abs().max() < 0.5 * base.abs().max()
+
+
+@pytest.mark.parametrize("sampler", ["sample_euler", "sample_heun"])
+def test_separate_cond_and_uncond_calls_keep_caches_of_their_own(sampler):
+    """Cached, two calls per evaluation give what one batched call gives (each call reuses its own
+    feature; sharing one slot would hand the conditional call the unconditional feature)."""
+    K = pytest.importorskip("k_diffusion", reason="k-diffusion not installed (needs torchvision)")
+    ldm, x, context = tiny_model()
+    denoiser = K.external.CompVisDenoiser(ldm)
+    sigmas = denoiser.get_sigmas(STEPS)
+    out = {}
+    for separate in (False, True):
+        with cachediff.deepcache(ldm.model.diffusion_model, interval=INTERVAL, branch=1) as engine:
+            with cachediff.k_diffusion_run(engine, denoiser, sigmas, sampler):
+                out[separate] = k_sample(K, denoiser, x, context, sampler, sigmas, separate)
+    torch.testing.assert_close(out[True], out[False], rtol=1e-5, atol=1e-5)
