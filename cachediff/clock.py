@@ -63,6 +63,7 @@ class StepClock:
         self.owner, self._busy = threading.get_ident(), False
         self.timed: TimedRun | None = None
         self.placed = True  # whether the call in progress was placed in the run (timed runs)
+        self._fresh = False  # a timed run ended: the next call starts a new run
 
     def reset(self, num_steps: int | None = None) -> None:
         """Start a new run at step 0 (``num_steps`` is the run length, if known), owned by the
@@ -70,7 +71,7 @@ class StepClock:
         with self.lock:
             self.step = self.slot = 0
             self.num_steps, self._times = num_steps, None
-            self.owner, self._busy = threading.get_ident(), False
+            self.owner, self._busy, self._fresh = threading.get_ident(), False, False
             if self.timed is not None:
                 self.timed = TimedRun(self.timed.times, self.timed.evaluations)
             if self.on_new_run is not None:
@@ -97,16 +98,19 @@ class StepClock:
             self.reset(len(times))
 
     def unfollow(self) -> None:
-        """End the timed run: back to counting calls (or following the pipeline's scheduler)."""
+        """End the timed run: the next call starts a new run that counts calls (or follows the
+        pipeline's scheduler); until then the session's statistics describe the timed run."""
         with self.lock:
-            self.timed = None
-            self.reset()
+            self.timed, self._fresh = None, True
 
     def begin(self, call_time: Callable[[], float | None] = lambda: None) -> tuple[int, int] | None:
         """Enter a model call: returns ``(step, slot)``, or ``None`` for a call from another thread
         than the run's (see the module's docstring), which ``end`` then ignores. In a timed run the
         call is placed by ``call_time()``, its timestep (``placed`` says whether it could be)."""
         with self.lock:
+            if self._fresh:
+                self._fresh = False
+                self.reset()
             if self.timed is None:
                 self._follow_scheduler()
             me = threading.get_ident()

@@ -18,6 +18,9 @@ Example:
 
 from __future__ import annotations
 
+import pickle
+from pathlib import Path
+
 import torch
 
 #: ``unet_config.params`` of the original configurations.
@@ -137,3 +140,99 @@ class DiffusionModel(torch.nn.Module):
 
     def apply_model(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         return self.model.diffusion_model(x, t, context=cond)
+
+
+# ----------------------------------------------------------------------------- LDM-4-G (cin256-v2)
+class ClassEmbedder(torch.nn.Module):
+    """latent-diffusion's class embedder: the class id through an ``nn.Embedding``, as a one-token
+    cross-attention context ``(B, 1, embed_dim)``; class ``n_classes - 1`` is the unconditional one.
+    (The ``ldm`` of stable-diffusion-sdkit, from the SD 2 repository, replaces 10% of the labels by the
+    unconditional class on every call unless told not to, ``ucg_rate``: a training-time dropout that
+    the paper's sampling did not have.)"""
+
+    def __init__(self, embed_dim: int, n_classes: int = 1000, key: str = "class"):
+        super().__init__()
+        self.key, self.n_classes = key, n_classes
+        self.embedding = torch.nn.Embedding(n_classes, embed_dim)
+
+    def forward(self, labels: torch.Tensor) -> torch.Tensor:
+        return self.embedding(labels[:, None])
+
+
+class VQDecoder(torch.nn.Module):
+    """The decoding half of latent-diffusion's ``VQModelInterface``: each latent vector replaced by
+    its nearest codebook entry (taming's ``VectorQuantizer2``), ``post_quant_conv``, the ``Decoder``."""
+
+    def __init__(self, embed_dim: int, n_embed: int, ddconfig: dict, **_):
+        super().__init__()
+        from ldm.modules.diffusionmodules.model import Decoder
+
+        self.quantize = torch.nn.Module()
+        self.quantize.embedding = torch.nn.Embedding(n_embed, embed_dim)
+        self.post_quant_conv = torch.nn.Conv2d(embed_dim, ddconfig["z_channels"], 1)
+        self.decoder = Decoder(**ddconfig)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = z.shape
+        flat = z.permute(0, 2, 3, 1).reshape(-1, c)
+        codebook = self.quantize.embedding.weight
+        distance = flat.pow(2).sum(1, keepdim=True) + codebook.pow(2).sum(1) - 2 * flat @ codebook.T
+        quantized = codebook[distance.argmin(1)].view(b, h, w, c).permute(0, 3, 1, 2)
+        return self.decoder(self.post_quant_conv(quantized))
+
+
+class LatentDiffusion(DiffusionModel):
+    """What sampling needs of latent-diffusion's class-conditional ``LatentDiffusion`` (cin256-v2):
+    the U-Net, the class embedder (``get_learned_conditioning``) and the VQ decoder
+    (``decode_first_stage``), built from a YAML's ``model.params`` and loaded from its Lightning
+    checkpoint by key prefix (``load_ldm``)."""
+
+    #: Checkpoint key prefixes of the parts sampling uses.
+    PARTS = ("model.diffusion_model.", "cond_stage_model.", "first_stage_model.")
+
+    def __init__(self, params: dict):
+        self.unet_params = unet_params = params["unet_config"]["params"]
+        super().__init__(unet_class()(**unet_params).eval(), params["linear_start"], params["linear_end"])
+        self.cond_stage_model = ClassEmbedder(**params["cond_stage_config"]["params"])
+        self.first_stage_model = VQDecoder(**params["first_stage_config"]["params"])
+        self.scale_factor = float(params.get("scale_factor", 1.0))
+        self.latent = (unet_params["in_channels"], params["image_size"], params["image_size"])
+
+    def get_learned_conditioning(self, labels: torch.Tensor) -> torch.Tensor:
+        return self.cond_stage_model(labels)
+
+    def decode_first_stage(self, z: torch.Tensor) -> torch.Tensor:
+        return self.first_stage_model(z / self.scale_factor)
+
+
+def load_ldm(config: str, checkpoint: str | None = None, trust: bool = False) -> LatentDiffusion:
+    """A ``LatentDiffusion`` of a latent-diffusion YAML (``model.params``), with the weights of a
+    checkpoint saved as ``{"state_dict": ...}`` (the released ``model.ckpt``; its encoder and loss are
+    not needed). ``trust`` loads a checkpoint that holds pickled objects besides tensors (it runs
+    their code): only for files of your own source. Clear errors for a missing file or weights."""
+    from omegaconf import OmegaConf
+
+    for path in (config, checkpoint):
+        if path is not None and not Path(path).is_file():
+            raise FileNotFoundError(f"no such file: {path!r}")
+    model = LatentDiffusion(OmegaConf.to_container(OmegaConf.load(config).model.params, resolve=True))
+    if checkpoint is None:
+        return model
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=not trust)
+    except pickle.UnpicklingError as err:
+        raise ValueError(
+            f"{checkpoint!r} holds pickled objects besides tensors ({str(err).splitlines()[0]}); if it is "
+            "from a source you trust, load it with trust=True (--trust-checkpoint)"
+        ) from None
+    state = state.get("state_dict", state)
+    try:
+        missing, _ = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shapes of another configuration
+        raise ValueError(
+            f"{checkpoint!r} does not fit {config!r}: {str(err).splitlines()[1].strip()}"
+        ) from None
+    needed = [k for k in missing if k.startswith(LatentDiffusion.PARTS)]
+    if needed:
+        raise ValueError(f"{checkpoint!r} lacks {len(needed)} weights of the model, e.g. {needed[0]!r}")
+    return model.eval()

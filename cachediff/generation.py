@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 from pathlib import Path
 
 import diffusers
@@ -24,6 +25,15 @@ from PIL import Image
 from .files import require_weights
 from .modules import denoiser
 from .pipelines import Preset
+
+
+def launcher() -> tuple[int, int]:
+    """This process's rank and the number of processes (torchrun and accelerate set both); joins
+    their process group (gloo) where there are several."""
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("gloo")
+    return rank, world
 
 
 def check_device(name: str) -> torch.device:

@@ -23,7 +23,6 @@ import argparse
 import datetime
 import fnmatch
 import json
-import os
 import platform
 import sys
 from pathlib import Path
@@ -138,14 +137,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def launcher() -> tuple[int, int]:
-    """This process's rank and the number of processes (torchrun and accelerate set both)."""
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("gloo")
-    return rank, world
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
@@ -195,7 +186,7 @@ def run(args) -> int:
     rows = {r["setting"]: r for r in read_csv(args.results)}
     columns = scored_columns(args, preset, prompts)
     reasons = {s.name: rescore_reason(rows.get(s.name), args.samples, columns) for s in settings if scoring}
-    rank, world = launcher()
+    rank, world = generation.launcher()
     scorer = None
     if rank == 0 and scoring:
         classifier = load_classifier(device=args.device) if preset.class_score else None

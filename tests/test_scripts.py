@@ -33,6 +33,7 @@ SCRIPTS = [
     "experiments/ddpm/training_report.py",
     "experiments/ddpm/sample_stats.py",
     "experiments/ddpm/report_mnist.py",
+    "experiments/ldm/sample_ldm.py",
     "experiments.sd.train_tiny_sd",  # a module: python -m experiments.sd.train_tiny_sd
     "experiments.sd.report_tiny_sd",
 ]
