@@ -122,3 +122,21 @@ def test_macs_of_the_real_configurations(name, full_g, branch0_g):
         cached.append(c)
     assert cached[0] / 1e9 == pytest.approx(branch0_g, abs=0.01)
     assert cached == sorted(cached) and cached[-1] < full
+
+
+def test_the_class_embedder_is_the_papers_not_sdkits():
+    """sdkit's ClassEmbedder (the SD 2 repository's) replaces 10% of the labels by the unconditional
+    class on every call; latent-diffusion's, which the paper sampled with, does not: ours is that one."""
+    from cachediff.compvis import ClassEmbedder
+
+    encoders = pytest.importorskip("ldm.modules.encoders.modules", reason="imports open_clip")
+    SdkitEmbedder = encoders.ClassEmbedder  # noqa: N806
+
+    torch.manual_seed(0)
+    labels = torch.arange(1000)
+    ours, theirs = ClassEmbedder(8, n_classes=1001), SdkitEmbedder(8, n_classes=1001)
+    theirs.load_state_dict(ours.state_dict())
+    expected = ours.embedding.weight[labels][:, None]
+    assert torch.equal(ours(labels), expected) and ours(labels).shape == (1000, 1, 8)
+    dropped = (theirs({"class": labels}) != expected).any(-1).sum().item()
+    assert 50 < dropped < 150  # about 10% of 1000 labels became class 1000
