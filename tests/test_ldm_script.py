@@ -129,3 +129,14 @@ def test_bad_input_is_a_clear_error(tiny_ldm, tmp_path, capsys):
             script.parse_args(args(tiny_ldm, tmp_path, *bad))
     assert script.main(args(tiny_ldm, tmp_path, "--interval", "3", "--branch", "99")) == 2
     assert "branch must be an integer in 0.." in capsys.readouterr().err
+
+
+def test_bfloat16_runs_under_autocast(tiny_ldm, tmp_path):
+    assert (
+        script.main(args(tiny_ldm, tmp_path, "--interval", "3", "--samples", "2", "--dtype", "bfloat16")) == 0
+    )
+    assert script.main(args(tiny_ldm, tmp_path / "fp32", "--interval", "3", "--samples", "2")) == 0
+    half, full = (
+        np.load(d / "s8-N3-b0" / "samples_2x32x32x3.npz")["arr_0"] for d in (tmp_path, tmp_path / "fp32")
+    )
+    assert half.shape == full.shape and np.abs(half.astype(int) - full.astype(int)).mean() < 8

@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 import cachediff
 from cachediff import DeepCacheConfig, files
 from cachediff.accelerators import call_macs
+from cachediff.cli import DTYPES
 from cachediff.compvis import build_unet, load_ldm
 from cachediff.generation import check_device, launcher
 
@@ -71,6 +72,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--center", type=int, default=120, help="non-uniform: centre step (paper, N = 20: 120)")
     p.add_argument("--power", type=float, default=1.2, help="non-uniform: power (paper, N = 20: 1.2-1.3)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    p.add_argument(
+        "--dtype", default="float32", choices=list(DTYPES), help="compute dtype (float16 / bfloat16: under "
+        "torch.autocast, as the original sampling scripts' --precision autocast; weights stay float32)",
+    )  # fmt: skip
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument(
         "--trust-checkpoint", action="store_true", help="load a checkpoint holding pickled objects"
@@ -178,7 +183,9 @@ def run(args) -> int:
     starts = range(0, args.samples, args.shard)
     seconds, done = [], 0
     files.remove_stale_temporaries(folder)
-    with engine or contextlib.nullcontext(), torch.no_grad():
+    dtype = DTYPES[args.dtype]
+    precision = torch.autocast(device.type, dtype) if dtype != torch.float32 else contextlib.nullcontext()
+    with engine or contextlib.nullcontext(), torch.no_grad(), precision:
         for start in tqdm(starts[rank::world], desc=folder.name, disable=rank > 0):
             path = folder / f"shard_{start:06d}.npz"
             if path.exists() or not files.claim(path):
