@@ -54,6 +54,10 @@ def parse_args(
         "--order full steps, or zeros (the paper's ablation)",
     )  # fmt: skip
     p.add_argument("--order", type=int, help="--reuse forecast: full steps it extrapolates from (default 2)")
+    p.add_argument(
+        "--fallback", action="store_true", help="--reuse forecast: replay where the shallow feature "
+        "extrapolates worse than it replays (docs/SCHEDULES.md)",
+    )  # fmt: skip
     p.add_argument("--scheduler", help="diffusers scheduler class, e.g. DDIMScheduler (default: preset's)")
     p.add_argument("--dtype", default="float32", choices=list(DTYPES), help="weights and compute dtype")
     p.add_argument(
@@ -112,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
         schedule=args.schedule,
         reuse=args.reuse,
         order=args.order,
+        fallback=True if args.fallback else None,
     )
     shallow = preset.shallow_blocks if args.shallow_blocks is None else args.shallow_blocks
     dtype = DTYPES[args.dtype]
