@@ -224,7 +224,7 @@ class TimedRun:
             self.per_evaluation = self.calls
         n, s = len(self.times), self.step
         if 0 <= s < n - 1 and self.seen < self.evaluations(s, n):
-            if self.times[s + 1] - _tolerance(t) <= t <= self.times[s] + _tolerance(t):
+            if self.times[s + 1] <= t <= self.times[s] or _close(t, self.times[s + 1]):
                 return self._evaluation(t, "second")
         later = [k for k in range(s + 1, n) if _close(t, self.times[k])]
         if later:
@@ -237,10 +237,6 @@ class TimedRun:
     def _evaluation(self, t: float, where: str) -> str:
         self.time, self.calls, self.seen = t, 1, self.seen + 1
         return where
-
-
-def _tolerance(t: float) -> float:
-    return 1e-4 * max(1.0, abs(t))
 
 
 def _close(a: float, b: float) -> bool:

@@ -98,10 +98,14 @@ class Replay:
     no host synchronisation, no Python state that changes every call), and a ``time`` attribute,
     the variable its ``t`` is measured in ("step": the step index; "timestep": the scheduler's):
 
-    - ``keep(kept, value, t)``: on a full call at time ``t``, what to keep, given what was kept
-      before (``None`` at first) and the module's fresh result;
-    - ``give(kept, layout, t)``: on a cached call at time ``t``, the result to hand out (the core
-      copies it before the model sees it), given what was kept and the layout of the module's output.
+    - ``keep(kept, value, t, probe)``: on a full call at time ``t``, what to keep, given what was
+      kept before (``None`` at first) and the module's fresh result;
+    - ``give(kept, layout, t, probe)``: on a cached call at time ``t``, the result to hand out (the
+      core copies it before the model sees it), given what was kept and the layout of the module's
+      output.
+
+    ``probe`` is the group's shallow feature of the call where the session computes it (an act with
+    ``probes = True`` asks it to; else it may be ``None``).
     """
 
     name, time, probes = "cache", "step", False
@@ -207,7 +211,9 @@ class Zeros:
 REPLAY = Replay()
 
 
-def act_for(reuse: str = "cache", order: int | None = None, time: str | None = None, fallback=None):
+def act_for(
+    reuse: str = "cache", order: int | None = None, time: str | None = None, fallback: bool | None = None
+):
     """The act of a configuration's ``reuse``, ``order``, ``time`` and ``fallback`` (``DeepCacheConfig``)."""
     if reuse == "forecast":
         return Forecast(order or 2, time or "timestep", bool(fallback))
