@@ -1,8 +1,9 @@
 """The tables of docs/DDPM_MNIST.md, as Markdown, from the MNIST sweep's results.csv.
 
 Paper Table 2 (interval), Table 5 (zeros), Tables 4/6 (DeepCache against plain DDIM at the nearest
-MAC budget), Table 12 (branch), the schedules at each budget (issue 5) and FID against the DDIM step
-count. Settings not yet measured are listed under each table, never left out silently.
+MAC budget), Table 12 (branch), the schedules at each budget (issue 5), replay against the forecast
+of the deep feature at each budget (issue 15) and FID against the DDIM step count. Settings not yet
+measured are listed under each table, never left out silently.
 
 Example:
     python experiments/ddpm/report_mnist.py runs/mnist-sweep/results.csv --out docs/results/mnist/tables.md
@@ -16,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from cachediff.files import atomic_path
-from cachediff.suites import SCHEDULES, Plan
+from cachediff.suites import FORECAST_ORDERS, SCHEDULES, Plan
 
 PLAN = Plan()  # the suites of the MNIST sweep: branch 2, intervals 2, 3, 5, 10, budgets 5, 10
 BRANCH, INTERVALS, BUDGETS = PLAN.branch, PLAN.intervals, PLAN.budgets
@@ -94,6 +95,11 @@ def report(df: pd.DataFrame, branches: int = 6) -> str:
     for n in BUDGETS:
         names = [f"N{n}-b{b}"] + [f"N{n}-b{b}-{s}" for s in schedules]
         out.append(f"### Schedules at the budget of N = {n}\n\n{markdown(df, _with_partners(df, names))}")
+    for n in BUDGETS:  # replay (uniform, adaptive) against the forecast of orders 2 and 3 (issue 15)
+        names = [
+            f"N{n}-b{b}{a}{f}" for f in ("", *(f"-f{k}" for k in FORECAST_ORDERS)) for a in ("", "-adaptive")
+        ]
+        out.append(f"### Forecast at the budget of N = {n}\n\n{markdown(df, _with_partners(df, names))}")
     shorter = df[(df.method != "uncached") & (df.steps < PLAN.baseline)]
     for steps, rows in sorted(shorter.groupby("steps"), reverse=True):
         title = f"DeepCache over {steps} DDIM steps, with plain DDIM at the same MACs"
