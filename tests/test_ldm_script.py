@@ -82,6 +82,16 @@ def test_samples_by_seed_in_the_adm_format_resumable(tiny_ldm, tmp_path):
     first = np.load(tmp_path / "three" / "s8-N3-b0" / "samples_3x32x32x3.npz")
     assert np.array_equal(first["arr_0"], images[:3]) and np.array_equal(first["arr_1"], labels[:3])
 
+    assert script.main(args(tiny_ldm, tmp_path, "--interval", "3", "--samples", "6")) == 0  # the short
+    six = np.load(folder / "samples_6x32x32x3.npz")["arr_0"]  # last shard (seed 4 alone) is made again
+    assert len(six) == 6 and np.array_equal(six[:5], images)
+
+
+def test_a_folder_made_with_other_options_is_refused(tiny_ldm, tmp_path, capsys):
+    assert script.main(args(tiny_ldm, tmp_path, "--interval", "3", "--samples", "2")) == 0
+    assert script.main(args(tiny_ldm, tmp_path, "--interval", "3", "--samples", "2", "--scale", "3")) == 2
+    assert "holds shards made with other scale (scale=1.5): give another --out" in capsys.readouterr().err
+
 
 def test_interval_1_is_the_uncached_sampler_and_deepcache_follows_its_steps(tiny_ldm, tmp_path):
     model = script.load_ldm(*map(str, tiny_ldm))

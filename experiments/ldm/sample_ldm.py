@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
 import os
 import statistics
 import sys
@@ -166,6 +167,40 @@ def merge(folder: Path, starts: range, n: int) -> Path:
     return path
 
 
+#: The options that decide what a shard holds: a folder's shards are only resumed under the same ones.
+GENERATION = ("config", "ckpt", "steps", "eta", "scale", "shard", "dtype")
+
+
+def check_folder(folder: Path, args) -> None:
+    """Record the options that decide the images in ``folder/generation.json`` on the first run;
+    refuse a later run with other ones (its shards would mix two kinds of images)."""
+    wanted = {
+        k: str(Path(v).resolve()) if k in ("config", "ckpt") else v
+        for k, v in vars(args).items()
+        if k in GENERATION
+    }
+    record = folder / "generation.json"
+    if record.exists():
+        held = json.loads(record.read_text())
+        changed = [k for k in GENERATION if held.get(k) != wanted[k]]
+        if changed:
+            raise ValueError(
+                f"{folder} holds shards made with other {', '.join(changed)} "
+                f"({', '.join(f'{k}={held.get(k)}' for k in changed)}): give another --out"
+            )
+    else:
+        files.write_json(record, wanted)
+
+
+def shard_done(path: Path, size: int) -> bool:
+    """Whether the shard at ``path`` exists and holds ``size`` images (a run with fewer ``--samples``
+    leaves a short last shard, which a larger run makes again)."""
+    if not path.exists():
+        return False
+    with np.load(path) as shard:
+        return len(shard["arr_1"]) == size
+
+
 def run(args) -> int:
     rank, world = launcher()
     if args.device == "cuda" and world > 1:  # one GPU per process
@@ -176,6 +211,7 @@ def run(args) -> int:
     config = config_of(args)
     folder = files.output_folder(args.out / setting_name(args, config))
     model = load_ldm(args.config, args.ckpt, trust=args.trust_checkpoint).to(device)
+    check_folder(folder, args)  # once the model loads: a failed start records nothing
     from ldm.models.diffusion.ddim import DDIMSampler
 
     sampler, unet = DDIMSampler(model), model.model.diffusion_model
@@ -188,9 +224,9 @@ def run(args) -> int:
     with engine or contextlib.nullcontext(), torch.no_grad(), precision:
         for start in tqdm(starts[rank::world], desc=folder.name, disable=rank > 0):
             path = folder / f"shard_{start:06d}.npz"
-            if path.exists() or not files.claim(path):
-                continue
             seeds = list(range(start, min(start + args.shard, args.samples)))
+            if shard_done(path, len(seeds)) or not files.claim(path):
+                continue
             began = time.perf_counter()
             images, labels = sample(model, sampler, engine, seeds, args)
             seconds.append((time.perf_counter() - began) / len(seeds))
@@ -200,7 +236,8 @@ def run(args) -> int:
             done += len(seeds)
     if world > 1:
         torch.distributed.barrier()
-    if rank == 0 and all((folder / f"shard_{s:06d}.npz").exists() for s in starts):
+    sizes = {s: min(args.shard, args.samples - s) for s in starts}
+    if rank == 0 and all(shard_done(folder / f"shard_{s:06d}.npz", n) for s, n in sizes.items()):
         merged = merge(folder, starts, args.samples)
         full, cached = step_macs(model, config)
         n_full = len(config.full_steps_for(args.steps))
