@@ -89,10 +89,15 @@ def groups(df: pd.DataFrame, cost: str) -> dict[str, pd.DataFrame]:
 
 def pareto(df: pd.DataFrame, out: Path, cost: str, quality: str) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
-    for (label, rows), marker in zip(groups(df, cost).items(), itertools.cycle("osx^vDP<>*hX")):
-        axes[0].plot(rows[cost], rows[quality], marker=marker, label=label)
+    curves = groups(df, cost)
+    colours = plt.get_cmap("tab10" if len(curves) <= 10 else "tab20").colors  # no two curves alike
+    for (label, rows), marker, colour in zip(
+        curves.items(), itertools.cycle("osx^vDP<>*hX"), itertools.cycle(colours)
+    ):
+        style = dict(marker=marker, color=colour, label=label)
+        axes[0].plot(rows[cost], rows[quality], **style)
         if "measured_speedup" in rows:
-            axes[1].plot(rows.measured_speedup, rows[quality], marker=marker, label=label)
+            axes[1].plot(rows.measured_speedup, rows[quality], **style)
     axes[0].set(xlabel=COST, ylabel=QUALITIES[quality])
     axes[1].set(xlabel="measured speedup over the uncached baseline", ylabel=QUALITIES[quality])
     axes[0].legend(fontsize=8)
