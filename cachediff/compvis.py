@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 from pathlib import Path
 
@@ -83,11 +84,33 @@ def unet_class():
     return UNetModel
 
 
-def build_unet(params: dict, device: str | torch.device = "cpu") -> torch.nn.Module:
+def build_unet(params: dict, device: str | torch.device | None = None) -> torch.nn.Module:
     """A ``UNetModel`` of ``params`` (a ``CONFIGS`` entry or a YAML's ``unet_config.params``), in
-    eval mode; ``device="meta"`` builds it without memory (for MACs)."""
-    with torch.device(device):
+    eval mode, on ``device`` (default: torch's current default); ``device="meta"`` builds it without
+    memory (for MACs)."""
+    with torch.device(device) if device is not None else contextlib.nullcontext():
         return unet_class()(**params).eval()
+
+
+def randomised(module: torch.nn.Module, std: float) -> torch.nn.Module:
+    """``module`` with every weight drawn from N(0, std^2), for tests: the original code
+    zero-initialises output layers (``zero_module``), whose zeros would hide what a cut changes."""
+    for p in module.parameters():
+        torch.nn.init.normal_(p, std=std)
+    return module
+
+
+def ddim_times(steps: int, num_timesteps: int = 1000) -> list[int]:
+    """The timesteps at which the CompVis ``DDIMSampler`` (and ``PLMSSampler``) of ``steps`` steps
+    calls the model, in order: the times of its sampling run (``cachediff.sampling_run``).
+
+    Example:
+        >>> ddim_times(4)
+        [751, 501, 251, 1]
+    """
+    from ldm.modules.diffusionmodules.util import make_ddim_timesteps
+
+    return make_ddim_timesteps("uniform", steps, num_timesteps, verbose=False)[::-1].tolist()
 
 
 def example_inputs(name: str, batch: int = 1, tiny: bool = False, device="cpu") -> dict:
@@ -192,7 +215,7 @@ class LatentDiffusion(DiffusionModel):
 
     def __init__(self, params: dict):
         self.unet_params = unet_params = params["unet_config"]["params"]
-        super().__init__(unet_class()(**unet_params).eval(), params["linear_start"], params["linear_end"])
+        super().__init__(build_unet(unet_params), params["linear_start"], params["linear_end"])
         self.cond_stage_model = ClassEmbedder(**params["cond_stage_config"]["params"])
         self.first_stage_model = VQDecoder(**params["first_stage_config"]["params"])
         self.scale_factor = float(params.get("scale_factor", 1.0))

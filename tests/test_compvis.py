@@ -10,7 +10,7 @@ import torch
 import cachediff
 from cachediff import DeepCacheConfig, DeepCacheEngine
 from cachediff.accelerators import call_macs
-from cachediff.compvis import CONFIGS, TINY, build_unet, example_inputs
+from cachediff.compvis import CONFIGS, TINY, build_unet, example_inputs, randomised
 
 pytest.importorskip("ldm.modules.diffusionmodules.openaimodel", reason="stable-diffusion-sdkit not installed")
 
@@ -24,9 +24,7 @@ def tiny(kind: str, seed: int = 0) -> tuple[torch.nn.Module, torch.Tensor, torch
     """A tiny random model (every weight drawn, as zero-initialised layers would hide the cut) and a
     CFG-sized latent and context."""
     torch.manual_seed(seed)
-    unet = build_unet(TINY[kind])
-    for p in unet.parameters():
-        torch.nn.init.normal_(p, std=0.1)
+    unet = randomised(build_unet(TINY[kind]), std=0.1)
     inputs = example_inputs(kind, batch=2, tiny=True)
     x, context = torch.randn_like(inputs["x"]), torch.randn_like(inputs["context"])
     return unet, x, context

@@ -18,7 +18,7 @@ import torch
 pytest.importorskip("ldm.modules.diffusionmodules.openaimodel", reason="stable-diffusion-sdkit not installed")
 from omegaconf import OmegaConf  # noqa: E402
 
-from cachediff.compvis import TINY, LatentDiffusion  # noqa: E402
+from cachediff.compvis import TINY, LatentDiffusion, randomised  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "experiments" / "ldm" / "sample_ldm.py"
@@ -43,9 +43,7 @@ def tiny_ldm(tmp_path_factory) -> tuple[Path, Path]:
     sampling does not use, as the released one has)."""
     folder = tmp_path_factory.mktemp("ldm")
     torch.manual_seed(0)
-    model = LatentDiffusion(TINY_PARAMS)
-    for p in model.parameters():
-        torch.nn.init.normal_(p, std=0.05)
+    model = randomised(LatentDiffusion(TINY_PARAMS), std=0.05)
     state = dict(model.state_dict(), betas=model.betas)
     state["first_stage_model.encoder.conv_in.weight"] = torch.zeros(1)
     torch.save({"state_dict": state, "global_step": 0}, folder / "model.ckpt")

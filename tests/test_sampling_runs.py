@@ -10,7 +10,15 @@ import pytest
 import torch
 
 import cachediff
-from cachediff.compvis import SCHEDULES, TINY, DiffusionModel, build_unet, example_inputs
+from cachediff.compvis import (
+    SCHEDULES,
+    TINY,
+    DiffusionModel,
+    build_unet,
+    ddim_times,
+    example_inputs,
+    randomised,
+)
 from cachediff.sampling import evaluations_of
 
 pytest.importorskip("ldm.modules.diffusionmodules.openaimodel", reason="stable-diffusion-sdkit not installed")
@@ -21,9 +29,7 @@ FULL = [s for s in range(STEPS) if s % INTERVAL == 0]
 
 def tiny_model(seed: int = 0) -> tuple[DiffusionModel, torch.Tensor, torch.Tensor]:
     torch.manual_seed(seed)
-    unet = build_unet(TINY["sd-v1"])
-    for p in unet.parameters():
-        torch.nn.init.normal_(p, std=0.05)
+    unet = randomised(build_unet(TINY["sd-v1"]), std=0.05)
     inputs = example_inputs("sd-v1", batch=1, tiny=True)
     return (
         DiffusionModel(unet, *SCHEDULES["sd-v1"]),
@@ -72,12 +78,6 @@ def compvis_sample(ldm, x, context, sampler_name: str, seed: int = 0) -> torch.T
     return out
 
 
-def ddim_times(ldm, steps: int = STEPS) -> list[int]:
-    from ldm.modules.diffusionmodules.util import make_ddim_timesteps
-
-    return make_ddim_timesteps("uniform", steps, ldm.num_timesteps, verbose=False)[::-1].tolist()
-
-
 @pytest.mark.parametrize("sampler", ["ddim", "plms"])
 def test_compvis_samplers_follow_the_schedule(sampler):
     ldm, x, context = tiny_model()
@@ -85,11 +85,14 @@ def test_compvis_samplers_follow_the_schedule(sampler):
     base = compvis_sample(ldm, x, context, sampler)
     with (
         cachediff.deepcache(unet, interval=1) as engine,
-        cachediff.sampling_run(engine, ddim_times(ldm), sampler),
+        cachediff.sampling_run(engine, ddim_times(STEPS, ldm.num_timesteps), sampler),
     ):
         assert torch.equal(compvis_sample(ldm, x, context, sampler), base)
     with cachediff.deepcache(unet, interval=INTERVAL, branch=1) as engine:
-        with cachediff.sampling_run(engine, ddim_times(ldm), sampler), DeepRuns(unet) as deep:
+        with (
+            cachediff.sampling_run(engine, ddim_times(STEPS, ldm.num_timesteps), sampler),
+            DeepRuns(unet) as deep,
+        ):
             first = compvis_sample(ldm, x, context, sampler)
             second = compvis_sample(ldm, x, context, sampler)  # a fresh run: the same images
     assert deep.count == 2 * expected_deep_runs(sampler)
@@ -100,7 +103,7 @@ def test_compvis_samplers_follow_the_schedule(sampler):
 def test_a_call_that_fits_no_step_runs_in_full_and_keeps_nothing():
     ldm, x, context = tiny_model()
     unet = ldm.model.diffusion_model
-    times = ddim_times(ldm)
+    times = ddim_times(STEPS, ldm.num_timesteps)
     with (
         cachediff.deepcache(unet, interval=INTERVAL, branch=1) as engine,
         cachediff.sampling_run(engine, times),

@@ -42,7 +42,7 @@ import cachediff
 from cachediff import DeepCacheConfig, files
 from cachediff.accelerators import call_macs
 from cachediff.cli import DTYPES
-from cachediff.compvis import build_unet, load_ldm
+from cachediff.compvis import build_unet, ddim_times, load_ldm
 from cachediff.generation import check_device, launcher
 
 HERE = Path(__file__).resolve().parent
@@ -112,27 +112,16 @@ def draws(model, seeds: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.tensor(labels), torch.stack(noise)
 
 
-def ddim_times(model, steps: int) -> list[int]:
-    """The timesteps the DDIMSampler's run calls the model at, in order."""
-    from ldm.modules.diffusionmodules.util import make_ddim_timesteps
-
-    return make_ddim_timesteps("uniform", steps, model.num_timesteps, verbose=False)[::-1].tolist()
-
-
 def latents(model, sampler, engine, seeds: list[int], args) -> tuple[torch.Tensor, torch.Tensor]:
     """Sampled latents and labels of ``seeds``, ``args.batch`` per sampler call (``engine``, if
     any, follows each call as a sampling run)."""
     labels, noise = draws(model, seeds)
-    out = []
+    times, out = ddim_times(args.steps, model.num_timesteps), []
     for i in range(0, len(seeds), args.batch):
         y, x_t = labels[i : i + args.batch].to(args.device), noise[i : i + args.batch].to(args.device)
         c = model.get_learned_conditioning(y)
         uc = model.get_learned_conditioning(torch.full_like(y, model.cond_stage_model.n_classes - 1))
-        run = (
-            cachediff.sampling_run(engine, ddim_times(model, args.steps), "ddim")
-            if engine
-            else contextlib.nullcontext()
-        )
+        run = cachediff.sampling_run(engine, times, "ddim") if engine else contextlib.nullcontext()
         quiet = io.StringIO()  # the sampler prints and draws a bar per call
         with run, contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
             z, _ = sampler.sample(
