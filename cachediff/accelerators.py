@@ -42,7 +42,7 @@ def accelerator(pipe, config: DeepCacheConfig, steps: int, shallow_blocks: int =
             f"{type(model).__name__} is a transformer without skip branches (got branch {config.branch}); "
             "choose the blocks kept at each end with shallow_blocks"
         )
-    if config.schedule == "adaptive" or config.reuse != "cache":
+    if config.adaptive or config.reuse != "cache":
         raise ValueError(
             "transformer models take static schedules with reuse='cache' (adaptive needs a U-Net)"
         )

@@ -161,10 +161,18 @@ class DeepCacheConfig:
                 raise ValueError(f"window must be (start, end) with values >= 0, got {self.window!r}")
             object.__setattr__(self, "window", window)
         if self.threshold is not None:
+            if self.interval == 1:
+                raise ValueError("interval 1 means no caching; leave out threshold or give interval >= 2")
             if self.schedule != "adaptive":
                 raise ValueError(f"threshold is only used with schedule='adaptive', not {self.schedule!r}")
             if not self.threshold > 0:
                 raise ValueError(f"threshold must be > 0, got {self.threshold!r}")
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether full steps are decided at run time: the adaptive schedule at an interval above 1
+        (at interval 1 every step is full, whatever the schedule but an explicit one)."""
+        return self.schedule == "adaptive" and self.interval > 1
 
     @property
     def refined(self) -> bool:
@@ -182,11 +190,11 @@ class DeepCacheConfig:
 
     def full_steps_for(self, num_steps: int) -> tuple[int, ...]:
         """The full steps of a run of ``num_steps`` steps (static schedules only)."""
-        if self.schedule == "adaptive":
+        if self.adaptive:
             raise ValueError("the adaptive schedule decides at run time; see engine.stats after a run")
         if self.schedule == "explicit":
             base = self.full_steps
-        elif self.schedule == "uniform" or self.interval == 1:
+        elif self.schedule in ("uniform", "adaptive") or self.interval == 1:
             base = schedule.uniform(num_steps, self.interval)
         else:
             base = schedule.quadratic_center(
@@ -203,6 +211,8 @@ class DeepCacheConfig:
 
         Unrefined uniform and explicit schedules need no run length; the others do.
         """
+        if self.interval == 1 and self.schedule != "explicit":
+            return lambda step: True
         if not self.refined and self.schedule == "uniform":
             interval = self.interval
             return lambda step: step % interval == 0

@@ -82,7 +82,7 @@ class DeepCacheEngine(Session):
             f"cached feature: output of {p.producer}",
             "skipped on cached steps: " + ", ".join(p.deep),
         ]
-        if num_steps is not None and self.config.schedule != "adaptive":
+        if num_steps is not None and not self.config.adaptive:
             full = self.config.full_steps_for(num_steps)
             lines.append(f"full steps ({len(full)} of {num_steps}): {ranges(full)}")
         return "\n".join(lines)

@@ -277,6 +277,15 @@ def write_json(path: Path, data: dict) -> None:
         tmp.write_text(json.dumps(data, indent=2, default=str))
 
 
+def read_json(path: Path) -> dict:
+    """A JSON file written by ``write_json`` (or another record of a run), or a one-line
+    ``ValueError`` naming it if it does not parse."""
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); delete it to make it again") from err
+
+
 def write_csv(rows: list[dict], path: Path) -> None:
     """Write rows as CSV atomically."""
     with atomic_path(path) as tmp:

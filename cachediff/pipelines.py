@@ -53,7 +53,11 @@ class Preset:
     class_score: bool = False
 
     def model_path(self, override: str | None = None) -> str:
-        """The weights to load: ``override`` if given, else the preset's (shipped paths made absolute)."""
+        """The weights to load: ``override`` if given (a path that exists from the working directory
+        first, as any command-line tool reads it; else one under the repository, else a hub id), else
+        the preset's (shipped paths made absolute)."""
+        if override and Path(override).exists():
+            return str(Path(override).resolve())
         model = override or self.model
         shipped = ROOT / model
         return str(shipped) if shipped.exists() else model

@@ -152,8 +152,8 @@ class Adaptive:
 
 
 def policy_for(config: DeepCacheConfig) -> Static | Adaptive:
-    """The policy of a DeepCache configuration."""
-    if config.schedule == "adaptive":
+    """The policy of a DeepCache configuration (interval 1: every call full, adaptive or not)."""
+    if config.adaptive:
         return Adaptive(config)
     return Static(config.full_step_rule)
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import hashlib
 import json
 import math
 import time
@@ -44,7 +45,15 @@ from . import metrics
 from .accelerators import accelerator, macs_per_call
 from .config import DeepCacheConfig
 from .datasets import load_fashion_mnist, load_mnist
-from .files import atomic_path, claim, is_temporary, release, remove_stale_temporaries, save_npy
+from .files import (
+    atomic_path,
+    claim,
+    is_temporary,
+    read_json,
+    release,
+    remove_stale_temporaries,
+    save_npy,
+)
 from .generation import TASKS
 from .metrics import class_score, clip_score, fid
 from .modules import denoiser
@@ -80,7 +89,7 @@ def method(config: DeepCacheConfig | None) -> str:
     """The curve a setting belongs to: "uncached", "cached feature -> zeros", or its schedule (with
     " + refinements" where a window, warm-up, cool-down or cap refines it, and " + forecast k" where
     an order-k forecast replaces the replay)."""
-    if config is None or config.interval == 1 and config.schedule != "adaptive":
+    if config is None or config.interval == 1 and config.schedule != "explicit":
         return "uncached"
     if config.reuse == "zeros":
         return "cached feature -> zeros"
@@ -106,7 +115,7 @@ def setting_of(row: dict) -> Setting:
         given["symmetric"] = bool(given["symmetric"])
     ints = ("interval", "branch", "order", "center", "warmup", "cooldown", "max_cached")
     given.update({k: int(given[k]) for k in ints if k in given})
-    uncached = int(row["interval"]) == 1 and given.get("schedule") != "adaptive"
+    uncached = int(row["interval"]) == 1 and given.get("schedule") != "explicit"
     return Setting(row["setting"], int(row["steps"]), None if uncached else DeepCacheConfig(**given))
 
 
@@ -181,13 +190,15 @@ class Sweep:
         remove_stale_temporaries(self.out)  # left by processes killed while writing
 
     def _check_sampler(self) -> None:
-        """Record the scheduler and the task's scalar inputs (guidance scale, strength) in
-        ``<out>/sampler.json``; refuse to add samples of another one (keys that only one diffusers
-        release knows are not compared)."""
+        """Record the scheduler, the task's scalar inputs (guidance scale, strength) and the prompt
+        set in ``<out>/sampler.json``; refuse to add samples of another one (keys that only one
+        diffusers release knows are not compared; a folder recorded before prompt sets were gets
+        its set recorded now)."""
         scheduler = self.pipe.scheduler
         config = {k: v for k, v in scheduler.config.items() if not k.startswith("_")}
         config.update({k: v for k, v in self.inputs.items() if isinstance(v, (int, float, str))})
-        current = json.loads(json.dumps(dict(config, _class_name=type(scheduler).__name__), default=str))
+        config.update(_class_name=type(scheduler).__name__, _prompts=prompt_set(self.prompts))
+        current = json.loads(json.dumps(config, default=str))
         self.out.mkdir(parents=True, exist_ok=True)
         meta = self.out / "sampler.json"
         if not meta.exists():
@@ -197,8 +208,14 @@ class Sweep:
         saved = json.loads(meta.read_text())
         differ = sorted(k for k in saved.keys() & current.keys() if saved[k] != current[k])
         if differ:
-            found = ", ".join(f"{k}: {saved[k]} there, {current[k]} here" for k in differ)
-            raise ValueError(f"{self.out} holds samples of another sampler ({found})")
+            found = ", ".join(f"{k.lstrip('_')}: {saved[k]} there, {current[k]} here" for k in differ)
+            kind = "prompt set" if differ == ["_prompts"] else "sampler"
+            raise ValueError(f"{self.out} holds samples of another {kind} ({found}); give another --out")
+        if "_prompts" not in saved:
+            with atomic_path(meta) as tmp:
+                tmp.write_text(
+                    json.dumps(dict(saved, _prompts=current["_prompts"]), indent=1, sort_keys=True)
+                )
 
     def folder(self, setting: Setting) -> Path:
         """The setting's folder; refuses to mix samples of different parameters under one name."""
@@ -291,7 +308,7 @@ class Sweep:
 
     def _records(self, setting: Setting) -> list[dict]:
         paths = [p for p in sorted((self.out / setting.name).glob("stats_*.json")) if not is_temporary(p)]
-        return [_read_json(p) for p in paths]
+        return [read_json(p) for p in paths]
 
     def mean_n_full(self, setting: Setting) -> float:
         """Full steps per run, averaged over the recorded runs (static schedules: from the rule)."""
@@ -339,11 +356,19 @@ class Sweep:
         return _unit_range(self.samples(setting))
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); delete it to generate its shard again") from err
+def prompt_set(prompts: Sequence[str] | None) -> str:
+    """A short name of a prompt set that tells two sets apart: its size and a digest.
+
+    Example:
+        >>> prompt_set(["a cat", "a dog"])
+        '2 prompts, sha256 d7b254927570'
+        >>> prompt_set(None)
+        'none'
+    """
+    if prompts is None:
+        return "none"
+    digest = hashlib.sha256(json.dumps(list(prompts)).encode()).hexdigest()[:12]
+    return f"{len(prompts)} prompts, sha256 {digest}"
 
 
 def _weights(records: list[dict]) -> list[int]:

@@ -134,7 +134,7 @@ def main(argv=None) -> None:
     for n, label in tqdm(list(itertools.product(args.budgets, candidates)), desc="candidates"):
         try:
             config = DeepCacheConfig(branch=branch, **{"interval": n, **candidates[label](n, steps)})
-            if config.schedule != "adaptive":
+            if not config.adaptive:
                 config.full_steps_for(steps)
         except ValueError as err:  # e.g. no non-uniform schedule with that many full steps
             tqdm.write(f"N={n:<3d} {label:24s} not applicable: {err}")

@@ -53,6 +53,18 @@ def test_adaptive_with_a_tiny_threshold_is_the_baseline():
     assert engine.stats.pattern == "F" * 10 and torch.equal(out, base)
 
 
+@pytest.mark.parametrize("kind", ["sd", "ddpm"])
+def test_adaptive_at_interval_1_is_the_baseline(kind):
+    """Interval 1 means no caching: the budget is every step, so every call is full, bit-exact
+    (issue 31: the paced rule cached any step whose change was below the running mean)."""
+    pipe, cond, base = baseline(kind)
+    with cachediff.deepcache(pipe, interval=1, branch=1, schedule="adaptive") as engine:
+        out = sample(pipe, cond)
+    assert engine.stats.pattern == "F" * 10 and torch.equal(out, base)
+    with pytest.raises(ValueError, match="interval 1 means no caching"):
+        DeepCacheConfig(interval=1, schedule="adaptive", threshold=0.1)
+
+
 def test_adaptive_with_a_huge_threshold_caches_up_to_the_cap():
     pipe, cond, _ = baseline("sd")
     with cachediff.deepcache(pipe, schedule="adaptive", threshold=1e9, max_cached=3, cooldown=1) as engine:

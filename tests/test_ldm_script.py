@@ -148,3 +148,24 @@ def test_bfloat16_runs_under_autocast(tiny_ldm, tmp_path):
         np.load(d / "s8-N3-b0" / "samples_2x32x32x3.npz")["arr_0"] for d in (tmp_path, tmp_path / "fp32")
     )
     assert half.shape == full.shape and np.abs(half.astype(int) - full.astype(int)).mean() < 8
+
+
+def test_the_throughput_survives_reruns_and_resumes(tiny_ldm, tmp_path, capsys):
+    """Each shard keeps its own timing, so a rerun of a finished setting or a resume (also by
+    another process) reports the throughput of every shard (issue 31: it wrote null, or timed only
+    the last process's shards)."""
+    run = args(tiny_ldm, tmp_path, "--interval", "3")
+    folder = tmp_path / "s8-N3-b0"
+    assert script.main(run) == 0
+    first = json.loads((folder / "run.json").read_text())
+    assert first["images_timed"] == 5 and first["images_per_second"] > 0
+    assert script.main(run) == 0  # nothing left to make
+    again = json.loads((folder / "run.json").read_text())
+    assert (again["images_per_second"], again["images_timed"]) == (first["images_per_second"], 5)
+    assert again["pattern"] == "FCCFCCFC"
+    (folder / "shard_000002.npz").unlink()
+    capsys.readouterr()
+    assert script.main(run) == 0
+    resumed = json.loads((folder / "run.json").read_text())
+    assert resumed["images_timed"] == 5 and resumed["images_per_second"] > 0
+    assert "resuming: 2 of 3 shards already made" in capsys.readouterr().err

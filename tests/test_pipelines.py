@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import diffusers
 import pytest
+import torch
 from packaging.version import Version
 
 import main
@@ -17,6 +19,8 @@ import stable_video_diffusion
 from cachediff.generation import model_card
 from cachediff.pipelines import PRESETS
 from cachediff.testing import save_tiny_pipeline
+
+ROOT = Path(__file__).resolve().parents[1]
 
 #: model type -> tiny pipeline kind saved for it ("shipped": the weights in assets/)
 TINY_FOR = {
@@ -199,3 +203,26 @@ def test_a_truncated_weights_file_is_named(keep, tiny_folders, tmp_path, capsys)
     )
     err = capsys.readouterr().err
     assert f"'{weights}' is not a readable weights file" in err and "from_tf" not in err
+
+
+def test_a_relative_model_path_resolves_against_the_working_directory_first(tmp_path, monkeypatch):
+    """A folder of the user's own ``assets/tiny-sd`` wins over the shipped one (issue 31)."""
+    (tmp_path / "assets" / "tiny-sd").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    preset = PRESETS["tiny-sd"]
+    assert preset.model_path("assets/tiny-sd") == str(tmp_path / "assets" / "tiny-sd")
+    assert preset.model_path() == str(ROOT / "assets" / "tiny-sd")  # the preset's own: the shipped one
+    assert preset.model_path("org/model") == "org/model"  # a hub id stays one
+    monkeypatch.chdir(tmp_path / "assets")  # not here: the shipped folder, as before
+    assert preset.model_path("assets/tiny-sd") == str(ROOT / "assets" / "tiny-sd")
+
+
+def test_the_shipped_tiny_sd_loads_with_a_plain_from_pretrained():
+    """Every component in one dtype without a ``torch_dtype`` (transformers 5 loads a text encoder in
+    its stored dtype), and a scheduler swap as diffusers documents it keeps ``clip_sample`` off."""
+    pipe = diffusers.StableDiffusionPipeline.from_pretrained(ROOT / "assets" / "tiny-sd")
+    assert {pipe.unet.dtype, pipe.vae.dtype, pipe.text_encoder.dtype} == {torch.float32}
+    image = pipe("a photo of a bag", num_inference_steps=2, output_type="pt").images
+    assert image.shape == (1, 1, 32, 32) and image.dtype == torch.float32
+    ddim = diffusers.DDIMScheduler.from_config(pipe.scheduler.config)
+    assert ddim.config.clip_sample is False and ddim.config.set_alpha_to_one is False

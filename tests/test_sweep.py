@@ -12,6 +12,7 @@ from diffusers import DDIMPipeline, DDIMScheduler
 from cachediff import DeepCacheConfig
 from cachediff.files import read_csv, write_csv
 from cachediff.sweep import Setting, Sweep
+from cachediff.sweep import params as sweep_params
 from cachediff.testing import tiny_unet
 
 
@@ -88,6 +89,23 @@ def test_a_sweep_folder_cannot_mix_samplers(pipe, tmp_path):
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False)
     with pytest.raises(ValueError, match="clip_sample: True there, False here"):
         Sweep(pipe, tmp_path, n_samples=2, shard=2)
+
+
+def test_a_sweep_folder_cannot_mix_prompt_sets(tmp_path):
+    """A lost shard remade from another prompt set would sit beside shards of the first (issue 31)."""
+    unet, _ = tiny_unet("ddpm")
+    pipe = DDIMPipeline(unet=unet, scheduler=DDIMScheduler())
+    Sweep(pipe, tmp_path, n_samples=2, shard=2, prompts=["a cat", "a dog"])
+    Sweep(pipe, tmp_path, n_samples=2, shard=2, prompts=["a cat", "a dog"])  # the same set: resumes
+    with pytest.raises(ValueError, match="another prompt set"):
+        Sweep(pipe, tmp_path, n_samples=2, shard=2, prompts=["a cat", "a bird"])
+    with pytest.raises(ValueError, match="another prompt set"):
+        Sweep(pipe, tmp_path, n_samples=2, shard=2)
+
+
+def test_an_adaptive_setting_at_interval_1_is_the_uncached_run():
+    adaptive = Setting("N1-adaptive", steps=8, cache=DeepCacheConfig(interval=1, schedule="adaptive"))
+    assert sweep_params(adaptive)["method"] == "uncached" and adaptive.n_full() == 8
 
 
 def test_csv_round_trip(tmp_path):

@@ -206,8 +206,11 @@ def run(args) -> int:
     sampler, unet = DDIMSampler(model), model.model.diffusion_model
     engine = cachediff.engine_for(unet, config) if config.interval > 1 else None
     starts = range(0, args.samples, args.shard)
-    seconds, done = [], 0
+    sizes = {s: min(args.shard, args.samples - s) for s in starts}
     files.remove_stale_temporaries(folder)
+    made = sum(shard_done(folder / f"shard_{s:06d}.npz", n) for s, n in sizes.items())
+    if made and rank == 0:
+        print(f"resuming: {made} of {len(starts)} shards already made in {folder}", file=sys.stderr)
     dtype = DTYPES[args.dtype]
     precision = torch.autocast(device.type, dtype) if dtype != torch.float32 else contextlib.nullcontext()
     with engine or contextlib.nullcontext(), torch.no_grad(), precision:
@@ -218,36 +221,62 @@ def run(args) -> int:
                 continue
             began = time.perf_counter()
             images, labels = sample(model, sampler, engine, seeds, args)
-            seconds.append((time.perf_counter() - began) / len(seeds))
+            timing = dict(seconds_per_image=(time.perf_counter() - began) / len(seeds), images=len(seeds))
+            files.write_json(
+                timing_path(path), dict(timing, pattern=engine.stats.pattern if engine else None)
+            )
             with files.atomic_path(path) as tmp:
                 np.savez(tmp, images, labels)
             files.release(path)
-            done += len(seeds)
     if world > 1:
         torch.distributed.barrier()
-    sizes = {s: min(args.shard, args.samples - s) for s in starts}
-    if rank == 0 and all(shard_done(folder / f"shard_{s:06d}.npz", n) for s, n in sizes.items()):
-        merged = merge(folder, starts, args.samples)
-        full, cached = step_macs(model, config)
-        n_full = len(config.full_steps_for(args.steps))
-        average = (n_full * full + (args.steps - n_full) * cached) / args.steps
-        record = dict(
-            args={k: str(v) for k, v in vars(args).items()}, config=config.__dict__, setting=folder.name,
-            samples=args.samples, npz=merged.name, full_steps=n_full, gmacs_full=full / 1e9,
-            gmacs_cached=cached / 1e9, gmacs_per_step=average / 1e9, mac_speedup=full / average,
-            images_per_second=1 / statistics.median(seconds) if seconds else None, images_timed=done,
-            pattern=engine.stats.pattern if engine and seconds else None,
-            env=files.environment(),
-        )  # fmt: skip
-        files.write_json(folder / "run.json", record)
-        speed = (
-            f"{record['images_per_second']:.3f} images/s" if seconds else "throughput: no shard made this run"
-        )
-        print(f"wrote {merged} ({args.samples} images; {average / 1e9:.2f} GMACs per step, "
-              f"{record['mac_speedup']:.2f}x MAC bound; {speed})")  # fmt: skip
+    missing = [s for s, n in sizes.items() if not shard_done(folder / f"shard_{s:06d}.npz", n)]
+    if rank == 0 and missing:
+        print(f"{len(missing)} of {len(starts)} shards are still being made by another run (claimed); "
+              "run again once it has finished to merge them", file=sys.stderr)  # fmt: skip
+    elif rank == 0:
+        write_record(folder, merge(folder, starts, args.samples), model, config, args)
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
     return 0
+
+
+def timing_path(shard: Path) -> Path:
+    """Where a shard's own timing is kept (``shard_<start>.json``), so that reruns and resumes, in
+    any process, report the throughput of every shard."""
+    return shard.with_suffix(".json")
+
+
+def throughput(folder: Path, starts: range) -> dict:
+    """Images per second of one process (the median over the shards' seconds per image), the images
+    timed, and the sampler's pattern of full and cached steps, from the shards' timing files (shards
+    made before they were kept count as untimed)."""
+    timings = [
+        files.read_json(p) for s in starts if (p := timing_path(folder / f"shard_{s:06d}.npz")).exists()
+    ]
+    if not timings:
+        return dict(images_per_second=None, images_timed=0, pattern=None)
+    seconds = statistics.median(t["seconds_per_image"] for t in timings)
+    return dict(images_per_second=1 / seconds, images_timed=sum(t["images"] for t in timings),
+                pattern=timings[-1]["pattern"])  # fmt: skip
+
+
+def write_record(folder: Path, merged: Path, model, config: DeepCacheConfig, args) -> None:
+    """``run.json``: the configuration, the MACs and the throughput of the merged samples."""
+    full, cached = step_macs(model, config)
+    n_full = len(config.full_steps_for(args.steps))
+    average = (n_full * full + (args.steps - n_full) * cached) / args.steps
+    record = dict(
+        args={k: str(v) for k, v in vars(args).items()}, config=config.__dict__, setting=folder.name,
+        samples=args.samples, npz=merged.name, full_steps=n_full, gmacs_full=full / 1e9,
+        gmacs_cached=cached / 1e9, gmacs_per_step=average / 1e9, mac_speedup=full / average,
+        **throughput(folder, range(0, args.samples, args.shard)), env=files.environment(),
+    )  # fmt: skip
+    files.write_json(folder / "run.json", record)
+    speed = record["images_per_second"]
+    speed = "throughput: no shard timed" if speed is None else f"{speed:.3f} images/s"
+    print(f"wrote {merged} ({args.samples} images; {average / 1e9:.2f} GMACs per step, "
+          f"{record['mac_speedup']:.2f}x MAC bound; {speed})")  # fmt: skip
 
 
 def step_macs(model, config: DeepCacheConfig) -> tuple[int, int]:

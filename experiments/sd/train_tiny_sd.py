@@ -316,7 +316,10 @@ def train_unet(args, latents: dict, labels: torch.Tensor, deadline: float) -> bo
 
 # ----------------------------------------------------------------------------- export
 def export(args) -> None:
-    """The EMA weights as a ``StableDiffusionPipeline`` folder, fp16 safetensors."""
+    """The EMA weights as a ``StableDiffusionPipeline`` folder: U-Net and VAE in fp16 safetensors,
+    the text encoder (0.4 MB) in fp32, so that a plain ``from_pretrained`` loads one dtype on every
+    stack (transformers 5 keeps a text encoder's stored dtype, diffusers loads models in fp32); the
+    scheduler keeps SD 1.5's ``clip_sample: false`` for a ``DDIMScheduler.from_config`` swap."""
     tok = tokenizer(args.workdir)
     unet, text = UNet2DConditionModel(**tiny_sd.UNET_CONFIG), text_encoder(tok)
     ckpt = load(args.workdir / "unet.pt")
@@ -329,7 +332,9 @@ def export(args) -> None:
         scheduler=PNDMScheduler(**tiny_sd.PNDM_CONFIG), safety_checker=None, feature_extractor=None,
         requires_safety_checker=False,
     )  # fmt: skip
-    pipe.to(torch.float16).save_pretrained(args.export, safe_serialization=True)
+    pipe.to(torch.float16).text_encoder.to(torch.float32)
+    pipe.scheduler.register_to_config(clip_sample=False)
+    pipe.save_pretrained(args.export, safe_serialization=True)
     prompts = dict(
         guidance_scale=args.guidance_scale,
         steps=50,
