@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from .accelerators import accelerator
 from .comparison import Comparison, compare
 from .config import DeepCacheConfig
 from .metrics.class_score import class_score_of_prompts, load_classifier
+from .modules import ModuleCache
 from .pipelines import PRESETS, get_preset
 from .prompts import load_prompts
 
@@ -61,7 +63,9 @@ def parse_args(
     p.add_argument("--scheduler", help="diffusers scheduler class, e.g. DDIMScheduler (default: preset's)")
     p.add_argument("--dtype", default="float32", choices=list(DTYPES), help="weights and compute dtype")
     p.add_argument(
-        "--batch_size", type=int, help="images per run, seeds seed..seed+B-1 (default: the preset's, 16 or 1)"
+        "--batch_size",
+        type=int,
+        help=f"images per run, seeds seed..seed+B-1 (default: the preset's: {_batches()})",
     )
     p.add_argument(
         "--prompt", help="text prompt of every image (default: the preset's prompt set, cycled over seeds: "
@@ -91,7 +95,37 @@ def parse_args(
         p.error("--batch_size, --repeats, --frames and --steps must be >= 1")
     if args.shallow_blocks is not None and args.shallow_blocks < 0:
         p.error("--shallow_blocks must be >= 0")
+    if not finite_scale(args.guidance_scale):
+        p.error(f"--guidance_scale must be a finite number >= 0, got {args.guidance_scale}")
     return args
+
+
+def finite_scale(value: float | None) -> bool:
+    """Whether a guidance scale is absent or a finite number >= 0 (``nan`` means no guidance to
+    diffusers, silently).
+
+    Example:
+        >>> finite_scale(None), finite_scale(4.0), finite_scale(float("nan")), finite_scale(-1.0)
+        (True, True, False, False)
+    """
+    return value is None or (math.isfinite(value) and value >= 0)
+
+
+def check_conditioning(args, preset, pipe) -> None:
+    """Refuse flags that the model would ignore: a prompt or guidance scale for a model that takes
+    none, ``--shallow_blocks`` for a U-Net (which takes ``--cache_branch_id``)."""
+    if not preset.takes_prompt and (args.prompt is not None or args.guidance_scale is not None):
+        raise ValueError(
+            f"{args.model_type} makes {preset.task} samples and takes no --prompt or --guidance_scale"
+        )
+    if args.shallow_blocks is not None and getattr(pipe, "unet", None) is not None:
+        raise ValueError("--shallow_blocks is for DiT models (pixart); a U-Net takes --cache_branch_id")
+
+
+def _batches() -> str:
+    """The presets' default batch sizes, as ``--batch_size``'s help states them."""
+    sizes = [f"{name} {p.batch}" for name, p in PRESETS.items() if p.batch != 1]
+    return ", ".join([*sizes, "others 1"])
 
 
 def main(argv=None, **script) -> int:
@@ -121,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
     shallow = preset.shallow_blocks if args.shallow_blocks is None else args.shallow_blocks
     dtype = DTYPES[args.dtype]
     pipe = generation.load_pipeline(preset, args.model, args.device, dtype)
+    check_conditioning(args, preset, pipe)
     generation.set_scheduler(pipe, args.scheduler or preset.scheduler)
     cache = accelerator(pipe, config, steps, shallow)  # fails before any sampling on a bad branch
     seeds = list(range(args.seed, args.seed + args.batch_size))
@@ -130,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
     if video:
         inputs["frames"] = args.frames
     prompts = None
-    if preset.task not in ("unconditional", "video"):
+    if preset.takes_prompt:
         inputs["prompt"] = prompts = _prompts(args.prompt, preset, len(seeds))
         inputs |= generation.guidance(preset.model_path(args.model), args.guidance_scale)
     if getattr(args, "refine", False):
@@ -148,7 +183,8 @@ def run(args: argparse.Namespace) -> int:
         files.save_gif(args.output / "deepcache.gif", cached[: args.frames])
     else:  # a baseline row above a DeepCache row, columns labelled with their prompts or seeds
         labels = prompts or [f"seed {s}" for s in seeds]
-        files.save_png(picture, files.labelled_grid({"baseline": base, "DeepCache": cached}, labels))
+        rows = {"baseline\n(uncached)": base, setting_label(config, cache, result.psnr_db): cached}
+        files.save_png(picture, files.labelled_grid(rows, labels))
     record = dict(
         args=vars(args),
         preset=preset.__dict__,
@@ -158,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
         env=files.environment(),
     )
     files.write_json(args.output / "run.json", record)
-    print_table(result, scores)
+    print_table(result, scores, act_name(config))
     print(f"saved {picture} (baseline row above the DeepCache row; videos: left and right) and run.json")
     return 0
 
@@ -190,8 +226,36 @@ def _class_scores(preset, prompts: list[str] | None, base: torch.Tensor, cached:
     }
 
 
-def print_table(r: Comparison, scores: dict | None = None) -> None:
+def act_name(config: DeepCacheConfig) -> str:
+    """What a cached step hands the shallow branch, in words.
+
+    Example:
+        >>> act_name(DeepCacheConfig(5)), act_name(DeepCacheConfig(5, reuse="forecast", order=3))
+        ('replay', 'forecast 3')
+    """
+    return {"cache": "replay", "zeros": "zeros (ablation)"}.get(config.reuse, f"forecast {config.order}")
+
+
+def setting_label(config: DeepCacheConfig, cache, psnr_db: float) -> str:
+    """The cached row's label in the grid: N, the cut, the schedule, the act and the PSNR.
+
+    Example:
+        >>> print(setting_label(DeepCacheConfig(5, 1), object(), 32.71))
+        DeepCache N = 5
+        branch 1 (paper 2)
+        uniform, replay
+        PSNR 32.7 dB
+    """
+    cut = f"branch {config.branch} (paper {config.branch + 1})"
+    if isinstance(cache, ModuleCache):  # a DiT: its blocks, not a U-Net branch
+        cut = "middle DiT blocks"
+    lines = [f"DeepCache N = {config.interval}", cut, f"{config.schedule}, {act_name(config)}"]
+    return "\n".join([*lines, f"PSNR {psnr_db:.1f} dB"])
+
+
+def print_table(r: Comparison, scores: dict | None = None, act: str = "replay") -> None:
     rows = [
+        ("what cached steps reuse", "-", act),
         ("wall time per run (median)", f"{r.baseline_seconds:.2f} s", f"{r.deepcache_seconds:.2f} s"),
         ("speedup (measured)", "1.00x", f"{r.speedup:.2f}x"),
         ("MACs per step: full / cached", f"{r.macs_full / 1e6:.1f} M", f"{r.macs_cached / 1e6:.1f} M"),

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 import threading
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -126,6 +127,14 @@ class StepClock:
     def _place(self, t: float | None) -> None:
         where = None if t is None else self.timed.place(t)
         self.placed = where is not None
+        if not self.placed and not self.timed.warned:
+            self.timed.warned = True
+            warnings.warn(
+                f"a model call at timestep {t} fits no step of the sampling run: such calls run uncached "
+                "(k-diffusion's Euler and Heun with s_churn > 0 evaluate at sigma_hat; give s_churn=0 to "
+                "accelerate them)",
+                stacklevel=4,
+            )
         if where == "restart":
             self.reset(len(self.timed.times))
             where = self.timed.place(t)
@@ -211,6 +220,7 @@ class TimedRun:
     time: float | None = None  # the current evaluation's time
     calls: int = 0  # calls of the current evaluation so far
     per_evaluation: int | None = None  # calls per evaluation: learnt from the run's first one
+    warned: bool = False  # a call that fits no step has been reported
 
     def place(self, t: float) -> str | None:
         """Where a call at time ``t`` goes: "same" (another call of the current evaluation),

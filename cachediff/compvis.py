@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import pickle
+import zipfile
 from pathlib import Path
 
 import torch
@@ -107,7 +108,15 @@ def ddim_times(steps: int, num_timesteps: int = 1000) -> list[int]:
     Example:
         >>> ddim_times(4)
         [751, 501, 251, 1]
+        >>> ddim_times(1001)
+        Traceback (most recent call last):
+        ...
+        ValueError: 1001 DDIM steps: the model has 1000 timesteps, so give 1..1000 steps
     """
+    if not 1 <= steps <= num_timesteps:
+        raise ValueError(
+            f"{steps} DDIM steps: the model has {num_timesteps} timesteps, so give 1..{num_timesteps} steps"
+        )
     from ldm.modules.diffusionmodules.util import make_ddim_timesteps
 
     return make_ddim_timesteps("uniform", steps, num_timesteps, verbose=False)[::-1].tolist()
@@ -233,22 +242,21 @@ def load_ldm(config: str, checkpoint: str | None = None, trust: bool = False) ->
     checkpoint saved as ``{"state_dict": ...}`` (the released ``model.ckpt``; its encoder and loss are
     not needed). ``trust`` loads a checkpoint that holds pickled objects besides tensors (it runs
     their code): only for files of your own source. Clear errors for a missing file or weights."""
-    from omegaconf import OmegaConf
+    from omegaconf import DictConfig, OmegaConf
 
     for path in (config, checkpoint):
         if path is not None and not Path(path).is_file():
             raise FileNotFoundError(f"no such file: {path!r}")
-    model = LatentDiffusion(OmegaConf.to_container(OmegaConf.load(config).model.params, resolve=True))
+    params = OmegaConf.select(OmegaConf.load(config), "model.params")
+    if not isinstance(params, DictConfig):
+        raise ValueError(f"{config!r} is not a latent-diffusion model YAML: it has no model.params section")
+    model = LatentDiffusion(OmegaConf.to_container(params, resolve=True))
     if checkpoint is None:
         return model
-    try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=not trust)
-    except pickle.UnpicklingError as err:
-        raise ValueError(
-            f"{checkpoint!r} holds pickled objects besides tensors ({str(err).splitlines()[0]}); if it is "
-            "from a source you trust, load it with trust=True (--trust-checkpoint)"
-        ) from None
-    state = state.get("state_dict", state)
+    state = read_checkpoint(checkpoint, trust)
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict):
+        raise ValueError(f"{checkpoint!r} holds a {type(state).__name__}, not a state dict of weights")
     try:
         missing, _ = model.load_state_dict(state, strict=False)
     except RuntimeError as err:  # shapes of another configuration
@@ -259,3 +267,28 @@ def load_ldm(config: str, checkpoint: str | None = None, trust: bool = False) ->
     if needed:
         raise ValueError(f"{checkpoint!r} lacks {len(needed)} weights of the model, e.g. {needed[0]!r}")
     return model.eval()
+
+
+def read_checkpoint(path: str, trust: bool = False):
+    """What ``torch.save`` wrote to ``path`` (tensors only unless ``trust``), or a one-line
+    ``ValueError``: not a checkpoint at all (neither a ``torch.save`` archive nor a pickle), or one
+    that holds pickled objects besides tensors (load with ``trust`` only if you trust its source)."""
+    with open(path, "rb") as f:
+        pickled = f.read(1) == b"\x80"  # the PROTO opcode that starts a legacy torch.save file
+    if not (pickled or zipfile.is_zipfile(path)):
+        raise ValueError(f"{path!r} is not a PyTorch checkpoint (neither a torch.save archive nor a pickle)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not trust)
+    except pickle.UnpicklingError as err:
+        if not trust and "Unsupported global" in str(err):
+            raise ValueError(
+                f"{path!r} holds pickled objects besides tensors; if it is from a source you trust, load it "
+                "with trust=True (--trust-checkpoint)"
+            ) from None
+        raise ValueError(
+            f"{path!r} is not a readable PyTorch checkpoint ({str(err).splitlines()[0]})"
+        ) from None
+    except (EOFError, RuntimeError, IndexError, KeyError) as err:  # a damaged or truncated file
+        raise ValueError(
+            f"{path!r} is not a readable PyTorch checkpoint ({type(err).__name__}: {err})"
+        ) from None

@@ -187,7 +187,8 @@ def labelled_grid(
     rows: dict[str, torch.Tensor], columns: list[str], tile: int = 128, font_size: int = 13
 ) -> np.ndarray:
     """Rows of images ``(B, C, H, W)`` in [-1, 1], each enlarged (nearest neighbour) to at least
-    ``tile`` pixels, with the row names on the left and the column labels (wrapped) above.
+    ``tile`` pixels, with the row names (which may hold line breaks) on the left and the column
+    labels (wrapped) above.
 
     Example:
         >>> a = labelled_grid({"baseline": torch.zeros(2, 1, 8, 8), "DeepCache": torch.ones(2, 1, 8, 8)},
@@ -202,7 +203,7 @@ def labelled_grid(
     chars = max(4, int(w / (0.55 * font_size)))
     wrapped = ["\n".join(_wrap(label, chars)) for label in columns]
     lines = max(label.count("\n") + 1 for label in wrapped)
-    left = max(int(font.getlength(name)) for name in rows) + 12
+    left = max(int(font.getlength(line)) for name in rows for line in name.splitlines()) + 12
     top, gap = lines * (font_size + 3) + 8, 4
     canvas = Image.new("RGB", (left + len(columns) * (w + gap), top + len(rows) * (h + gap)), "white")
     draw = ImageDraw.Draw(canvas)
@@ -210,7 +211,7 @@ def labelled_grid(
         draw.multiline_text((left + q * (w + gap), 4), label, fill="black", font=font, spacing=3)
     for r, (name, images) in enumerate(rows.items()):
         y = top + r * (h + gap)
-        draw.text((4, y + h // 2), name, fill="black", font=font, anchor="lm")
+        draw.multiline_text((4, y + h // 2), name, fill="black", font=font, anchor="lm", spacing=3)
         for q in range(len(columns)):
             tile = grid(images[q : q + 1], rows=1)[2:-2, 2:-2]  # (H, W, C)
             tile_image = Image.fromarray(tile[..., 0] if tile.shape[-1] == 1 else tile)

@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import json
 import os
@@ -64,6 +65,11 @@ def load_pipeline(preset: Preset, model: str | None = None, device: str = "cpu",
     """Load the preset's pipeline from a hub id or local folder, with a clear error if missing."""
     path = preset.model_path(model)
     require_weights(path)
+    absent = _missing_folders(path)
+    if absent:
+        raise FileNotFoundError(
+            f"{path!r} has no {', '.join(f'{k}/' for k in absent)} folder, which its model_index.json lists"
+        )
     try:
         cls = getattr(diffusers, preset.pipeline)
         pipe = cls.from_pretrained(path, torch_dtype=dtype, **_absent_components(path))
@@ -87,6 +93,12 @@ def load_pipeline(preset: Preset, model: str | None = None, device: str = "cpu",
         )
     if saved and ("XL" in saved) != ("XL" in preset.pipeline):  # SDXL weights for SD: U-Nets differ
         raise ValueError(f"{path!r} holds a {saved}, which a {preset.pipeline} cannot run")
+    text_conditioned = "encoder_hidden_states" in inspect.signature(denoiser(pipe).forward).parameters
+    if preset.task == "unconditional" and text_conditioned:
+        raise ValueError(
+            f"{path!r} holds a text-conditioned {saved or type(denoiser(pipe)).__name__}, which the "
+            f"unconditional {preset.pipeline} cannot run; choose its model type (such as tiny-sd or sd1.5)"
+        )
     pipe.set_progress_bar_config(leave=False)
     return pipe.to(device)
 
@@ -129,6 +141,14 @@ def set_scheduler(pipe, name: str | None) -> None:
         raise ValueError(f"unknown scheduler {name!r}; give a diffusers class such as DDIMScheduler")
     passed = STEP_KWARGS.get(type(pipe).__name__, ())
     step = inspect.signature(cls.step).parameters if callable(getattr(cls, "step", None)) else {}
+    needed = [
+        k for k, p in list(step.items())[4:] if p.default is p.empty and p.kind is p.POSITIONAL_OR_KEYWORD
+    ]
+    if needed:  # e.g. KarrasVeScheduler.step(model_output, sigma_hat, sigma_prev, sample_hat)
+        raise ValueError(
+            f"{name}.step needs {', '.join(needed)}, which diffusers pipelines do not pass; give a "
+            "scheduler that steps (model_output, timestep, sample), such as DDIMScheduler"
+        )
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in step.values())
     missing = [k for k in passed if k not in step and not takes_any]
     if missing:
@@ -137,6 +157,40 @@ def set_scheduler(pipe, name: str | None) -> None:
             "does not take; give a scheduler that does, such as DDIMScheduler"
         )
     pipe.scheduler = cls.from_config(pipe.scheduler.config)
+
+
+def scheduler_options(scheduler, options: list[str]) -> dict:
+    """``KEY=VALUE`` entries of ``scheduler``'s config, checked: the key must be one its class takes,
+    the value JSON (``true``, ``0.5``, ``"text"``) or, for a key whose value is text, bare text.
+
+    Example:
+        >>> from diffusers import DDIMScheduler
+        >>> scheduler_options(DDIMScheduler(), ["clip_sample=false", "timestep_spacing=trailing"])
+        {'clip_sample': False, 'timestep_spacing': 'trailing'}
+        >>> scheduler_options(DDIMScheduler(), ["clip_sampel=false"])
+        Traceback (most recent call last):
+        ...
+        ValueError: DDIMScheduler has no config entry 'clip_sampel' (did you mean clip_sample?)
+        >>> scheduler_options(DDIMScheduler(), ["clip_sample=yes"])
+        Traceback (most recent call last):
+        ...
+        ValueError: clip_sample=yes: the value must be JSON, such as true, 0.5 or "text"
+    """
+    known = set(inspect.signature(type(scheduler).__init__).parameters) - {"self", "kwargs"}
+    parsed = {}
+    for option in options:
+        key, _, value = option.partition("=")
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ValueError(f"{type(scheduler).__name__} has no config entry {key!r}{hint}")
+        try:
+            parsed[key] = json.loads(value)
+        except json.JSONDecodeError:
+            if not isinstance(scheduler.config.get(key), str):
+                raise ValueError(f'{option}: the value must be JSON, such as true, 0.5 or "text"') from None
+            parsed[key] = value
+    return parsed
 
 
 #: Keyword arguments a pipeline passes to ``scheduler.step`` beyond the output, timestep and sample.
@@ -155,6 +209,16 @@ def guidance(path: str, scale: float | None = None) -> dict:
     ``guidance_scale``, else none (the pipeline's default)."""
     scale = model_card(path).get("guidance_scale") if scale is None else scale
     return {} if scale is None else dict(guidance_scale=scale)
+
+
+def _missing_folders(path: str) -> list[str]:
+    """Components that a local folder's ``model_index.json`` lists but whose folder is missing."""
+    index = Path(path) / "model_index.json"
+    if not index.exists():
+        return []
+    entries = json.loads(index.read_text()).items()
+    listed = [k for k, v in entries if isinstance(v, list) and v and v[0] is not None]
+    return [k for k in listed if not (Path(path) / k).is_dir()]
 
 
 def _absent_components(path: str) -> dict:

@@ -52,6 +52,11 @@ class Preset:
     prompts: str = "builtin"
     class_score: bool = False
 
+    @property
+    def takes_prompt(self) -> bool:
+        """Whether its task is conditioned on text (a prompt and a guidance scale)."""
+        return self.task in ("text2image", "img2img", "inpaint", "text2video")
+
     def model_path(self, override: str | None = None) -> str:
         """The weights to load: ``override`` if given (a path that exists from the working directory
         first, as any command-line tool reads it; else one under the repository, else a hub id), else

@@ -47,6 +47,10 @@ SAMPLERS = {
     "sample_heun": "two",
     "sample_dpm_2": "two",
     "sample_dpmpp_sde": "two",
+    # ancestral two-stage samplers: the second evaluation at the geometric mean of sigma and the
+    # sigma they step down to (sigma_{i+1} itself at eta = 1); an Euler last step to sigma 0
+    "sample_dpm_2_ancestral": "two",
+    "sample_dpmpp_2s_ancestral": "two",
     "ddim": "one",
     "plms": "plms",
 }
@@ -83,5 +87,9 @@ def k_diffusion_run(engine, denoiser, sigmas: torch.Tensor, sampler: str | Calla
     """``sampling_run`` for a k-diffusion sampler: ``denoiser`` is the k-diffusion wrapper that
     turns sigmas into the model's timesteps (``CompVisDenoiser``, ``DiscreteEpsDDPMDenoiser``:
     ``sigma_to_t``), ``sigmas`` the run's (ending in 0, as k-diffusion's ``get_sigmas_*`` make them: a
-    sampler's last step then evaluates once), ``sampler`` the sampling function or its name."""
+    sampler's last step then evaluates once), ``sampler`` the sampling function or its name.
+
+    Euler and Heun with ``s_churn > 0`` evaluate at a raised sigma_hat, no step's time: those calls
+    run uncached (correct, not faster), with a warning once per sampling run (Heun's second
+    evaluations, at the next step's time, are scheduled as that step)."""
     return sampling_run(engine, denoiser.sigma_to_t(sigmas[:-1]), sampler)  # the last is where it ends

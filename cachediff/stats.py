@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import statistics
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -96,6 +97,18 @@ class RunStats:
     def n_cached(self) -> int:
         """How many calls were cached."""
         return len(self.calls) - self.n_full
+
+    @property
+    def full_steps(self) -> int:
+        """Deprecated name of ``n_full`` (until 2026-12-02; ``full_steps_for`` gives step indices)."""
+        warnings.warn("RunStats.full_steps is now n_full", DeprecationWarning, stacklevel=2)
+        return self.n_full
+
+    @property
+    def cached_steps(self) -> int:
+        """Deprecated name of ``n_cached``."""
+        warnings.warn("RunStats.cached_steps is now n_cached", DeprecationWarning, stacklevel=2)
+        return self.n_cached
 
     @property
     def pattern(self) -> str:

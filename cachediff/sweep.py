@@ -260,7 +260,10 @@ class Sweep:
         seconds, and takes over any whose process has gone."""
         folder = self.folder(setting)
         pending = {s: folder / f"samples_{s:06d}.npy" for s in self.starts(rank, world)}
+        owned = len(pending)
         pending = {s: path for s, path in pending.items() if not path.exists()}
+        if progress and 0 < len(pending) < owned:
+            tqdm.write(f"{setting.name}: resuming, {owned - len(pending)} of {owned} shards already made")
         bar = tqdm(total=len(pending), desc=setting.name, disable=not progress, leave=False)
         while pending:
             for start, samples in list(pending.items()):

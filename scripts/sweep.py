@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import fnmatch
-import json
 import platform
 import sys
 from pathlib import Path
@@ -31,7 +30,7 @@ import torch
 
 from cachediff import generation, suites
 from cachediff.accelerators import accelerator
-from cachediff.cli import DTYPES
+from cachediff.cli import DTYPES, finite_scale
 from cachediff.files import claim, output_folder, read_csv, release, update_csv
 from cachediff.metrics import clip_score as C
 from cachediff.metrics import fid as F
@@ -51,7 +50,6 @@ from cachediff.sweep import (
 )
 from cachediff.unets import num_branches
 
-TEXT_TASKS = ("text2image", "img2img", "inpaint", "text2video")
 #: scheduler class -> the sampler's short name in setting names
 SAMPLERS = {"DDIMScheduler": "ddim", "PNDMScheduler": "plms", "DPMSolverMultistepScheduler": "dpmpp"}
 
@@ -134,6 +132,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("counts, steps, threads and intervals must be >= 1; --repeats and branches >= 0")
     if any("=" not in option for option in args.scheduler_option):
         p.error("--scheduler-option takes KEY=VALUE")
+    if not finite_scale(args.guidance_scale):
+        p.error(f"--guidance-scale must be a finite number >= 0, got {args.guidance_scale}")
+    if args.prompts is not None and not args.prompts.strip():
+        p.error("--prompts must name a prompt set: builtin, fashion, coco, parti, a file or a URL")
+    if args.retime is not None and args.repeats == 0:
+        p.error("--retime measures the speed again: give --repeats >= 1")
     return args
 
 
@@ -150,7 +154,7 @@ def load(args, preset):
     """The preset's pipeline with the requested scheduler and scheduler options."""
     pipe = generation.load_pipeline(preset, args.model, args.device, DTYPES[args.dtype])
     generation.set_scheduler(pipe, args.scheduler or preset.scheduler)
-    options = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.scheduler_option)}
+    options = generation.scheduler_options(pipe.scheduler, args.scheduler_option)
     if options:
         pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, **options)
     return pipe
@@ -162,6 +166,10 @@ def run(args) -> int:
     generation.check_device(args.device)
     output_folder(args.out)
     preset = get_preset(args.model_type)
+    if not preset.takes_prompt and (args.prompts is not None or args.guidance_scale is not None):
+        raise ValueError(
+            f"{args.model_type} makes {preset.task} samples and takes no --prompts or --guidance-scale"
+        )
     if args.fid_reference not in (None, *REFERENCES) and not Path(args.fid_reference).is_file():
         known = ", ".join(REFERENCES)
         raise FileNotFoundError(f"no FID reference statistics {args.fid_reference!r} (.npz or {known})")
@@ -170,7 +178,7 @@ def run(args) -> int:
     pipe = load(args, preset)
     prompts = None
     inputs = generation.default_inputs(pipe, preset.task, args.image, args.mask)
-    if preset.task in TEXT_TASKS:
+    if preset.takes_prompt:
         prompts = load_prompts(args.prompts or preset.prompts, args.samples)
         inputs |= generation.guidance(preset.model_path(args.model), args.guidance_scale)
     inception = F.load_inception(args.device) if args.fid_reference else None
@@ -245,6 +253,9 @@ def plan_settings(args, preset, sweep: Sweep) -> list[Setting]:
     chosen = [settings[0]] + [
         s for s in settings[1:] if not args.only or any(fnmatch.fnmatch(s.name, p) for p in args.only)
     ]
+    if args.only and len(chosen) == 1:
+        names = ", ".join(s.name for s in settings[1:7]) + (", ..." if len(settings) > 7 else "")
+        raise ValueError(f"--only {' '.join(args.only)} matches no setting of these suites ({names})")
     for s in chosen:
         if s.cache is not None:
             accelerator(sweep.pipe, s.cache, s.steps)

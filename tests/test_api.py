@@ -120,6 +120,18 @@ def test_numpy_integers_are_integers(sd):
             DeepCacheConfig(interval=bad)
 
 
+def test_the_old_names_of_the_run_counts_still_work_with_a_warning(sd):
+    """Issue 31: ``RunStats.full_steps`` vanished in a rename and broke a user's code."""
+    pipe, cond, _ = sd
+    with cachediff.deepcache(pipe, interval=3, branch=1) as engine:
+        sample(pipe, cond)
+    stats = engine.stats
+    with pytest.warns(DeprecationWarning, match="now n_full"):
+        assert stats.full_steps == stats.n_full == stats.pattern.count("F") > 0
+    with pytest.warns(DeprecationWarning, match="now n_cached"):
+        assert stats.cached_steps == stats.n_cached == stats.pattern.count("C") > 0
+
+
 def test_the_latent_upscalers_u_net_is_refused_by_name():
     from diffusers import UNet2DConditionModel
 

@@ -137,6 +137,18 @@ def test_bad_input_is_a_clear_error(tiny_ldm, tmp_path, capsys):
             script.parse_args(args(tiny_ldm, tmp_path, *bad))
     assert script.main(args(tiny_ldm, tmp_path, "--interval", "3", "--branch", "99")) == 2
     assert "branch must be an integer in 0.." in capsys.readouterr().err
+    # issue 31: an IndexError, an omegaconf traceback and "range() arg 3 must not be zero" before
+    for text in ("a,b\n1,2\n", "not a checkpoint"):
+        (tmp_path / "notes.ckpt").write_text(text)
+        assert script.main(args(tiny_ldm, tmp_path, "--ckpt", str(tmp_path / "notes.ckpt"))) == 2
+        err = capsys.readouterr().err
+        assert "is not a PyTorch checkpoint" in err and "trust" not in err
+    (tmp_path / "bare.yaml").write_text("model:\n  target: ldm.models.diffusion.ddpm.LatentDiffusion\n")
+    assert script.main(args(tiny_ldm, tmp_path, "--config", str(tmp_path / "bare.yaml"))) == 2
+    assert "has no model.params section" in capsys.readouterr().err
+    assert script.main(args(tiny_ldm, tmp_path, "--steps", "1001")) == 2
+    assert "1001 DDIM steps: the model has 1000 timesteps, so give 1..1000 steps" in capsys.readouterr().err
+    assert not list(tmp_path.glob("*/shard_*"))
 
 
 def test_bfloat16_runs_under_autocast(tiny_ldm, tmp_path):

@@ -226,3 +226,31 @@ def test_the_shipped_tiny_sd_loads_with_a_plain_from_pretrained():
     assert image.shape == (1, 1, 32, 32) and image.dtype == torch.float32
     ddim = diffusers.DDIMScheduler.from_config(pipe.scheduler.config)
     assert ddim.config.clip_sample is False and ddim.config.set_alpha_to_one is False
+
+
+def test_a_folder_missing_a_listed_component_names_it(tmp_path, capsys):
+    """Issue 31: a Hugging Face URL built from a local path, and no word of the missing part."""
+    shutil.copytree(ROOT / "assets" / "tiny-sd", tmp_path / "tiny-sd")
+    shutil.rmtree(tmp_path / "tiny-sd" / "text_encoder")
+    assert main.main(["--model", str(tmp_path / "tiny-sd"), "--output", str(tmp_path / "out")]) == 2
+    assert "has no text_encoder/ folder, which its model_index.json lists" in capsys.readouterr().err
+
+
+def test_a_text_conditioned_folder_under_an_unconditional_preset_is_refused(tmp_path, capsys):
+    args = ["--model_type", "ddpm-mnist", "--model", str(ROOT / "assets" / "tiny-sd")]
+    assert main.main([*args, "--output", str(tmp_path)]) == 2
+    assert "holds a text-conditioned StableDiffusionPipeline" in capsys.readouterr().err
+
+
+def test_a_scheduler_whose_step_needs_more_than_a_pipeline_passes_is_refused(monkeypatch):
+    """Issue 31: KarrasVeScheduler failed with a TypeError after the first step (diffusers 0.24)."""
+    from cachediff.generation import set_scheduler
+
+    class OddStepScheduler(diffusers.DDIMScheduler):
+        def step(self, model_output, sigma_hat, sigma_prev, sample_hat, return_dict=True):
+            raise AssertionError("never stepped")
+
+    monkeypatch.setattr(diffusers, "OddStepScheduler", OddStepScheduler, raising=False)
+    pipe = diffusers.DDIMPipeline(unet=None, scheduler=diffusers.DDIMScheduler())
+    with pytest.raises(ValueError, match="OddStepScheduler.step needs sample_hat, which diffusers pipelines"):
+        set_scheduler(pipe, "OddStepScheduler")

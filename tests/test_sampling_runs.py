@@ -108,11 +108,13 @@ def test_a_call_that_fits_no_step_runs_in_full_and_keeps_nothing():
         cachediff.deepcache(unet, interval=INTERVAL, branch=1) as engine,
         cachediff.sampling_run(engine, times),
     ):
-        with torch.no_grad(), DeepRuns(unet) as deep:
+        with torch.no_grad(), DeepRuns(unet) as deep, pytest.warns(UserWarning, match="fits no step") as seen:
             unet(x, torch.tensor([times[0]]), context=context)  # step 0: full
             odd = unet(x, torch.tensor([times[0] - 7.0]), context=context)  # no step's time
+            unet(x, torch.tensor([times[0] - 8.0]), context=context)  # none either: warned once
             unet(x, torch.tensor([times[1]]), context=context)  # step 1: cached
-        assert deep.count == 2 and engine.stats.pattern == "FFC"
+        assert len([w for w in seen if "fits no step" in str(w.message)]) == 1
+        assert deep.count == 3 and engine.stats.pattern == "FFFC"
     with torch.no_grad():
         assert torch.equal(odd, unet(x, torch.tensor([times[0] - 7.0]), context=context))
 
@@ -128,10 +130,12 @@ def test_times_must_decrease_and_samplers_must_be_known():
 
 # ----------------------------------------------------------------------------- k-diffusion
 K_SAMPLERS = ["sample_euler", "sample_euler_ancestral", "sample_heun", "sample_dpm_2", "sample_dpmpp_2m",
-              "sample_dpmpp_sde"]  # fmt: skip
+              "sample_dpmpp_sde", "sample_dpm_2_ancestral", "sample_dpmpp_2s_ancestral"]  # fmt: skip
 
 
-def k_sample(K, denoiser, x, context, sampler: str, sigmas, separate: bool, seed: int = 0) -> torch.Tensor:
+def k_sample(
+    K, denoiser, x, context, sampler: str, sigmas, separate: bool, seed: int = 0, **options
+) -> torch.Tensor:
     """Sampling with classifier-free guidance (scale 3) as the UIs do it: cond and uncond in one
     batch, or (``separate``) in two calls."""
     uncond = torch.zeros_like(context)
@@ -148,7 +152,7 @@ def k_sample(K, denoiser, x, context, sampler: str, sigmas, separate: bool, seed
     torch.manual_seed(seed)
     with torch.no_grad():
         return getattr(K.sampling, sampler)(
-            guided, x * sigmas[0], sigmas, extra_args=dict(cond=context), disable=True
+            guided, x * sigmas[0], sigmas, extra_args=dict(cond=context), disable=True, **options
         )
 
 
@@ -192,3 +196,29 @@ def test_separate_cond_and_uncond_calls_keep_caches_of_their_own(sampler):
             with cachediff.k_diffusion_run(engine, denoiser, sigmas, sampler):
                 out[separate] = k_sample(K, denoiser, x, context, sampler, sigmas, separate)
     torch.testing.assert_close(out[True], out[False], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("sampler", ["sample_euler", "sample_heun"])
+def test_churn_evaluates_off_the_step_times_and_runs_uncached_with_one_warning(sampler):
+    """With ``s_churn > 0`` Euler and Heun evaluate at sigma_hat, no step's time: those calls run as
+    the original model (fail open), and the user is told once (issue 31: it was silent). Euler's
+    every call is such a call; Heun's second evaluations land on the next step's time and are
+    scheduled as that step."""
+    K = pytest.importorskip("k_diffusion", reason="k-diffusion not installed (needs torchvision)")
+    ldm, x, context = tiny_model()
+    unet = ldm.model.diffusion_model
+    denoiser = K.external.CompVisDenoiser(ldm)
+    sigmas = denoiser.get_sigmas(STEPS)
+    churn = dict(s_churn=1.0)
+    base = k_sample(K, denoiser, x, context, sampler, sigmas, False, **churn)
+    with (
+        cachediff.deepcache(unet, interval=INTERVAL, branch=1) as engine,
+        cachediff.k_diffusion_run(engine, denoiser, sigmas, sampler),
+        pytest.warns(UserWarning, match="s_churn") as seen,
+    ):
+        out = k_sample(K, denoiser, x, context, sampler, sigmas, False, **churn)
+    assert len([w for w in seen if "s_churn" in str(w.message)]) == 1
+    if sampler == "sample_euler":
+        assert torch.equal(out, base) and engine.stats.n_cached == 0  # no call placed: none cached
+    else:
+        assert 0 < engine.stats.n_cached and (out - base).abs().max() < 0.5 * base.abs().max()

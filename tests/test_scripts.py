@@ -93,12 +93,29 @@ def test_every_flag_has_help(script):
         (["experiments/ldm/sample_ldm.py", "--ckpt", "x", "--shard", "0"], "must be >= 1"),
         (["scripts/macs.py", "--interval", "0"], "must be >= 1"),
         (["scripts/bench.py", "--repeats", "0"], "must be >= 1"),
+        # issue 31: accepted silently before
+        (["main.py", "--shallow_blocks", "1", "--steps", "2"], "--shallow_blocks is for DiT models"),
+        (["main.py", "--model_type", "ddpm-mnist", "--prompt", "a cat"], "takes no --prompt"),
+        (["main.py", "--model_type", "ddpm-mnist", "--guidance_scale", "2"], "takes no --prompt or --guid"),
+        (["main.py", "--guidance_scale", "nan"], "--guidance_scale must be a finite number >= 0"),
+        (["experiments/ldm/sample_ldm.py", "--ckpt", "x", "--scale", "nan"], "finite number >= 0"),
+        (["scripts/sweep.py", "--guidance-scale", "inf"], "--guidance-scale must be a finite number"),
+        (["scripts/sweep.py", "--prompts", ""], "--prompts must name a prompt set"),
+        (["scripts/sweep.py", "--retime", "--repeats", "0"], "--retime measures the speed again"),
     ],
 )
 def test_bad_arguments_fail_with_a_clear_message(args, message):
     proc = run(*args, check=False)
     assert proc.returncode != 0
     assert message in proc.stderr, proc.stderr[-2000:]
+
+
+def test_main_help_states_the_presets_batch_sizes():
+    """Issue 31: the help said "16 or 1" where the tiny SD's default batch is 10."""
+    from cachediff.pipelines import PRESETS
+
+    text = " ".join(run("main.py", "--help").stdout.split())
+    assert f"tiny-sd {PRESETS['tiny-sd'].batch}," in text and "ddpm-mnist 16" in text
 
 
 def test_bench_quick_smoke(tmp_path):

@@ -41,6 +41,15 @@ def test_samples_do_not_depend_on_the_shard_or_batch_size(pipe, tmp_path):
     assert c.mean_n_full(SETTING) == 2 and c.macs_per_image(SETTING) == b.macs_per_image(SETTING)
 
 
+def test_a_resumed_setting_says_so(pipe, tmp_path, capsys):
+    sweep = Sweep(pipe, tmp_path, n_samples=6, shard=2)
+    sweep.generate_missing(SETTING)
+    assert "resuming" not in capsys.readouterr().out
+    (tmp_path / SETTING.name / "samples_000002.npy").unlink()
+    sweep.generate_missing(SETTING)
+    assert "N3-b1: resuming, 2 of 3 shards already made" in capsys.readouterr().out
+
+
 def test_an_interrupted_sweep_resumes_without_redoing_work(pipe, tmp_path, monkeypatch):
     sweep = Sweep(pipe, tmp_path, n_samples=6, shard=2, featurize=mean_features)
     generated, original = [], sweep.generate

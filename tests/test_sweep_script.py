@@ -138,6 +138,36 @@ def test_bad_input_is_a_clear_error(ddpm, tmp_path, capsys):
         assert "must be >= 1" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--only", "nothing*"], "--only nothing* matches no setting of these suites (N2-b2)"),
+        (
+            ["--scheduler-option", "clip_sampel=true"],
+            "no config entry 'clip_sampel' (did you mean clip_sample?)",
+        ),
+        (["--scheduler-option", "clip_sample=yes"], "clip_sample=yes: the value must be JSON"),
+        (["--prompts", "builtin"], "takes no --prompts or --guidance-scale"),
+        (["--guidance-scale", "3"], "takes no --prompts or --guidance-scale"),
+    ],
+)
+def test_input_it_would_ignore_is_refused_before_sampling(ddpm, tmp_path, capsys, extra, message):
+    """Issue 31: each of these ran, ignored (a mistyped option, an --only that matches nothing ran the
+    baseline alone, prompts for an unconditional model), or failed late with a JSON parser's text."""
+    out = tmp_path / "out"
+    assert script.main(args(ddpm, out, "--suites", "interval", "--intervals", "2", *extra)) == 2
+    assert message in capsys.readouterr().err
+    assert not list(out.glob("*/samples_*"))
+
+
+def test_a_scheduler_option_reaches_the_scheduler_and_its_record(ddpm, tmp_path):
+    out = tmp_path / "out"
+    options = ["--scheduler-option", "timestep_spacing=trailing", "clip_sample=false"]
+    assert script.main(args(ddpm, out, "--suites", "interval", "--intervals", "2", *options)) == 0
+    record = json.loads((out / "sampler.json").read_text())
+    assert record["timestep_spacing"] == "trailing" and record["clip_sample"] is False
+
+
 def test_two_processes_write_the_files_of_one(ddpm, tmp_path):
     common = ["--intervals", "2", "--repeats", "0", "--samples", "5", "--threads", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}

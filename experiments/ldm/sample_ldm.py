@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 import cachediff
 from cachediff import DeepCacheConfig, files
 from cachediff.accelerators import call_macs
-from cachediff.cli import DTYPES
+from cachediff.cli import DTYPES, finite_scale
 from cachediff.compvis import build_unet, ddim_times, load_ldm
 from cachediff.generation import check_device, launcher
 
@@ -86,6 +86,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--samples, --shard, --batch, --steps, --interval and --threads must be >= 1")
     if args.branch < 0 or args.eta < 0:
         p.error("--branch and --eta must be >= 0")
+    if not finite_scale(args.scale):
+        p.error(f"--scale must be a finite number >= 0, got {args.scale}")
     return args
 
 
@@ -200,6 +202,7 @@ def run(args) -> int:
     config = config_of(args)
     folder = files.output_folder(args.out / setting_name(args, config))
     model = load_ldm(args.config, args.ckpt, trust=args.trust_checkpoint).to(device)
+    ddim_times(args.steps, model.num_timesteps)  # a step count the model cannot take fails now
     check_folder(folder, args)  # once the model loads: a failed start records nothing
     from ldm.models.diffusion.ddim import DDIMSampler
 
