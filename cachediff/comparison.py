@@ -29,6 +29,8 @@ class Comparison:
     steps: int
     psnr_db: float
     mse: float
+    psnr_db_lo: float = float("nan")  # 95% interval of psnr_db, bootstrap over the images
+    psnr_db_hi: float = float("nan")
 
 
 def compare(
@@ -84,4 +86,6 @@ def compare(
         psnr_db=metrics.psnr(images["baseline"], images["deepcache"]),
         mse=metrics.mse(images["baseline"], images["deepcache"]),
     )
+    ci = metrics.psnr_interval(metrics.mse_per_image(images["deepcache"], images["baseline"]))
+    result.psnr_db_lo, result.psnr_db_hi = ci.low, ci.high
     return result, images["baseline"], images["deepcache"]

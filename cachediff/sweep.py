@@ -1,7 +1,7 @@
 """Resumable sweeps over caching settings: samples on disk by seed, then one CSV row per setting.
 
 Generation and scoring are separate passes joined by files (as EDM's ``generate.py`` and ``fid.py``):
-``Sweep.generate_missing`` writes samples, ``row`` scores them. Every row has one schema
+``Sweep.generate_missing`` writes samples, ``cachediff.scoring.row`` scores them. Every row has one schema
 (``COLUMNS``): the setting's parameters as columns (``params``; ``setting_of`` reads them back), its
 cost (full calls, MACs, measured speed) and its quality (FID, PSNR to the baseline, CLIP score, class
 score).
@@ -38,13 +38,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import metrics
 from .accelerators import accelerator, macs_per_call
 from .config import DeepCacheConfig
-from .datasets import load_fashion_mnist, load_mnist
 from .files import (
     atomic_path,
     claim,
@@ -55,7 +53,6 @@ from .files import (
     save_npy,
 )
 from .generation import TASKS
-from .metrics import class_score, clip_score, fid
 from .modules import denoiser
 
 
@@ -77,10 +74,14 @@ CONFIG_COLUMNS = ("interval", "branch", "schedule", "reuse", "order", "time", "c
 CONFIG_COLUMNS += ("full_steps",)
 CONFIG_COLUMNS += ("warmup", "cooldown", "max_cached", "window", "threshold")
 #: The columns of a row, in order: the key, the parameters, the cost, the quality.
+#: Quality columns with an interval have ``_lo`` and ``_hi`` beside them (``metrics.Interval``).
 COLUMNS = (
-    "setting", "method", "sampler", "steps", "interval", "branch", "paper_branch", *CONFIG_COLUMNS[2:],
-    "samples", "n_full", "gmacs_per_image", "mac_speedup", "measured_speedup", "seconds_per_image",
-    "psnr_db", "fid", "clip_score", "class_score", "class_accuracy",
+    "setting", "method", "sampler", "spacing", "steps", "interval", "branch", "paper_branch",
+    *CONFIG_COLUMNS[2:], "samples", "n_full", "gmacs_per_image", "mac_speedup", "measured_speedup",
+    "seconds_per_image", "fidelity_images", "psnr_db", "psnr_db_lo", "psnr_db_hi", "inception_distance",
+    "inception_distance_lo", "inception_distance_hi", "converged", "psnr_conv_db", "psnr_conv_db_lo",
+    "psnr_conv_db_hi", "fid", "fid_lo", "fid_hi", "clip_score", "class_score", "class_score_lo",
+    "class_score_hi", "class_accuracy",
 )  # fmt: skip
 _SEQUENCES = ("full_steps", "window")  # tuple fields, written as "[0, 4, 9]"
 
@@ -252,18 +253,27 @@ class Sweep:
         return range(0, self.n, self.shard)[rank::world]
 
     def generate_missing(
-        self, setting: Setting, rank: int = 0, world: int = 1, progress: bool = True, poll: float = 10.0
+        self,
+        setting: Setting,
+        rank: int = 0,
+        world: int = 1,
+        progress: bool = True,
+        poll: float = 10.0,
+        starts: Sequence[int] | None = None,
     ) -> None:
-        """Generate and save the missing sample shards this process owns (all of them by default).
+        """Generate and save the missing sample shards this process owns (all of them by default; only
+        those of first seeds ``starts`` if given).
         A shard that another live sweep on the same folder has claimed (``cachediff.files.claim``) is
         left to it; once only such shards are missing, this waits for them, polling every ``poll``
         seconds, and takes over any whose process has gone."""
         folder = self.folder(setting)
-        pending = {s: folder / f"samples_{s:06d}.npy" for s in self.starts(rank, world)}
-        owned = len(pending)
+        owned = self.starts(rank, world) if starts is None else starts
+        pending = {s: folder / f"samples_{s:06d}.npy" for s in owned}
         pending = {s: path for s, path in pending.items() if not path.exists()}
-        if progress and 0 < len(pending) < owned:
-            tqdm.write(f"{setting.name}: resuming, {owned - len(pending)} of {owned} shards already made")
+        if progress and 0 < len(pending) < len(owned):
+            tqdm.write(
+                f"{setting.name}: resuming, {len(owned) - len(pending)} of {len(owned)} shards already made"
+            )
         bar = tqdm(total=len(pending), desc=setting.name, disable=not progress, leave=False)
         while pending:
             for start, samples in list(pending.items()):
@@ -294,7 +304,7 @@ class Sweep:
         for start in self.starts():
             path = folder / f"features_{start:06d}.npy"
             if not path.exists():
-                images = _unit_range(np.load(folder / f"samples_{start:06d}.npy"))
+                images = unit_range(np.load(folder / f"samples_{start:06d}.npy"))
                 save_npy(path, np.asarray(self.featurize(images)))
             feats.append(np.load(path))
         return np.concatenate(feats)
@@ -344,10 +354,14 @@ class Sweep:
         runs = {s.name: (lambda s=s: self.generate(s, range(images))) for s in settings}
         return metrics.interleaved(runs, repeats)
 
-    def first_shard(self, setting: Setting) -> torch.Tensor:
-        """The setting's first shard (seeds 0 .. shard - 1) in [-1, 1], generated alone if missing."""
-        self.generate_missing(setting, world=len(self.starts()), progress=False)  # rank 0 owns shard 0 only
-        return _unit_range(np.load(self.folder(setting) / "samples_000000.npy"))
+    def first(self, setting: Setting, k: int | None = None) -> torch.Tensor:
+        """The setting's first ``k`` images (default: its first shard) in [-1, 1], ``(k, C, H, W)``;
+        the shards that hold them are generated if missing, and no other."""
+        k = min(k or self.shard, self.n)
+        starts = self.starts()[: -(-k // self.shard)]
+        self.generate_missing(setting, progress=False, starts=starts)
+        folder = self.folder(setting)
+        return unit_range(np.concatenate([np.load(folder / f"samples_{s:06d}.npy") for s in starts]))[:k]
 
     def samples(self, setting: Setting) -> np.ndarray:
         """The setting's saved samples, uint8 ``(N, C, H, W)``."""
@@ -356,7 +370,7 @@ class Sweep:
 
     def images(self, setting: Setting) -> torch.Tensor:
         """The setting's saved samples as floats in [-1, 1], ``(N, C, H, W)``."""
-        return _unit_range(self.samples(setting))
+        return unit_range(self.samples(setting))
 
 
 def prompt_set(prompts: Sequence[str] | None) -> str:
@@ -389,80 +403,6 @@ def _chunks(seeds: range, size: int) -> list[range]:
     return [seeds[i : i + size] for i in range(0, len(seeds), size)]
 
 
-def _unit_range(samples: np.ndarray) -> torch.Tensor:
+def unit_range(samples: np.ndarray) -> torch.Tensor:
     """uint8 samples -> float images in [-1, 1]."""
     return torch.from_numpy(samples).float() / 127.5 - 1
-
-
-def speed(sweep: Sweep, base: Setting, setting: Setting, images: int, repeats: int) -> dict:
-    """Measured speedup of ``setting`` over ``base`` and its seconds per image, interleaved runs."""
-    times = sweep.seconds([base, setting], images, repeats)
-    return dict(
-        measured_speedup=metrics.speedup(times[base.name], times[setting.name]),
-        seconds_per_image=float(np.median(times[setting.name])) / images,
-    )
-
-
-# ----------------------------------------------------------------------------- scoring
-#: FID reference data sets that ship inside packages: name -> test images (N, 1, H, W) in [-1, 1]
-REFERENCES = {
-    "mnist": lambda: _unit_range(load_mnist("test")[:, None].copy()),
-    "fashion-mnist": lambda: F.pad(
-        _unit_range(load_fashion_mnist("test")[0][:, None].copy()), (2,) * 4, value=-1
-    ),
-}
-
-
-def reference_stats(source: str, folder: Path, n: int = 2000, featurize: Callable | None = None):
-    """FID reference statistics: an ``.npz`` of ``mu`` and ``sigma``, or those of the first ``n`` test
-    images of a ``REFERENCES`` data set (Fashion-MNIST padded to 32 x 32, as the tiny SD makes them),
-    computed once and cached in ``folder``."""
-    if source not in REFERENCES:
-        if not Path(source).is_file():
-            raise FileNotFoundError(
-                f"no FID reference statistics {source!r} (.npz or {', '.join(REFERENCES)})"
-            )
-        return fid.load_stats(Path(source))
-    path = Path(folder) / f"reference_{source.replace('-', '_')}_test_{n}.npz"
-    if not path.exists():
-        images = REFERENCES[source]()[:n]
-        features = (featurize or (lambda x: fid.inception_features(x, batch_size=50)))(images)
-        fid.save_stats(path, *fid.feature_stats(features))
-    return fid.load_stats(path)
-
-
-def row(
-    sweep: Sweep,
-    setting: Setting,
-    base: Setting,
-    reference=None,
-    clip=None,
-    prompts: Sequence[str] | None = None,
-    classifier=None,
-) -> dict:
-    """The scores of a setting's samples on disk: parameters, full calls, MACs, PSNR to the baseline on
-    the first shard of seeds, FID against ``reference`` statistics, CLIP score with ``clip``, class
-    score and top-1 accuracy with ``classifier`` (where every prompt names one class)."""
-    images = sweep.first_shard(setting)
-    out = dict(setting=setting.name, sampler=type(sweep.pipe.scheduler).__name__, **params(setting))
-    macs = sweep.macs_per_image(setting)
-    out.update(
-        samples=sweep.n,
-        n_full=sweep.mean_n_full(setting),
-        gmacs_per_image=macs / 1e9,
-        mac_speedup=sweep.macs_per_image(base) / macs,
-        psnr_db=metrics.psnr(images, sweep.first_shard(base)),
-    )
-    if reference is not None:
-        out["fid"] = fid.frechet_distance(*fid.feature_stats(sweep.features(setting)), *reference)
-    if prompts is not None and (clip is not None or classifier is not None):
-        texts, samples = (
-            [prompts[k % len(prompts)] for k in range(sweep.n)],
-            sweep.images(setting),
-        )  # read once
-        if clip is not None:
-            out["clip_score"] = clip_score.clip_score(samples, texts, clip).mean().item()
-        scores = classifier and class_score.class_score_of_prompts(samples, texts, classifier)
-        if scores:
-            out["class_score"], out["class_accuracy"] = scores
-    return {k: out[k] for k in COLUMNS if k in out}

@@ -30,24 +30,16 @@ import torch
 
 from cachediff import generation, suites
 from cachediff.accelerators import accelerator
-from cachediff.cli import DTYPES, finite_scale
+from cachediff.cli import DTYPES, SPACINGS, finite_scale
 from cachediff.files import claim, output_folder, read_csv, release, update_csv
 from cachediff.metrics import clip_score as C
 from cachediff.metrics import fid as F
 from cachediff.metrics.class_score import labels_of_prompts, load_classifier
 from cachediff.pipelines import PRESETS, get_preset
 from cachediff.prompts import load_prompts
-from cachediff.sweep import (
-    COLUMNS,
-    REFERENCES,
-    Setting,
-    Sweep,
-    is_missing,
-    reference_stats,
-    rescore_reason,
-    row,
-    speed,
-)
+from cachediff.reference import Converged
+from cachediff.scoring import REFERENCES, reference_stats, row, speed
+from cachediff.sweep import COLUMNS, Setting, Sweep, is_missing, rescore_reason
 from cachediff.unets import num_branches
 
 #: scheduler class -> the sampler's short name in setting names
@@ -111,6 +103,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=2, help="interleaved timed repeats (0: no timing)")
     p.add_argument("--scheduler", help="diffusers scheduler class (default: the preset's)")
     p.add_argument(
+        "--timestep-spacing", choices=SPACINGS, help="the scheduler's timestep spacing (default: the "
+        "model's; SD 1.5 and the tiny SD: leading, where n steps start at t = 1 + (n - 1) * floor(1000 / n); "
+        "trailing starts every step count at t = 999)",
+    )  # fmt: skip
+    p.add_argument(
+        "--fidelity-images", type=int, help="first seeds on which fidelity (PSNR and Inception distance to "
+        "the baseline, PSNR to the converged solution) is measured (default: --shard)",
+    )  # fmt: skip
+    p.add_argument(
+        "--converged-steps", type=int, default=0, help="also measure PSNR to the converged solution from the "
+        "same noise: a DPM-Solver++ 2M solve with trailing spacing over this many steps (DDIM for DDIM "
+        "pipelines), e.g. 200; 0: not measured",
+    )  # fmt: skip
+    p.add_argument(
+        "--fid-resamples", type=int, default=50, help="bootstrap resamplings of the images for FID's "
+        "interval (about 1 s each at 2,048 features; 0: no interval)",
+    )  # fmt: skip
+    p.add_argument(
         "--scheduler-option", nargs="+", default=[], metavar="KEY=VALUE", help="scheduler config entries, "
         "JSON values (e.g. clip_sample=true)",
     )  # fmt: skip
@@ -125,11 +135,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     )  # fmt: skip
     args = p.parse_args(argv)
     args.results = args.results or args.out / "results.csv"
-    given = (args.steps, args.baseline_steps, args.batch, args.threads)  # None: the default
+    given = (args.steps, args.baseline_steps, args.batch, args.threads, args.fidelity_images)  # None: default
     counts = [args.samples, args.shard, args.frames, args.timing_images, args.reference_images]
     counts += [*args.intervals, *args.budgets, *args.curve, *(c for c in given if c is not None)]
-    if min(counts) < 1 or args.repeats < 0 or min([*(args.branches or []), args.branch or 0]) < 0:
-        p.error("counts, steps, threads and intervals must be >= 1; --repeats and branches >= 0")
+    if min(counts) < 1 or min(args.repeats, args.converged_steps, args.fid_resamples) < 0:
+        p.error("counts, steps, threads and intervals must be >= 1; --repeats, --converged-steps and "
+                "--fid-resamples >= 0")  # fmt: skip
+    if min([*(args.branches or []), args.branch or 0]) < 0:
+        p.error("branches must be >= 0")
     if any("=" not in option for option in args.scheduler_option):
         p.error("--scheduler-option takes KEY=VALUE")
     if not finite_scale(args.guidance_scale):
@@ -155,6 +168,8 @@ def load(args, preset):
     pipe = generation.load_pipeline(preset, args.model, args.device, DTYPES[args.dtype])
     generation.set_scheduler(pipe, args.scheduler or preset.scheduler)
     options = generation.scheduler_options(pipe.scheduler, args.scheduler_option)
+    if args.timestep_spacing:
+        options["timestep_spacing"] = args.timestep_spacing
     if options:
         pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, **options)
     return pipe
@@ -188,17 +203,23 @@ def run(args) -> int:
     sweep = Sweep(
         pipe, args.out, args.samples, args.shard, featurize, preset.task, prompts, args.batch, **inputs
     )
+    converged = None
+    if args.converged_steps:
+        images = min(args.fidelity_images or args.shard, args.samples)
+        converged = Converged(pipe, args.out, images, args.converged_steps, args.shard, preset.task, prompts,
+                              args.batch, **inputs)  # fmt: skip
     settings = plan_settings(args, preset, sweep)
     output_folder(args.results.parent)
     scoring = args.stage in ("score", "all")
     rows = {r["setting"]: r for r in read_csv(args.results)}
+    check_rows(rows, pipe, args.results)
     columns = scored_columns(args, preset, prompts)
     reasons = {s.name: rescore_reason(rows.get(s.name), args.samples, columns) for s in settings if scoring}
     rank, world = generation.launcher()
     scorer = None
     if rank == 0 and scoring:
         classifier = load_classifier(device=args.device) if preset.class_score else None
-        scorer = Scorer(args, sweep, settings[0], prompts, featurize, classifier)
+        scorer = Scorer(args, sweep, settings[0], prompts, featurize, classifier, converged)
     for s in settings:  # one setting at a time, so that its row lands as soon as its samples do
         if scoring and reasons[s.name] is None:  # its row holds: sample nothing
             if scorer and scorer.wants_timing(rows[s.name]):
@@ -235,6 +256,19 @@ def score_unless_done_elsewhere(scorer, s: Setting, args, columns) -> None:
         release(marker)
 
 
+def check_rows(rows: dict, pipe, path: Path) -> None:
+    """Refuse a results CSV whose rows another sampler or timestep spacing made: a row of the same
+    setting name would be taken for this run's and not sampled again."""
+    here = dict(sampler=type(pipe.scheduler).__name__, spacing=pipe.scheduler.config.get("timestep_spacing"))
+    for r in rows.values():
+        differ = [k for k, v in here.items() if not is_missing(r.get(k)) and r[k] != v]
+        if differ:
+            found = ", ".join(f"{k} {r[k]} there, {here[k]} here" for k in differ)
+            raise ValueError(
+                f"{path} holds rows of another sampler ({r['setting']}: {found}); give another --results"
+            )
+
+
 def plan_settings(args, preset, sweep: Sweep) -> list[Setting]:
     """The baseline and the suites' settings that ``--only`` selects; bad branches and schedules fail
     here, before any sampling."""
@@ -267,9 +301,11 @@ class Scorer:
     CLIP model loads at once (a bad ``--clip`` fails before any sampling), the FID reference
     statistics on the first row that needs them."""
 
-    def __init__(self, args, sweep: Sweep, base: Setting, prompts, featurize, classifier=None):
+    def __init__(
+        self, args, sweep: Sweep, base: Setting, prompts, featurize, classifier=None, converged=None
+    ):
         self.args, self.sweep, self.base, self.featurize = args, sweep, base, featurize
-        self.prompts, self.classifier = prompts, classifier
+        self.prompts, self.classifier, self.converged = prompts, classifier, converged
         self.clip = args.clip and C.load_clip(args.clip, args.clip_arch, args.device)
         self._reference = None
 
@@ -284,7 +320,11 @@ class Scorer:
         return speed(self.sweep, self.base, s, a.timing_images, a.repeats) if a.repeats else {}
 
     def score(self, s: Setting) -> None:
-        scores = row(self.sweep, s, self.base, self.reference(), self.clip, self.prompts, self.classifier)
+        a = self.args
+        scores = row(
+            self.sweep, s, self.base, self.reference(), self.clip, self.prompts, self.classifier,
+            self.converged, a.fidelity_images, a.fid_resamples,
+        )  # fmt: skip
         values = scores | self._timing(s)
         update_csv(self.args.results, {k: values[k] for k in COLUMNS if k in values})
         print(values, flush=True)
@@ -306,6 +346,7 @@ def scored_columns(args, preset, prompts) -> list[str]:
     has a classifier and every prompt names a class, as ``cachediff.sweep.row`` scores it)."""
     classes = preset.class_score and prompts is not None and labels_of_prompts(prompts) is not None
     wanted = dict(fid=args.fid_reference, clip_score=args.clip, class_score=classes)
+    wanted |= dict(fid_lo=args.fid_reference and args.fid_resamples, psnr_conv_db=args.converged_steps)
     return [c for c, on in wanted.items() if on]
 
 

@@ -135,12 +135,18 @@ def test_full_steps_are_recorded_per_shard_for_adaptive_runs(pipe, tmp_path):
     assert sweep.mean_n_full(SETTING) == SETTING.n_full() == 2
 
 
-def test_first_shard_generates_the_first_shard_alone(pipe, tmp_path):
+def test_the_first_images_generate_only_the_shards_that_hold_them(pipe, tmp_path):
     sweep = Sweep(pipe, tmp_path, n_samples=6, shard=2, featurize=mean_features)
-    first = sweep.first_shard(SETTING)
+    first = sweep.first(SETTING)
     assert [p.name for p in (tmp_path / SETTING.name).glob("samples_*")] == ["samples_000000.npy"]
+    three = sweep.first(SETTING, 3)
+    assert sorted(p.name for p in (tmp_path / SETTING.name).glob("samples_*")) == [
+        "samples_000000.npy",
+        "samples_000002.npy",
+    ]
     sweep.features(SETTING, progress=False)
     assert len(first) == 2 and torch.equal(first, sweep.images(SETTING)[:2])
+    assert len(three) == 3 and torch.equal(three, sweep.images(SETTING)[:3])
 
 
 def test_files_left_by_a_kill_while_writing_never_block_a_resume(pipe, tmp_path):

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -98,7 +99,11 @@ def test_a_row_lacks_the_class_score_only_where_the_prompts_name_classes():
     assert script.scored_columns(options, tiny, ["a photo of a bag", "a coat"]) == ["class_score"]
     assert script.scored_columns(options, tiny, ["a photo of a bag", "a red fox"]) == []  # never scored
     with_fid = script.parse_args(["--model_type", "sd1.5", "--fid-reference", "mnist"])
-    assert script.scored_columns(with_fid, script.get_preset("sd1.5"), ["a bag"]) == ["fid"]
+    assert script.scored_columns(with_fid, script.get_preset("sd1.5"), ["a bag"]) == ["fid", "fid_lo"]
+    bare = script.parse_args(["--model_type", "sd1.5", "--fid-reference", "mnist", "--fid-resamples", "0"])
+    assert script.scored_columns(bare, script.get_preset("sd1.5"), ["a bag"]) == ["fid"]
+    converged = script.parse_args(["--model_type", "sd1.5", "--converged-steps", "200"])
+    assert script.scored_columns(converged, script.get_preset("sd1.5"), ["a bag"]) == ["psnr_conv_db"]
 
 
 def test_text_to_image_with_prompts_and_clip_score(tmp_path):
@@ -178,3 +183,48 @@ def test_two_processes_write_the_files_of_one(ddpm, tmp_path):
     one, two = files(tmp_path / "one"), files(tmp_path / "two")
     assert len(one) == 2 * 3 and one == two  # baseline and N2, shards at seeds 0, 2, 4
     assert pd.read_csv(tmp_path / "two" / "results.csv").equals(pd.read_csv(tmp_path / "one" / "results.csv"))
+
+
+def test_fidelity_to_the_baseline_and_to_the_converged_solution_with_intervals(tmp_path, capsys):
+    """Issue 26: trailing spacing, per-row fidelity with intervals, the converged reference from the same
+    noise in a folder of its own (with its gap to a finer solve), and the spacing in the CSV, whose rows
+    another spacing may not mix with."""
+    tiny = [
+        "--model_type",
+        "tiny-sd",
+        "--steps",
+        "4",
+        "--samples",
+        "4",
+        "--shard",
+        "2",
+        "--suites",
+        "interval",
+    ]
+    tiny += ["--intervals", "2"]
+    tiny += ["--repeats", "0", "--out", str(tmp_path), "--fidelity-images", "3", "--converged-steps", "12"]
+    assert script.main([*tiny, "--timestep-spacing", "trailing"]) == 0
+    rows = pd.read_csv(tmp_path / "results.csv").set_index("setting")
+    assert (rows.spacing == "trailing").all() and (rows.fidelity_images == 3).all()
+    cached, base = rows.loc["N2-b1"], rows.loc["plms-4"]
+    assert base.psnr_db == np.inf and cached.psnr_db_lo <= cached.psnr_db <= cached.psnr_db_hi < np.inf
+    for r in (base, cached):
+        assert 0 < r.psnr_conv_db_lo <= r.psnr_conv_db <= r.psnr_conv_db_hi < 60  # PLMS 4: about 10 dB
+        assert (
+            r.converged.startswith("DPM-Solver++ 2M, trailing, 12 steps (")
+            and "dB to 24 steps" in r.converged
+        )
+    reference = tmp_path / "converged-dpmpp2m-trailing"
+    assert sorted(p.name for p in (reference / "dpmpp2m-trailing-12").glob("samples_*")) == [
+        "samples_000000.npy",
+        "samples_000002.npy",
+    ]
+    assert json.loads((reference / "sampler.json").read_text())["timestep_spacing"] == "trailing"
+    assert script.main(tiny) == 2  # leading into the same folder: the samples refuse
+    assert "holds samples of another sampler (timestep_spacing: trailing there" in capsys.readouterr().err
+    elsewhere = ["--out", str(tmp_path / "leading"), "--results", str(tmp_path / "results.csv")]
+    assert script.main([*tiny, *elsewhere]) == 2  # into the same CSV: its rows refuse
+    assert (
+        "holds rows of another sampler (plms-4: spacing trailing there, leading here)"
+        in capsys.readouterr().err
+    )

@@ -88,10 +88,20 @@ def probabilities(images: torch.Tensor, model: nn.Module, batch_size: int = 500)
     return torch.cat([model(x).softmax(-1).cpu() for x in batches])
 
 
+def prompted(probs: torch.Tensor, labels) -> torch.Tensor:
+    """Each image's probability of its labelled class, ``(N,)``: the per-image class score.
+
+    Example:
+        >>> prompted(torch.tensor([[0.9, 0.1], [0.3, 0.7]]), [0, 1])
+        tensor([0.9000, 0.7000])
+    """
+    return probs.gather(1, torch.as_tensor(labels, dtype=torch.long)[:, None])[:, 0]
+
+
 def class_score_of(probs: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
     """(mean probability of the labelled class, top-1 accuracy) of class probabilities ``(N, C)``."""
     labels = torch.as_tensor(labels, dtype=torch.long)
-    chosen = probs.gather(1, labels[:, None])[:, 0]
+    chosen = prompted(probs, labels)
     return round(float(chosen.mean()), 6), round(float((probs.argmax(1) == labels).float().mean()), 6)
 
 

@@ -32,7 +32,7 @@ from cachediff.metrics import fid  # noqa: E402
 from cachediff.metrics.class_score import class_score, load_classifier, probabilities  # noqa: E402
 from cachediff.pipelines import get_preset  # noqa: E402
 from cachediff.prompts import load_prompts  # noqa: E402
-from cachediff.sweep import reference_stats  # noqa: E402
+from cachediff.scoring import reference_stats  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
