@@ -16,12 +16,12 @@ from pathlib import Path
 
 import torch
 
-from . import files, generation
+from . import files, generation, plan
 from .accelerators import accelerator
 from .comparison import Comparison, compare
 from .config import DeepCacheConfig
 from .metrics.class_score import class_score_of_prompts, load_classifier
-from .modules import ModuleCache
+from .modules import ModuleCache, denoiser
 from .pipelines import PRESETS, get_preset
 from .prompts import load_prompts
 
@@ -90,6 +90,19 @@ def parse_args(
     p.add_argument("--repeats", type=int, default=2, help="timed repeats of each run, after one warm-up")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     p.add_argument("--output", type=Path, default=Path("outputs/main"), help="output folder")
+    p.add_argument(
+        "--plan", type=float, nargs="+", metavar="SPEEDUP", help="instead of one comparison, plan: for each "
+        "speedup budget (e.g. 2 3), the candidates (fewer steps; interval x branch x schedule x act at "
+        "--steps) scored by PSNR to the converged solution on calibration seeds, the front timed, the pick "
+        "(plan.json, plan.csv, plan.png in --output; docs/PLANNING.md)",
+    )  # fmt: skip
+    p.add_argument("--plan_by", default="macs", choices=["macs", "time"], help="--plan: a budget of MAC "
+                   "speedup, or of measured speedup on this device")  # fmt: skip
+    p.add_argument("--calibration_images", type=int, default=16, help="--plan: calibration seeds scored")
+    p.add_argument(
+        "--converged_steps", type=int, default=200, help="--plan: steps of the fine solve (DPM-Solver++ 2M, "
+        "trailing; DDIM for DDIM pipelines) that fidelity is measured against",
+    )  # fmt: skip
     if refine:
         p.add_argument("--refine", action="store_true", help="finish with the SDXL refiner (last 20%%)")
         p.add_argument(
@@ -98,9 +111,21 @@ def parse_args(
             help="refiner hub id or folder",
         )
     args = p.parse_args(argv)
-    counts = (args.batch_size, args.repeats, args.frames, args.steps)
+    counts = (
+        args.batch_size,
+        args.repeats,
+        args.frames,
+        args.steps,
+        args.calibration_images,
+        args.converged_steps,
+    )
     if min(c for c in counts if c is not None) < 1:
-        p.error("--batch_size, --repeats, --frames and --steps must be >= 1")
+        p.error(
+            "--batch_size, --repeats, --frames, --steps, --calibration_images and --converged_steps "
+            "must be >= 1"
+        )
+    if args.plan and not all(math.isfinite(b) and b > 1 for b in args.plan):
+        p.error(f"--plan takes speedups > 1 (e.g. 2 for twice as fast), got {' '.join(map(str, args.plan))}")
     if args.shallow_blocks is not None and args.shallow_blocks < 0:
         p.error("--shallow_blocks must be >= 0")
     if not finite_scale(args.guidance_scale):
@@ -169,6 +194,8 @@ def run(args: argparse.Namespace) -> int:
         pipe.scheduler = type(pipe.scheduler).from_config(
             pipe.scheduler.config, timestep_spacing=args.timestep_spacing
         )
+    if args.plan:
+        return run_plan(args, preset, pipe, steps)
     cache = accelerator(pipe, config, steps, shallow)  # fails before any sampling on a bad branch
     seeds = list(range(args.seed, args.seed + args.batch_size))
     print(f"{args.model_type}: {steps} steps, N={config.interval}; {cache.describe(steps).splitlines()[0]}")
@@ -208,6 +235,33 @@ def run(args: argparse.Namespace) -> int:
     files.write_json(args.output / "run.json", record)
     print_table(result, scores, act_name(config))
     print(f"saved {picture} (baseline row above the DeepCache row; videos: left and right) and run.json")
+    return 0
+
+
+def run_plan(args, preset, pipe, steps: int) -> int:
+    """``--plan``: the planner at each budget on the calibration seeds; tables printed, files saved."""
+    if getattr(pipe, "unet", None) is None:
+        raise ValueError(f"--plan needs a U-Net; {args.model_type} has a {type(denoiser(pipe)).__name__}")
+    inputs = generation.default_inputs(pipe, preset.task, args.image, args.mask)
+    prompts = None
+    if preset.takes_prompt:
+        prompts = [args.prompt] if args.prompt is not None else load_prompts(preset.prompts)
+        inputs |= generation.guidance(preset.model_path(args.model), args.guidance_scale)
+    planner = plan.Planner(pipe, args.output, steps, preset.task, prompts, args.calibration_images,
+                           args.converged_steps, repeats=args.repeats, **inputs)  # fmt: skip
+    reference = planner.converged.describe()
+    print(f"{args.model_type}: {steps} steps of {type(pipe.scheduler).__name__} "
+          f"({pipe.scheduler.config.get('timestep_spacing')} spacing); fidelity to {reference}")  # fmt: skip
+    plans = [planner.plan(b, args.plan_by) for b in args.plan]
+    for p in plans:
+        print(f"\n{p.table()}")
+    first = plan.CALIBRATION_SEED
+    about = dict(model_type=args.model_type, steps=steps, sampler=type(pipe.scheduler).__name__,
+                 spacing=pipe.scheduler.config.get("timestep_spacing"), converged=reference,
+                 calibration_seeds=[first, first + args.calibration_images - 1],
+                 env=files.environment())  # fmt: skip
+    plan.save(plans, args.output, about)
+    print(f"saved {args.output / 'plan.json'}, plan.csv and plan.png")
     return 0
 
 

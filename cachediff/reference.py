@@ -60,26 +60,26 @@ def fine_pipeline(pipe):
 
 
 class Converged:
-    """The converged solutions of the first ``images`` seeds, sampled as a sweep would sample them
-    (``task``, ``prompts``, ``inputs``: the sweep's) by the fine solver over ``steps`` steps, stored
-    under ``<out>/converged-<solver>-trailing-<steps>``.
+    """The converged solutions of ``images`` seeds from ``first_seed``, sampled as a sweep would
+    sample them (``task``, ``prompts``, ``inputs``: the sweep's) by the fine solver over ``steps``
+    steps, stored under ``<out>/converged-<solver>-trailing-<steps>``.
 
     Args:
         pipe: the sweep's pipeline (its modules are shared, its scheduler's config reused).
         out: the sweep folder.
-        images: seeds 0 .. images - 1.
+        images: seeds ``first_seed .. first_seed + images - 1``.
         steps: the fine solver's steps.
         shard, task, prompts, batch, inputs: as ``Sweep`` takes them.
     """
 
     def __init__(self, pipe, out: Path, images: int, steps: int, shard: int, task: str, prompts=None,
-                 batch: int | None = None, **inputs):  # fmt: skip
+                 batch: int | None = None, first_seed: int = 0, **inputs):  # fmt: skip
         fine = fine_pipeline(pipe)
         name, short = NAMES[type(fine.scheduler).__name__]
         self.label = f"{name}, trailing, {steps} steps"
         self.setting = Setting(f"{short}-trailing-{steps}", steps)
         folder = Path(out) / f"converged-{short}-trailing"
-        self.sweep = Sweep(fine, folder, images, shard, None, task, prompts, batch, **inputs)
+        self.sweep = Sweep(fine, folder, images, shard, None, task, prompts, batch, first_seed, **inputs)
 
     def describe(self) -> str:
         """The reference and how far it is from converged, e.g. ``DPM-Solver++ 2M, trailing, 200 steps
@@ -95,13 +95,17 @@ class Converged:
 
     def gap(self, seeds: int = 4) -> dict:
         """How converged the reference is: PSNR in dB (floating point, no 8-bit rounding) of its solve
-        to one of twice the steps, on the first ``seeds`` seeds; measured once, kept in
+        to one of twice the steps (half, where twice would exceed the training timesteps), on the
+        first ``seeds`` seeds; measured once, kept in
         ``convergence.json`` beside the samples."""
         path = self.sweep.out / f"convergence-{self.setting.name}.json"
         if path.exists():
             return read_json(path)
-        finer = Setting(f"{self.setting.name}-x2", 2 * self.setting.steps)
-        fine, finest = (self.sweep.generate(s, range(seeds)) for s in (self.setting, finer))
+        steps, most = self.setting.steps, self.sweep.pipe.scheduler.config.num_train_timesteps
+        check = 2 * steps if 2 * steps <= most else steps // 2  # DDIM takes at most every timestep
+        finer = Setting(f"{self.setting.name}-check-{check}", check)
+        first = range(self.sweep.first_seed, self.sweep.first_seed + seeds)
+        fine, finest = (self.sweep.generate(s, first) for s in (self.setting, finer))
         record = dict(reference=self.label, check_steps=finer.steps, seeds=seeds, psnr_db=psnr(fine, finest))
         write_json(path, record)
         return record

@@ -66,16 +66,20 @@ def speed(sweep: Sweep, base: Setting, setting: Setting, images: int, repeats: i
 
 
 def fidelity(images, reference, features=None, reference_features=None) -> dict:
-    """Pooled PSNR of ``images`` to ``reference`` (the same seeds, ``(N, C, H, W)`` in [-1, 1]) and,
-    given both images' Inception features, their mean feature distance, each with its interval.
+    """Pooled PSNR (of the mean MSE) and mean per-image PSNR of ``images`` to ``reference`` (the same
+    seeds, ``(N, C, H, W)`` in [-1, 1]) and, given both images' Inception features, their mean
+    feature distance, each with its interval.
 
     Example:
         >>> import torch
         >>> a = torch.zeros(4, 1, 2, 2)
-        >>> {k: round(v, 6) for k, v in fidelity(a + 0.02, a).items()}  # every image 0.02 off: no spread
-        {'psnr_db': 40.0, 'psnr_db_lo': 40.0, 'psnr_db_hi': 40.0}
+        >>> out = fidelity(a + 0.02, a)  # every image 0.02 off: 40 dB, no spread
+        >>> len(out), out["psnr_mean_db_lo"] < out["psnr_mean_db_hi"], {round(v, 6) for v in out.values()}
+        (6, False, {40.0})
     """
-    out = metrics.psnr_interval(metrics.mse_per_image(images, reference)).columns("psnr_db")
+    mse = metrics.mse_per_image(images, reference)
+    out = metrics.psnr_interval(mse).columns("psnr_db")
+    out |= metrics.mean_interval(metrics.psnr_per_image(mse)).columns("psnr_mean_db")
     if features is not None and reference_features is not None:
         distance = metrics.feature_distance(features, reference_features)
         out |= metrics.mean_interval(distance).columns("inception_distance")
@@ -120,7 +124,7 @@ def row(
     if converged is not None:
         out["converged"] = converged.describe()
         conv = fidelity(images, converged.images(k))
-        out |= {k.replace("psnr_db", "psnr_conv_db"): v for k, v in conv.items()}
+        out |= {k.replace("psnr_", "psnr_conv_"): v for k, v in conv.items()}
     if featured:
         bar = lambda r: tqdm(r, desc=f"{setting.name}: FID interval", leave=False)  # noqa: E731
         out |= metrics.fid_interval(features, *reference, fid_resamples, progress=bar).columns("fid")

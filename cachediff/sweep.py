@@ -78,10 +78,11 @@ CONFIG_COLUMNS += ("warmup", "cooldown", "max_cached", "window", "threshold")
 COLUMNS = (
     "setting", "method", "sampler", "spacing", "steps", "interval", "branch", "paper_branch",
     *CONFIG_COLUMNS[2:], "samples", "n_full", "gmacs_per_image", "mac_speedup", "measured_speedup",
-    "seconds_per_image", "fidelity_images", "psnr_db", "psnr_db_lo", "psnr_db_hi", "inception_distance",
-    "inception_distance_lo", "inception_distance_hi", "converged", "psnr_conv_db", "psnr_conv_db_lo",
-    "psnr_conv_db_hi", "fid", "fid_lo", "fid_hi", "clip_score", "class_score", "class_score_lo",
-    "class_score_hi", "class_accuracy",
+    "seconds_per_image", "fidelity_images", "psnr_db", "psnr_db_lo", "psnr_db_hi", "psnr_mean_db",
+    "psnr_mean_db_lo", "psnr_mean_db_hi", "inception_distance", "inception_distance_lo",
+    "inception_distance_hi", "converged", "psnr_conv_db", "psnr_conv_db_lo", "psnr_conv_db_hi",
+    "psnr_conv_mean_db", "psnr_conv_mean_db_lo", "psnr_conv_mean_db_hi", "fid", "fid_lo", "fid_hi",
+    "clip_score", "class_score", "class_score_lo", "class_score_hi", "class_accuracy",
 )  # fmt: skip
 _SEQUENCES = ("full_steps", "window")  # tuple fields, written as "[0, 4, 9]"
 
@@ -166,6 +167,8 @@ class Sweep:
         batch: images per pipeline call (default: ``shard``); small batches run faster on a CPU whose
             cache holds their activations. The adaptive schedule decides per call for the whole
             batch, so its samples depend on ``batch``; every other setting's do not.
+        first_seed: the seeds are ``first_seed .. first_seed + n_samples - 1`` (a planner's
+            calibration seeds lie far from the evaluation seeds that start at 0).
         inputs: further arguments of the task (init image, mask, frames).
     """
 
@@ -179,9 +182,11 @@ class Sweep:
         task: str = "unconditional",
         prompts: Sequence[str] | None = None,
         batch: int | None = None,
+        first_seed: int = 0,
         **inputs,
     ):
         self.pipe, self.out, self.n, self.shard, self.featurize = pipe, Path(out), n_samples, shard, featurize
+        self.first_seed = first_seed
         self.batch = batch or shard
         self.task, self.prompts, self.inputs = task, prompts, inputs
         self.cache = None  # the accelerator of the last cached run (its ``stats``)
@@ -250,7 +255,7 @@ class Sweep:
 
     def starts(self, rank: int = 0, world: int = 1) -> range:
         """First seeds of the shards that process ``rank`` of ``world`` owns (every ``world``-th)."""
-        return range(0, self.n, self.shard)[rank::world]
+        return range(self.first_seed, self.first_seed + self.n, self.shard)[rank::world]
 
     def generate_missing(
         self,
@@ -291,7 +296,7 @@ class Sweep:
         bar.close()
 
     def _save_shard(self, setting: Setting, start: int, samples: Path) -> None:
-        seeds = range(start, min(start + self.shard, self.n))
+        seeds = range(start, min(start + self.shard, self.first_seed + self.n))
         images = torch.cat([self._generate_recorded(setting, chunk) for chunk in _chunks(seeds, self.batch)])
         save_npy(samples, ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy())
 
@@ -351,7 +356,8 @@ class Sweep:
 
     def seconds(self, settings: Sequence[Setting], images: int, repeats: int) -> dict[str, list[float]]:
         """Wall times of generating ``images`` images under each setting, interleaved (A B A B ...)."""
-        runs = {s.name: (lambda s=s: self.generate(s, range(images))) for s in settings}
+        seeds = range(self.first_seed, self.first_seed + images)
+        runs = {s.name: (lambda s=s: self.generate(s, seeds)) for s in settings}
         return metrics.interleaved(runs, repeats)
 
     def first(self, setting: Setting, k: int | None = None) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """Metrics as plain functions: MACs (torch.utils.flop_counter), latency (interleaved medians), peak
 memory, fidelity (per image, to a reference from the same noise) and confidence intervals."""
 
-from .fidelity import feature_distance, mse, mse_per_image, psnr
+from .fidelity import feature_distance, mse, mse_per_image, psnr, psnr_per_image
 from .intervals import Interval, fid_interval, mean_interval, psnr_difference, psnr_interval, psnr_of_mse
 from .latency import interleaved, speedup
 from .macs import average_macs, count_macs
@@ -22,6 +22,7 @@ __all__ = [
     "psnr_difference",
     "psnr_interval",
     "psnr_of_mse",
+    "psnr_per_image",
     "return_freed_memory",
     "speedup",
 ]

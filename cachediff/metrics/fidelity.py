@@ -44,6 +44,19 @@ def mse_per_image(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
     return ((a.double() - b.double()) ** 2).flatten(1).mean(1).numpy()
 
 
+def psnr_per_image(mse: np.ndarray, data_range: float = 2.0, cap: float = 100.0) -> np.ndarray:
+    """Each image's PSNR in dB from its MSE, capped at ``cap`` (an exact image would be ``inf``). Their
+    mean weighs every image alike, where the pooled PSNR (of the mean MSE) is ruled by the worst few:
+    a seed whose trajectory falls into another mode costs the pooled value several dB.
+
+    Example:
+        >>> psnr_per_image(np.array([0.04, 0.0004, 0.0])).tolist()
+        [20.0, 40.0, 100.0]
+    """
+    with np.errstate(divide="ignore"):
+        return np.minimum(10 * np.log10(data_range**2 / np.asarray(mse, dtype=np.float64)), cap)
+
+
 def feature_distance(features_a: np.ndarray, features_b: np.ndarray) -> np.ndarray:
     """Cosine distance (1 - cosine similarity, in [0, 2]) of each pair of feature rows, ``(N,)``.
 
