@@ -5,7 +5,7 @@ VENV := .venv
 LATEST := .venv-latest
 FASHION := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test test-fast test-slow lint clean mnist-results tiny-sd-results
+.PHONY: demo test test-fast test-slow lint clean mnist-results tiny-sd-results fidelity-results
 
 demo: $(VENV)/.installed  ## set up, then run the main job on the shipped default model
 	$(VENV)/bin/python main.py
@@ -66,6 +66,22 @@ tiny-sd-results: $(VENV)/.installed $(FASHION)  ## docs/TINY_SD.md's tables (the
 	$(VENV)/bin/python scripts/plot_sweep.py $(SD_DOCS)/results.csv --out $(SD_DOCS) --quality fid \
 	    --samples $(SD_RUN) --grid $(SD_GRID)
 	$(VENV)/bin/python scripts/plot_sweep.py $(SD_DOCS)/dpmpp/results.csv --out $(SD_DOCS)/dpmpp --quality fid
+
+FIDELITY_DOCS := docs/results/fidelity
+FIDELITY := $(VENV)/bin/python scripts/sweep.py --model_type tiny-sd --samples 500 --shard 100 --batch 100 \
+    --fidelity-images 500 --converged-steps 200 --repeats 0 --threads 2 --suites curve
+
+fidelity-results: $(VENV)/.installed  ## docs/PLANNING.md's instrument: fidelity to the converged solution per sampler and step count
+	$(FIDELITY) --curve 10 15 20 25 30 40 --out runs/fidelity/plms-leading --results $(FIDELITY_DOCS)/plms-leading.csv
+	$(FIDELITY) --curve 10 15 20 25 30 40 --timestep-spacing trailing --out runs/fidelity/plms-trailing \
+	    --results $(FIDELITY_DOCS)/plms-trailing.csv
+	$(FIDELITY) --steps 25 --curve 8 10 12 15 20 --scheduler DPMSolverMultistepScheduler --timestep-spacing trailing \
+	    --out runs/fidelity/dpmpp-trailing --results $(FIDELITY_DOCS)/dpmpp-trailing.csv
+	$(FIDELITY) --steps 30 --curve 10 15 20 25 --scheduler EulerDiscreteScheduler --timestep-spacing trailing \
+	    --out runs/fidelity/euler-trailing --results $(FIDELITY_DOCS)/euler-trailing.csv
+	for s in plms-leading plms-trailing dpmpp-trailing euler-trailing; do \
+	    $(VENV)/bin/python scripts/plot_sweep.py $(FIDELITY_DOCS)/$$s.csv --out $(FIDELITY_DOCS)/$$s --quality psnr_conv_mean_db; \
+	done
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff format cachediff tests scripts experiments *.py

@@ -31,6 +31,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from collections.abc import Sequence
@@ -142,13 +143,15 @@ def pareto(points: Sequence[tuple[str, float, float]]) -> list[str]:
 
 @dataclass
 class Plan:
-    """The outcome at one budget: every scored candidate (``rows``), the front and the pick."""
+    """The outcome at one budget: every scored candidate (``rows``; ``settings`` by name), the front
+    and the pick."""
 
     budget: float
     by: str
     rows: list[dict]
     front: list[str]
     pick: str
+    settings: dict[str, Setting] = dataclasses.field(default_factory=dict, repr=False)
 
     def table(self) -> str:
         """The rows as a Markdown table, the front marked, the pick in bold."""
@@ -246,7 +249,7 @@ class Planner:
                 f"{fastest['candidate']} at {fastest['measured_speedup']:.2f}x"
             )
         pick = max(reach, key=lambda r: r[RANK])["candidate"]
-        return Plan(budget, by, rows, front, pick)
+        return Plan(budget, by, rows, front, pick, by_name)
 
 
 def _config_columns(config: DeepCacheConfig | None) -> dict:

@@ -35,11 +35,19 @@ QUALITIES = {
     "clip_score": "CLIP score",
     "class_score": "class score (higher is better)",
     "psnr_db": "PSNR to baseline (dB)",
+    "psnr_conv_mean_db": "PSNR to the converged solution (dB, mean per image)",
+    "psnr_conv_db": "PSNR to the converged solution (dB, pooled)",
 }
 FEWER = "fewer steps"
 COST = "MMACs per step (average over the baseline's steps)"
 #: scheduler class -> the sampler's name in legends
-SAMPLERS = {"DDIMScheduler": "DDIM", "PNDMScheduler": "PLMS", "DPMSolverMultistepScheduler": "DPM-Solver++"}
+SAMPLERS = {
+    "DDIMScheduler": "DDIM",
+    "PNDMScheduler": "PLMS",
+    "DPMSolverMultistepScheduler": "DPM-Solver++",
+    "EulerDiscreteScheduler": "Euler",
+    "UniPCMultistepScheduler": "UniPC",
+}
 
 
 def column(df: pd.DataFrame, names) -> str:
@@ -94,15 +102,56 @@ def pareto(df: pd.DataFrame, out: Path, cost: str, quality: str) -> Path:
     for (label, rows), marker, colour in zip(
         curves.items(), itertools.cycle("osx^vDP<>*hX"), itertools.cycle(colours)
     ):
-        style = dict(marker=marker, color=colour, label=label)
-        axes[0].plot(rows[cost], rows[quality], **style)
+        style = dict(marker=marker, color=colour, label=label, capsize=2)
+        error = interval_error(rows, quality)
+        axes[0].errorbar(rows[cost], rows[quality], yerr=error, **style)
         if "measured_speedup" in rows:
-            axes[1].plot(rows.measured_speedup, rows[quality], **style)
+            axes[1].errorbar(rows.measured_speedup, rows[quality], yerr=error, **style)
     axes[0].set(xlabel=COST, ylabel=QUALITIES[quality])
     axes[1].set(xlabel="measured speedup over the uncached baseline", ylabel=QUALITIES[quality])
+    fig.suptitle(heading(df), fontsize=10)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     return save_figure(fig, out / f"{quality}_vs_cost.png")
+
+
+def interval_error(rows: pd.DataFrame, quality: str):
+    """Error bars ``(2, N)`` from the ``_lo``/``_hi`` columns of ``quality`` (95% intervals), if any."""
+    lo, hi = f"{quality}_lo", f"{quality}_hi"
+    if lo not in rows or rows[lo].isna().all():
+        return None
+    return np.vstack([rows[quality] - rows[lo], rows[hi] - rows[quality]]).clip(0)
+
+
+def heading(df: pd.DataFrame) -> str:
+    """The sampler and timestep spacing of a sweep's rows, as every plot and table names them.
+
+    Example:
+        >>> heading(pd.DataFrame(dict(sampler=["PNDMScheduler"], spacing=["trailing"])))
+        'PLMS, trailing spacing'
+        >>> heading(pd.DataFrame(dict(sampler=["DDIMScheduler"])))  # rows from before spacing was kept
+        'DDIM, leading spacing (the model default; not recorded)'
+    """
+    sampler = ", ".join(SAMPLERS.get(s, s) for s in df.sampler.dropna().unique()) if "sampler" in df else "?"
+    spacings = df.spacing.dropna().unique() if "spacing" in df else []
+    spacing = (
+        ", ".join(spacings) + " spacing"
+        if len(spacings)
+        else "leading spacing (the model default; not recorded)"
+    )
+    return f"{sampler}, {spacing}"
+
+
+def with_intervals(df: pd.DataFrame) -> pd.DataFrame:
+    """Quality columns that have an interval, as text ``estimate [lo, hi]``."""
+    out = df.copy()
+    for q in QUALITIES:
+        if f"{q}_lo" in df and df[f"{q}_lo"].notna().any():
+            out[q] = [
+                f"{v:.3g} [{a:.3g}, {b:.3g}]"
+                for v, a, b in zip(df[q], df[f"{q}_lo"], df[f"{q}_hi"], strict=True)
+            ]
+    return out
 
 
 def per_branch(df: pd.DataFrame, out: Path, cost: str, quality: str) -> Path | None:
@@ -163,8 +212,9 @@ def main() -> None:
     if args.csv.resolve() != (args.out / "results.csv").resolve():
         df.drop(columns=cost).to_csv(args.out / "results.csv", index=False)
     cols = ["setting", "method", "steps", "interval", "paper_branch", "n_full", *QUALITIES, cost]
-    table = df[[c for c in [*cols, "mac_speedup", "measured_speedup", "samples"] if c in df]]
-    (args.out / "table.md").write_text(table.to_markdown(index=False, floatfmt=".3g") + "\n")
+    table = with_intervals(df)[[c for c in [*cols, "mac_speedup", "measured_speedup", "samples"] if c in df]]
+    caption = f"{heading(df)}; intervals: 95%, bootstrap over images\n\n"
+    (args.out / "table.md").write_text(caption + table.to_markdown(index=False, floatfmt=".3g") + "\n")
     names = ", ".join(p.name for p in written if p)
     print(f"wrote {args.out}: {names}, table.md, results.csv")
 

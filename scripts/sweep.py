@@ -43,7 +43,13 @@ from cachediff.sweep import COLUMNS, Setting, Sweep, is_missing, rescore_reason
 from cachediff.unets import num_branches
 
 #: scheduler class -> the sampler's short name in setting names
-SAMPLERS = {"DDIMScheduler": "ddim", "PNDMScheduler": "plms", "DPMSolverMultistepScheduler": "dpmpp"}
+SAMPLERS = {
+    "DDIMScheduler": "ddim",
+    "PNDMScheduler": "plms",
+    "DPMSolverMultistepScheduler": "dpmpp",
+    "EulerDiscreteScheduler": "euler",
+    "UniPCMultistepScheduler": "unipc",
+}
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -87,3 +87,58 @@ def test_main_refuses_a_budget_that_is_no_speedup(capsys):
     with pytest.raises(SystemExit):
         main.main(["--plan", "0.8"])
     assert "--plan takes speedups > 1" in capsys.readouterr().err
+
+
+def _validation_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "validate_plan.py"
+    spec = importlib.util.spec_from_file_location("validate_plan", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_pick_is_a_hit_where_it_lies_within_the_best_candidates_interval():
+    summary = _validation_script().summary
+    row = dict(caching=True, evaluation_db_hi=0.0)
+    rows = [
+        dict(
+            row, budget=2.0, candidate="a", evaluation_db=40.0, evaluation_db_lo=39.0, pick=False, best=True
+        ),
+        dict(
+            row, budget=2.0, candidate="b", evaluation_db=39.5, evaluation_db_lo=38.0, pick=True, best=False
+        ),
+        dict(
+            row, budget=3.0, candidate="c", evaluation_db=35.0, evaluation_db_lo=34.0, pick=False, best=True
+        ),
+        dict(
+            row,
+            budget=3.0,
+            candidate="d",
+            evaluation_db=33.9,
+            evaluation_db_lo=33.0,
+            pick=True,
+            best=False,
+            caching=False,
+        ),  # fmt: skip
+    ]
+    text = summary(rows, "about")
+    assert "| 2x | b | a |" in text and "| yes | caching |" in text
+    assert "| 3x | d | c |" in text and "| no | caching, fewer steps |" in text
+    assert text.rstrip().endswith("hit rate: 1 of 2 budgets")
+
+
+def test_the_validation_script_end_to_end(tmp_path):
+    script = _validation_script()
+    args = ["--steps", "6", "--budgets", "1.5", "--calibration", "2", "--evaluation", "4", "--shard", "2"]
+    args += ["--converged-steps", "12", "--repeats", "1", "--branches", "1", "2"]
+    assert script.main([*args, "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "docs")]) == 0
+    rows = json.loads((tmp_path / "docs" / "validation.json").read_text())["rows"]
+    assert sum(r["pick"] for r in rows) == 1 and sum(r["best"] for r in rows) == 1
+    assert all(r["images"] == 4 and r["evaluation_db_lo"] <= r["evaluation_db"] for r in rows)
+    assert "hit rate: " in (tmp_path / "docs" / "validation.md").read_text()
+    assert (tmp_path / "docs" / "plan.png").exists()
+    evaluated = sorted(p.name for p in (tmp_path / "runs" / "evaluation").glob("*/samples_*"))
+    assert evaluated and evaluated[0] == "samples_000000.npy"  # evaluation seeds start at 0

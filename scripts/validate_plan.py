@@ -1,0 +1,167 @@
+"""Does the planner pick well? Its picks on calibration seeds against every front candidate on held-out seeds.
+
+For each budget, ``cachediff.plan`` ranks the candidates on the calibration seeds (1,000,000+) and
+picks one; this script then samples every candidate of the front on the evaluation seeds
+(0 .. --evaluation - 1, which the planner never sees), scores the mean per-image PSNR to the
+converged solution of the same noise with its 95% interval, and says whether the pick lies within
+the interval of the best candidate (a *hit*), and whether caching or fewer steps sits on the front.
+Samples are kept by seed under ``--out``, so an interrupted run resumes.
+
+Example:
+    python scripts/validate_plan.py --model_type tiny-sd --steps 25 --scheduler DPMSolverMultistepScheduler \\
+        --timestep-spacing trailing --budgets 1.5 2 3 4 --out runs/validate/dpmpp-25 \\
+        --results docs/results/planning/dpmpp-25
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+from cachediff import generation, metrics
+from cachediff.cli import DTYPES, SPACINGS
+from cachediff.files import output_folder, write_csv, write_json
+from cachediff.pipelines import PRESETS, get_preset
+from cachediff.plan import RANK, Planner, Space, save
+from cachediff.prompts import load_prompts
+from cachediff.reference import Converged
+from cachediff.sweep import Sweep
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model_type", default="tiny-sd", choices=list(PRESETS), help="model preset")
+    p.add_argument("--model", help="hub id or local folder overriding the preset's weights")
+    p.add_argument("--steps", type=int, help="the steps the user runs (default: the preset's)")
+    p.add_argument("--scheduler", help="diffusers scheduler class (default: the preset's)")
+    p.add_argument("--timestep-spacing", choices=SPACINGS, help="timestep spacing (default: the model's)")
+    p.add_argument("--budgets", type=float, nargs="+", default=[1.5, 2, 3, 4], help="speedup budgets")
+    p.add_argument("--branches", type=int, nargs="+", help="branch ids the planner searches (default: all)")
+    p.add_argument("--calibration", type=int, default=16, help="calibration images the planner scores")
+    p.add_argument("--evaluation", type=int, default=500, help="held-out images (seeds 0..N-1) per candidate")
+    p.add_argument("--converged-steps", type=int, default=200, help="steps of the fine solve")
+    p.add_argument("--shard", type=int, default=100, help="images per saved file of the evaluation")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved timed repeats of the front")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    p.add_argument("--dtype", default="float32", choices=list(DTYPES), help="weights and compute dtype")
+    p.add_argument("--out", type=Path, required=True, help="samples (calibration, evaluation, references)")
+    p.add_argument("--results", type=Path, required=True, help="folder for validation.csv, .md and the plan")
+    args = p.parse_args(argv)
+    counts = [args.calibration, args.evaluation, args.converged_steps, args.shard, args.repeats]
+    if min(counts + [args.steps or 1, args.threads or 1]) < 1:
+        p.error(
+            "--calibration, --evaluation, --converged-steps, --shard, --repeats, --steps and --threads "
+            "must be >= 1"
+        )
+    if min(args.budgets) <= 1:
+        p.error("--budgets are speedups > 1")
+    return args
+
+
+def evaluation_rows(plan, sweep: Sweep, converged: Converged) -> list[dict]:
+    """Every front candidate of ``plan`` scored on the evaluation seeds, the pick and the best marked,
+    with the paired interval of (best - pick) in mean per-image PSNR."""
+    settings = {name: plan.settings[name] for name in plan.front}
+    reference = converged.images(sweep.n)
+    per_image = {}
+    for name, setting in settings.items():
+        per_image[name] = metrics.psnr_per_image(
+            metrics.mse_per_image(sweep.first(setting, sweep.n), reference)
+        )
+    scores = {name: metrics.mean_interval(v) for name, v in per_image.items()}
+    best = max(scores, key=lambda n: scores[n].estimate)
+    rows = []
+    for r in plan.rows:
+        if not r["front"]:
+            continue
+        name, ci = r["candidate"], scores[r["candidate"]]
+        gap = metrics.mean_interval(per_image[best] - per_image[name])
+        rows.append(dict(
+            budget=plan.budget, candidate=name, caching=r["interval"] > 1, mac_speedup=r["mac_speedup"],
+            measured_speedup=r["measured_speedup"], calibration_db=r[RANK], evaluation_db=ci.estimate,
+            evaluation_db_lo=ci.low, evaluation_db_hi=ci.high, best_minus_this_db=gap.estimate,
+            best_minus_this_db_lo=gap.low, best_minus_this_db_hi=gap.high, pick=name == plan.pick,
+            best=name == best, images=sweep.n,
+        ))  # fmt: skip
+    return rows
+
+
+def summary(rows: list[dict], about: str) -> str:
+    """The verdict per budget as Markdown: pick, best, hit, and what sits on the front."""
+    head = "| budget | pick | best on held-out seeds | pick, dB [95% CI] | best, dB [95% CI] | hit | front |"
+    lines = [about, "", head, "|---|---|---|---|---|---|---|"]
+    hits = 0
+    for budget in sorted({r["budget"] for r in rows}):
+        at = [r for r in rows if r["budget"] == budget]
+        pick, best = next(r for r in at if r["pick"]), next(r for r in at if r["best"])
+        hit = best["evaluation_db_lo"] <= pick["evaluation_db"]
+        hits += hit
+        kinds = sorted({"caching" if r["caching"] else "fewer steps" for r in at})
+        ci = "{:.2f} [{:.2f}, {:.2f}]".format
+        lines.append(
+            f"| {budget:g}x | {pick['candidate']} | {best['candidate']} | "
+            f"{ci(pick['evaluation_db'], pick['evaluation_db_lo'], pick['evaluation_db_hi'])} | "
+            f"{ci(best['evaluation_db'], best['evaluation_db_lo'], best['evaluation_db_hi'])} | "
+            f"{'yes' if hit else 'no'} | {', '.join(kinds)} |"
+        )
+    budgets = len({r["budget"] for r in rows})
+    return "\n".join([*lines, "", f"hit rate: {hits} of {budgets} budgets"]) + "\n"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except (ValueError, TypeError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def run(args) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    output_folder(args.out), output_folder(args.results)
+    preset = get_preset(args.model_type)
+    steps = args.steps or preset.steps
+    pipe = generation.load_pipeline(preset, args.model, "cpu", DTYPES[args.dtype])
+    generation.set_scheduler(pipe, args.scheduler or preset.scheduler)
+    if args.timestep_spacing:
+        pipe.scheduler = type(pipe.scheduler).from_config(
+            pipe.scheduler.config, timestep_spacing=args.timestep_spacing
+        )
+    inputs, prompts = generation.default_inputs(pipe, preset.task, None, None), None
+    if preset.takes_prompt:
+        prompts = load_prompts(preset.prompts)
+        inputs |= generation.guidance(preset.model_path(args.model))
+    planner = Planner(pipe, args.out / "plan", steps, preset.task, prompts, args.calibration,
+                      args.converged_steps, Space(branches=args.branches and tuple(args.branches)),
+                      repeats=args.repeats, **inputs)  # fmt: skip
+    plans = [planner.plan(b) for b in args.budgets]
+    common = dict(task=preset.task, prompts=prompts, **inputs)
+    sweep = Sweep(pipe, args.out / "evaluation", args.evaluation, args.shard, **common)
+    converged = Converged(
+        pipe, args.out / "evaluation", args.evaluation, args.converged_steps, args.shard, **common
+    )
+    rows = [r for p in plans for r in evaluation_rows(p, sweep, converged)]
+    spacing = pipe.scheduler.config.get("timestep_spacing")
+    about = (
+        f"{args.model_type}, {type(pipe.scheduler).__name__} {steps} steps, {spacing} spacing; fidelity: "
+        f"mean per-image PSNR to {converged.describe()}; calibration seeds {args.calibration} from "
+        f"1,000,000, evaluation seeds 0..{args.evaluation - 1}; {datetime.date.today()}, "
+        f"{platform.machine()}, {torch.get_num_threads()} threads"
+    )
+    save(plans, args.results, dict(about=about))
+    write_csv(rows, args.results / "validation.csv")
+    write_json(args.results / "validation.json", dict(about=about, rows=rows))
+    (args.results / "validation.md").write_text(summary(rows, about))
+    print(summary(rows, about))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
