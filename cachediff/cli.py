@@ -163,10 +163,15 @@ def _batches() -> str:
 
 def main(argv=None, **script) -> int:
     """Parse flags (``script``: ``doc``, ``model_types``, ``default``, ``refine``), run, exit status."""
-    args = parse_args(argv, **script)
+    return exit_status(run, parse_args(argv, **script))
+
+
+def exit_status(run, args, errors=(ValueError, TypeError, FileNotFoundError)) -> int:
+    """``run(args)``'s exit status; bad input (``errors``) is one line on stderr and status 2, no
+    traceback. Every script's ``main`` ends here."""
     try:
         return run(args)
-    except (ValueError, TypeError, FileNotFoundError) as err:  # bad input: one clear line, no traceback
+    except errors as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
@@ -189,11 +194,7 @@ def run(args: argparse.Namespace) -> int:
     dtype = DTYPES[args.dtype]
     pipe = generation.load_pipeline(preset, args.model, args.device, dtype)
     check_conditioning(args, preset, pipe)
-    generation.set_scheduler(pipe, args.scheduler or preset.scheduler)
-    if args.timestep_spacing:
-        pipe.scheduler = type(pipe.scheduler).from_config(
-            pipe.scheduler.config, timestep_spacing=args.timestep_spacing
-        )
+    generation.set_scheduler(pipe, args.scheduler or preset.scheduler, args.timestep_spacing)
     if args.plan:
         return run_plan(args, preset, pipe, steps)
     cache = accelerator(pipe, config, steps, shallow)  # fails before any sampling on a bad branch

@@ -132,8 +132,13 @@ def _saved_class(path: str) -> str | None:
     return json.loads(index.read_text()).get("_class_name") if index.exists() else None
 
 
-def set_scheduler(pipe, name: str | None) -> None:
-    """Swap in the diffusers scheduler class ``name`` (same config), or keep the pipeline's if None."""
+def set_scheduler(pipe, name: str | None, spacing: str | None = None) -> None:
+    """Swap in the diffusers scheduler class ``name`` (same config), or keep the pipeline's if None;
+    with ``spacing``, set its timestep spacing (``leading``, ``trailing`` or ``linspace``)."""
+    if spacing is not None:
+        set_scheduler(pipe, name)
+        pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, timestep_spacing=spacing)
+        return
     if name is None:
         return
     cls = getattr(diffusers, name, None)

@@ -30,7 +30,7 @@ import torch
 
 from cachediff import generation, suites
 from cachediff.accelerators import accelerator
-from cachediff.cli import DTYPES, SPACINGS, finite_scale
+from cachediff.cli import DTYPES, SPACINGS, exit_status, finite_scale
 from cachediff.files import claim, output_folder, read_csv, release, update_csv
 from cachediff.metrics import clip_score as C
 from cachediff.metrics import fid as F
@@ -161,21 +161,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    try:
-        return run(args)
-    except (ValueError, TypeError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return exit_status(run, parse_args(argv))
 
 
 def load(args, preset):
     """The preset's pipeline with the requested scheduler and scheduler options."""
     pipe = generation.load_pipeline(preset, args.model, args.device, DTYPES[args.dtype])
-    generation.set_scheduler(pipe, args.scheduler or preset.scheduler)
+    generation.set_scheduler(pipe, args.scheduler or preset.scheduler, args.timestep_spacing)
     options = generation.scheduler_options(pipe.scheduler, args.scheduler_option)
-    if args.timestep_spacing:
-        options["timestep_spacing"] = args.timestep_spacing
     if options:
         pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, **options)
     return pipe

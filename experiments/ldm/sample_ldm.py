@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 import cachediff
 from cachediff import DeepCacheConfig, files
 from cachediff.accelerators import call_macs
-from cachediff.cli import DTYPES, finite_scale
+from cachediff.cli import DTYPES, exit_status, finite_scale
 from cachediff.compvis import build_unet, ddim_times, load_ldm
 from cachediff.generation import check_device, launcher
 
@@ -292,12 +292,7 @@ def step_macs(model, config: DeepCacheConfig) -> tuple[int, int]:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    try:
-        return run(args)
-    except (ValueError, TypeError, FileNotFoundError, ImportError) as err:  # one clear line, no traceback
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return exit_status(run, parse_args(argv), (ValueError, TypeError, FileNotFoundError, ImportError))
 
 
 if __name__ == "__main__":
