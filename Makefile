@@ -68,8 +68,8 @@ tiny-sd-results: $(VENV)/.installed $(FASHION)  ## docs/TINY_SD.md's tables (the
 	$(VENV)/bin/python scripts/plot_sweep.py $(SD_DOCS)/dpmpp/results.csv --out $(SD_DOCS)/dpmpp --quality fid
 
 FIDELITY_DOCS := docs/results/fidelity
-FIDELITY := $(VENV)/bin/python scripts/sweep.py --model_type tiny-sd --samples 500 --shard 100 --batch 100 \
-    --fidelity-images 500 --converged-steps 200 --repeats 0 --threads 2 --suites curve
+FIDELITY := $(VENV)/bin/python scripts/sweep.py --model_type tiny-sd --samples 200 --shard 100 --batch 100 \
+    --fidelity-images 200 --converged-steps 200 --converged-out runs/fidelity --repeats 0 --threads 2 --suites curve
 
 fidelity-results: $(VENV)/.installed  ## docs/PLANNING.md's instrument: fidelity to the converged solution per sampler and step count
 	$(FIDELITY) --curve 10 15 20 25 30 40 --out runs/fidelity/plms-leading --results $(FIDELITY_DOCS)/plms-leading.csv

@@ -100,8 +100,8 @@ def parse_args(
                    "speedup, or of measured speedup on this device")  # fmt: skip
     p.add_argument("--calibration_images", type=int, default=16, help="--plan: calibration seeds scored")
     p.add_argument(
-        "--converged_steps", type=int, default=200, help="--plan: steps of the fine solve (DPM-Solver++ 2M, "
-        "trailing; DDIM for DDIM pipelines) that fidelity is measured against",
+        "--converged_steps", type=int, help="--plan: steps of the fine solve that fidelity is measured "
+        "against (default: 200 of DPM-Solver++ 2M with trailing spacing; 1000 of DDIM for DDIM pipelines)",
     )  # fmt: skip
     if refine:
         p.add_argument("--refine", action="store_true", help="finish with the SDXL refiner (last 20%%)")

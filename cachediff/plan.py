@@ -178,13 +178,13 @@ class Planner:
         steps: the steps the user runs.
         task, prompts, inputs: how images are made, as ``cachediff.sweep.Sweep`` takes them.
         calibration: calibration images (seeds from ``CALIBRATION_SEED``).
-        converged_steps: the fine solver's steps for the converged reference.
+        converged_steps: the fine solver's steps for the converged reference (``None``: its default).
         space: the candidates searched.
         timing_images, repeats: images per timed run and interleaved repeats of the front's timing.
     """
 
     def __init__(self, pipe, out: Path, steps: int, task: str, prompts=None, calibration: int = 16,
-                 converged_steps: int = 200, space: Space = Space(), timing_images: int = 2,
+                 converged_steps: int | None = None, space: Space = Space(), timing_images: int = 2,
                  repeats: int = 2, **inputs):  # fmt: skip
         self.pipe, self.out, self.steps, self.space = pipe, Path(out), steps, space
         self.timing_images, self.repeats = timing_images, repeats
@@ -295,7 +295,7 @@ def _plot(plans: Sequence[Plan], path: Path) -> None:
         ax.axvline(p.budget, color="grey", lw=0.8)
         ax.set(xlabel="MAC speedup bound", ylabel="PSNR to the converged solution (dB, mean per image)",
                title=f"budget {p.budget:g}x by {p.by} (red squares: fewer steps)")  # fmt: skip
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     save_figure(fig, path)
     plt.close(fig)

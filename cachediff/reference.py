@@ -37,6 +37,9 @@ from .sweep import Setting, Sweep
 FINE = ("DPMSolverMultistepScheduler", dict(algorithm_type="dpmsolver++", solver_order=2))
 #: For pipelines that pass DDIM's ``eta`` to ``scheduler.step``.
 FINE_DDIM = ("DDIMScheduler", dict())
+#: The fine solver's default steps: DPM-Solver++ 2M is 72.7 dB from its 400-step solve at 200 steps on
+#: the tiny SD; first-order DDIM needs every training timestep.
+DEFAULT_STEPS = {"DPMSolverMultistepScheduler": 200, "DDIMScheduler": 1000}
 #: Its names in labels and folder names.
 NAMES = {"DPMSolverMultistepScheduler": ("DPM-Solver++ 2M", "dpmpp2m"), "DDIMScheduler": ("DDIM", "ddim")}
 
@@ -68,13 +71,14 @@ class Converged:
         pipe: the sweep's pipeline (its modules are shared, its scheduler's config reused).
         out: the sweep folder.
         images: seeds ``first_seed .. first_seed + images - 1``.
-        steps: the fine solver's steps.
+        steps: the fine solver's steps (``None``: its ``DEFAULT_STEPS``).
         shard, task, prompts, batch, inputs: as ``Sweep`` takes them.
     """
 
-    def __init__(self, pipe, out: Path, images: int, steps: int, shard: int, task: str, prompts=None,
+    def __init__(self, pipe, out: Path, images: int, steps: int | None, shard: int, task: str, prompts=None,
                  batch: int | None = None, first_seed: int = 0, **inputs):  # fmt: skip
         fine = fine_pipeline(pipe)
+        steps = steps or DEFAULT_STEPS[type(fine.scheduler).__name__]
         name, short = NAMES[type(fine.scheduler).__name__]
         self.label = f"{name}, trailing, {steps} steps"
         self.setting = Setting(f"{short}-trailing-{steps}", steps)

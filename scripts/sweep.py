@@ -123,6 +123,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         "pipelines), e.g. 200; 0: not measured",
     )  # fmt: skip
     p.add_argument(
+        "--converged-out", type=Path, help="folder of the converged reference (default: --out); sweeps of "
+        "one model, prompts and guidance share it, whatever their sampler",
+    )  # fmt: skip
+    p.add_argument(
         "--fid-resamples", type=int, default=50, help="bootstrap resamplings of the images for FID's "
         "interval (about 1 s each at 2,048 features; 0: no interval)",
     )  # fmt: skip
@@ -205,7 +209,8 @@ def run(args) -> int:
     converged = None
     if args.converged_steps:
         images = min(args.fidelity_images or args.shard, args.samples)
-        converged = Converged(pipe, args.out, images, args.converged_steps, args.shard, preset.task, prompts,
+        folder = args.converged_out or args.out
+        converged = Converged(pipe, folder, images, args.converged_steps, args.shard, preset.task, prompts,
                               args.batch, **inputs)  # fmt: skip
     settings = plan_settings(args, preset, sweep)
     output_folder(args.results.parent)

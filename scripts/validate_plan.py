@@ -44,7 +44,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--branches", type=int, nargs="+", help="branch ids the planner searches (default: all)")
     p.add_argument("--calibration", type=int, default=16, help="calibration images the planner scores")
     p.add_argument("--evaluation", type=int, default=500, help="held-out images (seeds 0..N-1) per candidate")
-    p.add_argument("--converged-steps", type=int, default=200, help="steps of the fine solve")
+    p.add_argument(
+        "--converged-steps", type=int, help="steps of the fine solve (default: 200 of DPM-Solver++ 2M; "
+        "1000 of DDIM for DDIM pipelines)",
+    )  # fmt: skip
+    p.add_argument(
+        "--converged-out", type=Path, help="folder of the held-out seeds' converged reference (default: "
+        "OUT/evaluation; a sweep's --converged-out of the same model, prompts and guidance is shared)",
+    )  # fmt: skip
     p.add_argument("--shard", type=int, default=100, help="images per saved file of the evaluation")
     p.add_argument("--repeats", type=int, default=3, help="interleaved timed repeats of the front")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
@@ -52,7 +59,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, required=True, help="samples (calibration, evaluation, references)")
     p.add_argument("--results", type=Path, required=True, help="folder for validation.csv, .md and the plan")
     args = p.parse_args(argv)
-    counts = [args.calibration, args.evaluation, args.converged_steps, args.shard, args.repeats]
+    counts = [args.calibration, args.evaluation, args.converged_steps or 1, args.shard, args.repeats]
     if min(counts + [args.steps or 1, args.threads or 1]) < 1:
         p.error(
             "--calibration, --evaluation, --converged-steps, --shard, --repeats, --steps and --threads "
@@ -144,9 +151,8 @@ def run(args) -> int:
     plans = [planner.plan(b) for b in args.budgets]
     common = dict(task=preset.task, prompts=prompts, **inputs)
     sweep = Sweep(pipe, args.out / "evaluation", args.evaluation, args.shard, **common)
-    converged = Converged(
-        pipe, args.out / "evaluation", args.evaluation, args.converged_steps, args.shard, **common
-    )
+    folder = args.converged_out or args.out / "evaluation"
+    converged = Converged(pipe, folder, args.evaluation, args.converged_steps, args.shard, **common)
     rows = [r for p in plans for r in evaluation_rows(p, sweep, converged)]
     spacing = pipe.scheduler.config.get("timestep_spacing")
     about = (

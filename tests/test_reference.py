@@ -24,7 +24,7 @@ def tiny_sd():
     return pipe
 
 
-def test_the_fine_solver_is_dpm_solver_2m_with_trailing_spacing_or_ddim_for_ddim_pipelines(tiny_sd):
+def test_the_fine_solver_is_dpm_solver_2m_with_trailing_spacing_or_ddim_for_ddim_pipelines(tiny_sd, tmp_path):
     config = fine_scheduler(tiny_sd).config
     assert type(fine_scheduler(tiny_sd)).__name__ == "DPMSolverMultistepScheduler"
     assert (config.algorithm_type, config.solver_order, config.timestep_spacing) == (
@@ -40,6 +40,7 @@ def test_the_fine_solver_is_dpm_solver_2m_with_trailing_spacing_or_ddim_for_ddim
         fine_scheduler(ddim).config.timestep_spacing == "trailing"
         and not fine_scheduler(ddim).config.clip_sample
     )
+    assert Converged(ddim, tmp_path, 1, None, 1, "unconditional").label == "DDIM, trailing, 1000 steps"
     fine = fine_pipeline(tiny_sd)
     assert fine.unet is tiny_sd.unet and fine.scheduler is not tiny_sd.scheduler  # shared modules only
 

@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -60,10 +61,12 @@ def _bootstrap(samples: tuple, statistic: Callable, resamples: int, seed: int, p
     estimate = float(statistic(*samples, axis=-1))
     if len(samples[0]) < 2 or not math.isfinite(estimate):
         return Interval(estimate, estimate, estimate)
-    result = stats.bootstrap(
-        samples, statistic, n_resamples=resamples, confidence_level=LEVEL, paired=paired,
-        vectorized=True, method="BCa", rng=np.random.default_rng(seed),
-    )  # fmt: skip
+    with warnings.catch_warnings():  # all values alike: BCa is undefined, handled below
+        warnings.simplefilter("ignore", (stats.DegenerateDataWarning, RuntimeWarning))
+        result = stats.bootstrap(
+            samples, statistic, n_resamples=resamples, confidence_level=LEVEL, paired=paired,
+            vectorized=True, method="BCa", rng=np.random.default_rng(seed),
+        )  # fmt: skip
     low, high = result.confidence_interval
     if not (math.isfinite(low) and math.isfinite(high)):  # BCa degenerate (e.g. all values equal)
         low = high = estimate
