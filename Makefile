@@ -79,6 +79,7 @@ fidelity-results: $(VENV)/.installed  ## docs/PLANNING.md's instrument: fidelity
 	    --out runs/fidelity/dpmpp-trailing --results $(FIDELITY_DOCS)/dpmpp-trailing.csv
 	$(FIDELITY) --steps 30 --curve 10 15 20 25 --scheduler EulerDiscreteScheduler --timestep-spacing trailing \
 	    --out runs/fidelity/euler-trailing --results $(FIDELITY_DOCS)/euler-trailing.csv
+	$(VENV)/bin/python scripts/report_fidelity.py $(FIDELITY_DOCS)/*.csv --out $(FIDELITY_DOCS)
 	for s in plms-leading plms-trailing dpmpp-trailing euler-trailing; do \
 	    $(VENV)/bin/python scripts/plot_sweep.py $(FIDELITY_DOCS)/$$s.csv --out $(FIDELITY_DOCS)/$$s --quality psnr_conv_mean_db; \
 	done

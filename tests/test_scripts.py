@@ -29,6 +29,8 @@ SCRIPTS = [
     "scripts/plot_sweep.py",
     "scripts/sweep.py",
     "scripts/schedule_proxy.py",
+    "scripts/validate_plan.py",
+    "scripts/report_fidelity.py",
     "experiments/ddpm/train_mnist.py",
     "experiments/ddpm/training_report.py",
     "experiments/ddpm/sample_stats.py",
@@ -178,7 +180,8 @@ def test_plot_sweep_writes_plots_and_table(tmp_path):
     ]
     for r in rows:
         r.update(gmacs_per_image=0.1 * r["steps"], mac_speedup=1.5, measured_speedup=1.4)
-        r.update(psnr_db=30.0, samples=10, n_full=20)
+        r.update(psnr_db=30.0, samples=10, n_full=20, fid_lo=r["fid"] - 0.5, fid_hi=r["fid"] + 0.25)
+        r.update(sampler="DDIMScheduler", spacing="trailing")
     pd.DataFrame(rows).to_csv(tmp_path / "r.csv", index=False)
     for k, name in enumerate(["ddim-100", "N5-b2"]):  # sample shards as the sweep writes them
         (tmp_path / name).mkdir()
@@ -187,6 +190,7 @@ def test_plot_sweep_writes_plots_and_table(tmp_path):
     run("scripts/plot_sweep.py", csv, "--out", out, "--grid", "ddim-100", "N5-b2", "--grid-images", "3")
     table = (tmp_path / "out" / "table.md").read_text()
     assert re.search(r"\| N5-b2-adaptive\s+\| adaptive\s+\|", table), table
+    assert table.startswith("DDIM, trailing spacing; intervals: 95%") and "5.5 [5, 5.75]" in table
     for name in ("fid_vs_cost.png", "per_branch.png", "table.md", "results.csv", "samples.png"):
         assert (tmp_path / "out" / name).stat().st_size > 0
     assert pd.read_csv(tmp_path / "out" / "results.csv").equals(pd.read_csv(csv))  # the CSV as it was
@@ -252,3 +256,33 @@ def test_mnist_sweep_runs_only_the_settings_asked_for(tmp_path):
         "samples_000000.npy",
         "samples_000002.npy",
     ]
+
+
+def test_report_fidelity_tabulates_each_sampler_and_spacing(tmp_path):
+    rows = []
+    for sampler, spacing, steps, db in [
+        ("PNDMScheduler", "leading", 10, 25.0),
+        ("PNDMScheduler", "trailing", 10, 30.0),
+    ]:
+        row = dict(setting=f"plms-{steps}", method="uncached", sampler=sampler, spacing=spacing, steps=steps)
+        row.update(
+            psnr_conv_mean_db=db,
+            psnr_conv_mean_db_lo=db - 1,
+            psnr_conv_mean_db_hi=db + 1,
+            psnr_conv_db=db - 3,
+        )
+        row.update(
+            psnr_conv_db_lo=db - 4, psnr_conv_db_hi=db - 2, fidelity_images=200, converged="DPM-Solver++ 2M"
+        )
+        rows.append(row)
+        pd.DataFrame([row]).to_csv(tmp_path / f"{spacing}.csv", index=False)
+    run(
+        "scripts/report_fidelity.py",
+        str(tmp_path / "leading.csv"),
+        str(tmp_path / "trailing.csv"),
+        "--out",
+        str(tmp_path),
+    )
+    table = (tmp_path / "fidelity.md").read_text()
+    assert "| PLMS | leading | 10 | 25.0 [24.0, 26.0] | 22.0 [21.0, 23.0] | 200 |" in table
+    assert "| PLMS | trailing | 10 | 30.0 [29.0, 31.0] |" in table and (tmp_path / "fidelity.png").exists()
