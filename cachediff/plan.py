@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -299,10 +298,3 @@ def _plot(plans: Sequence[Plan], path: Path) -> None:
     fig.tight_layout()
     save_figure(fig, path)
     plt.close(fig)
-
-
-def budgets_check(budgets: Sequence[float]) -> None:
-    """A one-line error for a budget that is no speedup."""
-    bad = [b for b in budgets if not (math.isfinite(b) and b > 1)]
-    if bad:
-        raise ValueError(f"a budget is a speedup > 1 (e.g. 2 for twice as fast); got {bad[0]:g}")

@@ -49,3 +49,22 @@ def test_a_claim_holds_while_its_process_lives_and_passes_on_when_it_is_gone(tmp
     assert claim(shard) and marker.read_text().endswith(str(os.getpid()))  # its process is gone
     release(shard)
     assert not marker.exists() and claim(shard)
+
+
+def test_a_row_name_of_several_lines_takes_the_width_of_its_longest_line():
+    """The cached row's label names N, the cut, the schedule, the act and the PSNR on four lines
+    (issue 31: it said "DeepCache" for the zeros ablation and for forecasts alike)."""
+    from cachediff import DeepCacheConfig
+    from cachediff.cli import setting_label
+
+    images, labels = torch.zeros(1, 1, 8, 8), ["a"]
+    label = setting_label(DeepCacheConfig(5, 2, reuse="zeros"), object(), 12.34)
+    assert label.splitlines() == [
+        "DeepCache N = 5",
+        "branch 2 (paper 3)",
+        "uniform, zeros (ablation)",
+        "PSNR 12.3 dB",
+    ]
+    stacked = labelled_grid({label: images}, labels, tile=32)
+    one_line = labelled_grid({label.replace("\n", " "): images}, labels, tile=32)
+    assert stacked.shape[1] < one_line.shape[1] - 100  # narrower: the lines are stacked, not joined

@@ -181,3 +181,20 @@ def test_the_throughput_survives_reruns_and_resumes(tiny_ldm, tmp_path, capsys):
     resumed = json.loads((folder / "run.json").read_text())
     assert resumed["images_timed"] == 5 and resumed["images_per_second"] > 0
     assert "resuming: 2 of 3 shards already made" in capsys.readouterr().err
+
+
+def test_shards_another_run_holds_are_named_instead_of_a_silent_exit(tiny_ldm, tmp_path, capsys):
+    """Issue 31: a second run whose remaining shards another live run had claimed exited 0 without a
+    word and without merging."""
+    import platform
+
+    run = args(tiny_ldm, tmp_path, "--interval", "3")
+    assert script.main(run) == 0
+    folder = tmp_path / "s8-N3-b0"
+    (folder / "shard_000002.npz").unlink()
+    (folder / "samples_5x32x32x3.npz").unlink()
+    (folder / ".shard_000002.npz.claim").write_text(f"{platform.node()} 1")  # held by a live process
+    capsys.readouterr()
+    assert script.main(run) == 0
+    assert "1 of 3 shards are still being made by another run (claimed)" in capsys.readouterr().err
+    assert not (folder / "samples_5x32x32x3.npz").exists() and not (folder / "shard_000002.npz").exists()

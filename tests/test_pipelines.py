@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -91,7 +92,10 @@ def test_the_default_is_the_shipped_tiny_sd_with_one_prompt_per_class(tmp_path, 
     results = record["results"]
     for run in ("baseline", "deepcache"):
         assert 0 <= results[f"{run}_class_accuracy"] <= 1 and 0 < results[f"{run}_class_score"] < 1
-    assert "class score (top-1 accuracy)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "class score (top-1 accuracy)" in out and re.search(
+        r"\| what cached steps reuse +\| +- \| +replay \|", out
+    )
     assert (tmp_path / "baseline_vs_deepcache.png").stat().st_size > 0
 
 
