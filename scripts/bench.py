@@ -34,7 +34,7 @@ from cachediff.accelerators import step_macs
 from cachediff.architectures import CPU_SIZES, build, example_inputs
 from cachediff.cli import DTYPES
 from cachediff.core import tree_nbytes
-from cachediff.files import read_csv, update_csv
+from cachediff.files import output_folder, read_csv, update_csv
 from cachediff.generation import check_device
 from cachediff.metrics import average_macs
 from cachediff.testing import denoise_example, tiny_unet
@@ -203,8 +203,8 @@ def main() -> None:
         "--out", type=Path, help="folder for results.csv and table.md (compile.csv, .md); rows are merged"
     )
     args = p.parse_args()
-    if args.steps < 1 or args.repeats < 1 or (args.size is not None and args.size < 8):
-        p.error("--steps and --repeats must be >= 1, --size >= 8")
+    if min(args.steps, args.repeats, args.threads) < 1 or (args.size is not None and args.size < 8):
+        p.error("--steps, --repeats and --threads must be >= 1, --size >= 8")
     if args.gpu:
         args.archs, args.compiled = [a for a in args.archs if a in GPU_SIZES] or list(GPU_SIZES), True
         args.steps, args.repeats, args.out = 50, min(args.repeats, 2), args.out or Path("docs/results/gpu")
@@ -214,6 +214,8 @@ def main() -> None:
         args.steps, args.repeats = 6, 1
     try:
         device = check_device(args.device or "cpu")
+        if args.out is not None:
+            output_folder(args.out)  # fails now, not after the runs
     except ValueError as err:
         p.error(str(err))
     dtype = DTYPES[args.dtype or "float32"]

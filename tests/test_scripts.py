@@ -95,6 +95,8 @@ def test_every_flag_has_help(script):
         (["experiments/ldm/sample_ldm.py", "--ckpt", "x", "--shard", "0"], "must be >= 1"),
         (["scripts/macs.py", "--interval", "0"], "must be >= 1"),
         (["scripts/bench.py", "--repeats", "0"], "must be >= 1"),
+        (["scripts/bench.py", "--threads", "0"], "--threads must be >= 1"),  # issue 30: a traceback
+        (["scripts/bench.py", "--out", "/dev/null/x"], "a parent is a file"),
         # issue 31: accepted silently before
         (["main.py", "--shallow_blocks", "1", "--steps", "2"], "--shallow_blocks is for DiT models"),
         (["main.py", "--model_type", "ddpm-mnist", "--prompt", "a cat"], "takes no --prompt"),
