@@ -96,7 +96,9 @@ def groups(df: pd.DataFrame, cost: str) -> dict[str, pd.DataFrame]:
 
 
 def pareto(df: pd.DataFrame, out: Path, cost: str, quality: str) -> Path:
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    timed = "measured_speedup" in df and df.measured_speedup.notna().any()  # else one panel
+    fig, axes = plt.subplots(1, 2 if timed else 1, figsize=(11 if timed else 6, 4.5), squeeze=False)
+    axes = axes[0]
     curves = groups(df, cost)
     colours = plt.get_cmap("tab10" if len(curves) <= 10 else "tab20").colors  # no two curves alike
     for (label, rows), marker, colour in zip(
@@ -105,10 +107,11 @@ def pareto(df: pd.DataFrame, out: Path, cost: str, quality: str) -> Path:
         style = dict(marker=marker, color=colour, label=label, capsize=2)
         error = interval_error(rows, quality)
         axes[0].errorbar(rows[cost], rows[quality], yerr=error, **style)
-        if "measured_speedup" in rows:
+        if timed:
             axes[1].errorbar(rows.measured_speedup, rows[quality], yerr=error, **style)
     axes[0].set(xlabel=COST, ylabel=QUALITIES[quality])
-    axes[1].set(xlabel="measured speedup over the uncached baseline", ylabel=QUALITIES[quality])
+    if timed:
+        axes[1].set(xlabel="measured speedup over the uncached baseline", ylabel=QUALITIES[quality])
     fig.suptitle(heading(df), fontsize=10)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
