@@ -98,7 +98,7 @@ def parse_args(
     )  # fmt: skip
     p.add_argument("--plan_by", default="macs", choices=["macs", "time"], help="--plan: a budget of MAC "
                    "speedup, or of measured speedup on this device")  # fmt: skip
-    p.add_argument("--calibration_images", type=int, default=16, help="--plan: calibration seeds scored")
+    p.add_argument("--calibration_images", type=int, default=32, help="--plan: calibration seeds scored")
     p.add_argument(
         "--converged_steps", type=int, help="--plan: steps of the fine solve that fidelity is measured "
         "against (default: 200 of DPM-Solver++ 2M with trailing spacing; 1000 of DDIM for DDIM pipelines)",
@@ -249,7 +249,8 @@ def run_plan(args, preset, pipe, steps: int) -> int:
         prompts = [args.prompt] if args.prompt is not None else load_prompts(preset.prompts)
         inputs |= generation.guidance(preset.model_path(args.model), args.guidance_scale)
     planner = plan.Planner(pipe, args.output, steps, preset.task, prompts, args.calibration_images,
-                           args.converged_steps, repeats=args.repeats, **inputs)  # fmt: skip
+                           args.converged_steps, repeats=args.repeats, batch=args.batch_size,
+                           **inputs)  # fmt: skip
     reference = planner.converged.describe()
     print(f"{args.model_type}: {steps} steps of {type(pipe.scheduler).__name__} "
           f"({pipe.scheduler.config.get('timestep_spacing')} spacing); fidelity to {reference}")  # fmt: skip

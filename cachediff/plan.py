@@ -180,14 +180,16 @@ class Planner:
         converged_steps: the fine solver's steps for the converged reference (``None``: its default).
         space: the candidates searched.
         timing_images, repeats: images per timed run and interleaved repeats of the front's timing.
+        batch: images per pipeline call on the calibration seeds (default: all of them); give the
+            batch you run, as the adaptive schedule decides per call for the whole batch.
     """
 
-    def __init__(self, pipe, out: Path, steps: int, task: str, prompts=None, calibration: int = 16,
+    def __init__(self, pipe, out: Path, steps: int, task: str, prompts=None, calibration: int = 32,
                  converged_steps: int | None = None, space: Space = Space(), timing_images: int = 2,
-                 repeats: int = 2, **inputs):  # fmt: skip
+                 repeats: int = 2, batch: int | None = None, **inputs):  # fmt: skip
         self.pipe, self.out, self.steps, self.space = pipe, Path(out), steps, space
         self.timing_images, self.repeats = timing_images, repeats
-        common = dict(task=task, prompts=prompts, first_seed=CALIBRATION_SEED, **inputs)
+        common = dict(task=task, prompts=prompts, batch=batch, first_seed=CALIBRATION_SEED, **inputs)
         self.sweep = Sweep(pipe, self.out / "calibration", calibration, calibration, **common)
         self.converged = Converged(pipe, self.out, calibration, converged_steps, calibration, **common)
         self.base = Setting(f"steps-{steps}", steps)

@@ -224,10 +224,15 @@ class Sweep:
                 )
 
     def folder(self, setting: Setting) -> Path:
-        """The setting's folder; refuses to mix samples of different parameters under one name."""
+        """The setting's folder; refuses to mix samples of different parameters under one name (for
+        the adaptive schedule, whose decisions are taken per call for the whole batch, the batch size
+        is one of them)."""
         folder = self.out / setting.name
         folder.mkdir(parents=True, exist_ok=True)
-        meta, params = folder / "setting.json", json.dumps(dataclasses.asdict(setting), sort_keys=True)
+        record = dataclasses.asdict(setting)
+        if setting.cache is not None and setting.cache.adaptive:
+            record["batch"] = self.batch
+        meta, params = folder / "setting.json", json.dumps(record, sort_keys=True)
         if not meta.exists():
             with atomic_path(meta) as tmp:
                 tmp.write_text(params)

@@ -1,10 +1,11 @@
-"""Does the planner pick well? Its picks on calibration seeds against every front candidate on held-out seeds.
+"""Does the planner pick well? Its picks on calibration seeds against the front on held-out seeds.
 
 For each budget, ``cachediff.plan`` ranks the candidates on the calibration seeds (1,000,000+) and
-picks one; this script then samples every candidate of the front on the evaluation seeds
-(0 .. --evaluation - 1, which the planner never sees), scores the mean per-image PSNR to the
-converged solution of the same noise with its 95% interval, and says whether the pick lies within
-the interval of the best candidate (a *hit*), and whether caching or fewer steps sits on the front.
+picks one; this script then samples every candidate of the calibration front, and the fewer-steps
+run whether on it or not, on the evaluation seeds (0 .. --evaluation - 1, which the planner never
+sees), scores the mean per-image PSNR to the converged solution of the same noise with its 95%
+interval, and says whether the pick lies within the interval of the best of them (a *hit*), and
+whether caching or fewer steps sits on the front of the held-out scores.
 Samples are kept by seed under ``--out``, so an interrupted run resumes.
 
 Example:
@@ -27,7 +28,7 @@ from cachediff import generation, metrics
 from cachediff.cli import DTYPES, SPACINGS
 from cachediff.files import output_folder, write_csv, write_json
 from cachediff.pipelines import PRESETS, get_preset
-from cachediff.plan import RANK, Planner, Space, save
+from cachediff.plan import RANK, Planner, Space, pareto, save
 from cachediff.prompts import load_prompts
 from cachediff.reference import Converged
 from cachediff.sweep import Sweep
@@ -42,7 +43,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--timestep-spacing", choices=SPACINGS, help="timestep spacing (default: the model's)")
     p.add_argument("--budgets", type=float, nargs="+", default=[1.5, 2, 3, 4], help="speedup budgets")
     p.add_argument("--branches", type=int, nargs="+", help="branch ids the planner searches (default: all)")
-    p.add_argument("--calibration", type=int, default=16, help="calibration images the planner scores")
+    p.add_argument("--calibration", type=int, default=32, help="calibration images the planner scores")
     p.add_argument("--evaluation", type=int, default=500, help="held-out images (seeds 0..N-1) per candidate")
     p.add_argument(
         "--converged-steps", type=int, help="steps of the fine solve (default: 200 of DPM-Solver++ 2M; "
@@ -52,6 +53,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--converged-out", type=Path, help="folder of the held-out seeds' converged reference (default: "
         "OUT/evaluation; a sweep's --converged-out of the same model, prompts and guidance is shared)",
     )  # fmt: skip
+    p.add_argument(
+        "--batch", type=int, help="images per pipeline call, on calibration and held-out seeds alike "
+        "(default: the preset's; the adaptive schedule decides per call for the whole batch)",
+    )  # fmt: skip
     p.add_argument("--shard", type=int, default=100, help="images per saved file of the evaluation")
     p.add_argument("--repeats", type=int, default=3, help="interleaved timed repeats of the front")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
@@ -59,7 +64,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, required=True, help="samples (calibration, evaluation, references)")
     p.add_argument("--results", type=Path, required=True, help="folder for validation.csv, .md and the plan")
     args = p.parse_args(argv)
-    counts = [args.calibration, args.evaluation, args.converged_steps or 1, args.shard, args.repeats]
+    counts = [
+        args.calibration,
+        args.evaluation,
+        args.converged_steps or 1,
+        args.shard,
+        args.repeats,
+        args.batch or 1,
+    ]
     if min(counts + [args.steps or 1, args.threads or 1]) < 1:
         p.error(
             "--calibration, --evaluation, --converged-steps, --shard, --repeats, --steps and --threads "
@@ -71,9 +83,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def evaluation_rows(plan, sweep: Sweep, converged: Converged) -> list[dict]:
-    """Every front candidate of ``plan`` scored on the evaluation seeds, the pick and the best marked,
-    with the paired interval of (best - pick) in mean per-image PSNR."""
-    settings = {name: plan.settings[name] for name in plan.front}
+    """Every front candidate of ``plan`` and its fewer-steps run (on the front or not) scored on the
+    evaluation seeds, the pick and the best marked, with the paired interval of (best - this) in mean
+    per-image PSNR."""
+    fewer = [r["candidate"] for r in plan.rows if r["interval"] == 1]
+    settings = {name: plan.settings[name] for name in dict.fromkeys([*plan.front, *fewer])}
     reference = converged.images(sweep.n)
     per_image = {}
     for name, setting in settings.items():
@@ -84,17 +98,20 @@ def evaluation_rows(plan, sweep: Sweep, converged: Converged) -> list[dict]:
     best = max(scores, key=lambda n: scores[n].estimate)
     rows = []
     for r in plan.rows:
-        if not r["front"]:
+        if r["candidate"] not in settings:
             continue
         name, ci = r["candidate"], scores[r["candidate"]]
         gap = metrics.mean_interval(per_image[best] - per_image[name])
         rows.append(dict(
             budget=plan.budget, candidate=name, caching=r["interval"] > 1, mac_speedup=r["mac_speedup"],
-            measured_speedup=r["measured_speedup"], calibration_db=r[RANK], evaluation_db=ci.estimate,
-            evaluation_db_lo=ci.low, evaluation_db_hi=ci.high, best_minus_this_db=gap.estimate,
-            best_minus_this_db_lo=gap.low, best_minus_this_db_hi=gap.high, pick=name == plan.pick,
-            best=name == best, images=sweep.n,
+            measured_speedup=r.get("measured_speedup"), calibration_front=r["front"], calibration_db=r[RANK],
+            evaluation_db=ci.estimate, evaluation_db_lo=ci.low, evaluation_db_hi=ci.high,
+            best_minus_this_db=gap.estimate, best_minus_this_db_lo=gap.low, best_minus_this_db_hi=gap.high,
+            pick=name == plan.pick, best=name == best, images=sweep.n,
         ))  # fmt: skip
+    front = pareto([(r["candidate"], r["mac_speedup"], r["evaluation_db"]) for r in rows])
+    for r in rows:
+        r["front"] = r["candidate"] in front  # on held-out seeds
     return rows
 
 
@@ -108,7 +125,7 @@ def summary(rows: list[dict], about: str) -> str:
         pick, best = next(r for r in at if r["pick"]), next(r for r in at if r["best"])
         hit = best["evaluation_db_lo"] <= pick["evaluation_db"]
         hits += hit
-        kinds = sorted({"caching" if r["caching"] else "fewer steps" for r in at})
+        kinds = sorted({"caching" if r["caching"] else "fewer steps" for r in at if r["front"]})  # held out
         ci = "{:.2f} [{:.2f}, {:.2f}]".format
         lines.append(
             f"| {budget:g}x | {pick['candidate']} | {best['candidate']} | "
@@ -134,7 +151,7 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     output_folder(args.out), output_folder(args.results)
     preset = get_preset(args.model_type)
-    steps = args.steps or preset.steps
+    steps, batch = args.steps or preset.steps, args.batch or preset.batch
     pipe = generation.load_pipeline(preset, args.model, "cpu", DTYPES[args.dtype])
     generation.set_scheduler(pipe, args.scheduler or preset.scheduler)
     if args.timestep_spacing:
@@ -147,9 +164,9 @@ def run(args) -> int:
         inputs |= generation.guidance(preset.model_path(args.model))
     planner = Planner(pipe, args.out / "plan", steps, preset.task, prompts, args.calibration,
                       args.converged_steps, Space(branches=args.branches and tuple(args.branches)),
-                      repeats=args.repeats, **inputs)  # fmt: skip
+                      repeats=args.repeats, batch=batch, **inputs)  # fmt: skip
     plans = [planner.plan(b) for b in args.budgets]
-    common = dict(task=preset.task, prompts=prompts, **inputs)
+    common = dict(task=preset.task, prompts=prompts, batch=batch, **inputs)
     sweep = Sweep(pipe, args.out / "evaluation", args.evaluation, args.shard, **common)
     folder = args.converged_out or args.out / "evaluation"
     converged = Converged(pipe, folder, args.evaluation, args.converged_steps, args.shard, **common)

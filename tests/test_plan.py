@@ -102,7 +102,7 @@ def _validation_script():
 
 def test_a_pick_is_a_hit_where_it_lies_within_the_best_candidates_interval():
     summary = _validation_script().summary
-    row = dict(caching=True, evaluation_db_hi=0.0)
+    row = dict(caching=True, evaluation_db_hi=0.0, front=True)
     rows = [
         dict(
             row, budget=2.0, candidate="a", evaluation_db=40.0, evaluation_db_lo=39.0, pick=False, best=True

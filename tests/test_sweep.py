@@ -135,6 +135,18 @@ def test_full_steps_are_recorded_per_shard_for_adaptive_runs(pipe, tmp_path):
     assert sweep.mean_n_full(SETTING) == SETTING.n_full() == 2
 
 
+def test_adaptive_samples_of_another_batch_size_are_refused(pipe, tmp_path):
+    """The adaptive schedule decides per call for the whole batch: shards made at batch 2 and batch 4
+    would be samples of two schedules under one name. Static settings do not depend on the batch."""
+    adaptive = Setting("adaptive", steps=8, cache=DeepCacheConfig(interval=3, schedule="adaptive"))
+    Sweep(pipe, tmp_path, n_samples=4, shard=4, batch=2).generate_missing(adaptive, progress=False)
+    Sweep(pipe, tmp_path, n_samples=4, shard=4, batch=2).folder(adaptive)  # the same batch: resumes
+    with pytest.raises(ValueError, match="other parameters"):
+        Sweep(pipe, tmp_path, n_samples=4, shard=4, batch=4).folder(adaptive)
+    Sweep(pipe, tmp_path, n_samples=4, shard=4, batch=2).generate_missing(SETTING, progress=False)
+    Sweep(pipe, tmp_path, n_samples=4, shard=4, batch=4).folder(SETTING)  # static: any batch
+
+
 def test_the_first_images_generate_only_the_shards_that_hold_them(pipe, tmp_path):
     sweep = Sweep(pipe, tmp_path, n_samples=6, shard=2, featurize=mean_features)
     first = sweep.first(SETTING)
