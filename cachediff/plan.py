@@ -282,8 +282,12 @@ def _plot(plans: Sequence[Plan], path: Path) -> None:
 
     from .files import save_figure
 
-    fig, axes = plt.subplots(1, len(plans), figsize=(6 * len(plans), 4.5), squeeze=False)
-    for ax, p in zip(axes[0], plans, strict=True):
+    cols = min(len(plans), 2)
+    rows = -(-len(plans) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6.5 * cols, 4.5 * rows), squeeze=False)
+    for ax in axes.flat[len(plans) :]:
+        ax.remove()
+    for ax, p in zip(axes.flat, plans, strict=False):  # the grid may hold one more
         for r in p.rows:
             fewer = r["interval"] == 1
             error = [[r[RANK] - r[RANK + "_lo"]], [r[RANK + "_hi"] - r[RANK]]]
@@ -295,7 +299,7 @@ def _plot(plans: Sequence[Plan], path: Path) -> None:
         ax.plot(pick["mac_speedup"], pick[RANK], "*", ms=18, color="gold", mec="k", label=f"pick: {p.pick}")
         ax.axvline(p.budget, color="grey", lw=0.8)
         ax.set(xlabel="MAC speedup bound", ylabel="PSNR to the converged solution (dB, mean per image)",
-               title=f"budget {p.budget:g}x by {p.by} (red squares: fewer steps)")  # fmt: skip
+               title=f"budget {p.budget:g}x by {p.by}, calibration seeds (red: fewer steps)")  # fmt: skip
         ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     save_figure(fig, path)
