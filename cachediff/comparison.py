@@ -73,6 +73,7 @@ def compare(
     avg = sum(stats.average_macs(f, c) * len(stats.calls) for (f, c), stats in per_unet) / calls
     uncached = sum(f * len(stats.calls) for (f, _), stats in per_unet) / calls
     full, cached = per_unet[0][0]
+    ci = metrics.psnr_interval(metrics.mse_per_image(images["deepcache"], images["baseline"]))
     result = Comparison(
         baseline_seconds=statistics.median(times["baseline"]),
         deepcache_seconds=statistics.median(times["deepcache"]),
@@ -85,7 +86,7 @@ def compare(
         steps=calls,
         psnr_db=metrics.psnr(images["baseline"], images["deepcache"]),
         mse=metrics.mse(images["baseline"], images["deepcache"]),
+        psnr_db_lo=ci.low,
+        psnr_db_hi=ci.high,
     )
-    ci = metrics.psnr_interval(metrics.mse_per_image(images["deepcache"], images["baseline"]))
-    result.psnr_db_lo, result.psnr_db_hi = ci.low, ci.high
     return result, images["baseline"], images["deepcache"]

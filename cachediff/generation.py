@@ -135,12 +135,14 @@ def _saved_class(path: str) -> str | None:
 def set_scheduler(pipe, name: str | None, spacing: str | None = None) -> None:
     """Swap in the diffusers scheduler class ``name`` (same config), or keep the pipeline's if None;
     with ``spacing``, set its timestep spacing (``leading``, ``trailing`` or ``linspace``)."""
+    if name is not None:
+        pipe.scheduler = _checked_scheduler(pipe, name).from_config(pipe.scheduler.config)
     if spacing is not None:
-        set_scheduler(pipe, name)
         pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, timestep_spacing=spacing)
-        return
-    if name is None:
-        return
+
+
+def _checked_scheduler(pipe, name: str):
+    """The diffusers scheduler class ``name``, if ``pipe`` can step it; else a one-line error."""
     cls = getattr(diffusers, name, None)
     if cls is None or not name.endswith("Scheduler"):
         raise ValueError(f"unknown scheduler {name!r}; give a diffusers class such as DDIMScheduler")
@@ -161,7 +163,7 @@ def set_scheduler(pipe, name: str | None, spacing: str | None = None) -> None:
             f"{type(pipe).__name__} passes {', '.join(missing)} to scheduler.step, which {name}.step "
             "does not take; give a scheduler that does, such as DDIMScheduler"
         )
-    pipe.scheduler = cls.from_config(pipe.scheduler.config)
+    return cls
 
 
 def scheduler_options(scheduler, options: list[str]) -> dict:

@@ -32,11 +32,13 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from tqdm.auto import tqdm
 
 from . import metrics, scoring
@@ -196,17 +198,23 @@ class Planner:
         self._scores: dict[str, dict] = {}
         self._timed: dict[str, float] = {}
 
+    @functools.cached_property
     def macs(self) -> dict[int, tuple[float, float]]:
-        """MACs of a full and a cached call per branch id (on a ``meta`` copy: no compute)."""
+        """MACs of a full and a cached call per branch id (on a ``meta`` copy: no compute), once."""
         n = num_branches(self.pipe.unet)
         ids = self.space.branches if self.space.branches is not None else range(n)
         return {b: macs_per_call(accelerator(self.pipe, DeepCacheConfig(branch=b), self.steps)) for b in ids}
+
+    @functools.cached_property
+    def converged_images(self) -> torch.Tensor:
+        """The calibration seeds' converged images, generated where missing, read once."""
+        return self.converged.images(self.sweep.n)
 
     def fidelity(self, setting: Setting) -> dict:
         """PSNR of ``setting``'s calibration images to the converged ones, per-image mean
         (``psnr_conv_mean_db``, which ranks) and pooled (``psnr_conv_db``), with intervals; once."""
         if setting.name not in self._scores:
-            scores = scoring.fidelity(self.sweep.first(setting), self.converged.images(self.sweep.n))
+            scores = scoring.fidelity(self.sweep.first(setting), self.converged_images)
             self._scores[setting.name] = {k.replace("psnr_", "psnr_conv_"): v for k, v in scores.items()}
         return self._scores[setting.name]
 
@@ -222,7 +230,7 @@ class Planner:
         (``by="time"``: the MACs prune, the timing of the front decides which reach the budget)."""
         if not budget > 1 or by not in ("macs", "time"):
             raise ValueError(f"a budget is a speedup > 1 by 'macs' or 'time'; got {budget!r} by {by!r}")
-        macs = self.macs()
+        macs = self.macs
         settings = candidates(self.steps, self.space, len(macs))
         kept = prune(settings, macs, self.steps, budget)
         if not kept:

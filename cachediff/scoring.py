@@ -124,14 +124,15 @@ def row(
     if converged is not None:
         out["converged"] = converged.describe()
         conv = fidelity(images, converged.images(k))
-        out |= {k.replace("psnr_", "psnr_conv_"): v for k, v in conv.items()}
+        out |= {name.replace("psnr_", "psnr_conv_"): v for name, v in conv.items()}
     if featured:
         bar = lambda r: tqdm(r, desc=f"{setting.name}: FID interval", leave=False)  # noqa: E731
         out |= metrics.fid_interval(features, *reference, fid_resamples, progress=bar).columns("fid")
         if not fid_resamples:
             del out["fid_lo"], out["fid_hi"]
     if prompts is not None and (clip is not None or classifier is not None):
-        texts, samples = [prompts[i % len(prompts)] for i in range(sweep.n)], sweep.images(setting)
+        seeds = range(sweep.first_seed, sweep.first_seed + sweep.n)
+        texts, samples = [prompts[s % len(prompts)] for s in seeds], sweep.images(setting)
         if clip is not None:
             out["clip_score"] = clip_score.clip_score(samples, texts, clip).mean().item()
         labels = classifier and class_score.labels_of_prompts(texts)

@@ -42,7 +42,7 @@ def test_the_planner_finds_a_planted_best_candidate_on_calibration_seeds_only(pl
     monkeypatch.setattr(
         Sweep, "generate", lambda self, s, chunk: seeds.extend(chunk) or generate(self, s, chunk)
     )
-    kept = plan.prune(plan.candidates(6, SPACE), planner.macs(), 6, 1.2)
+    kept = plan.prune(plan.candidates(6, SPACE), planner.macs, 6, 1.2)
     planted = kept[-1][0].name  # the last kept: not the fastest, not fewer steps
     scored = planner.fidelity
 
