@@ -6,12 +6,14 @@ run whether on it or not, on the evaluation seeds (0 .. --evaluation - 1, which 
 sees), scores the mean per-image PSNR to the converged solution of the same noise with its 95%
 interval, and says whether the pick lies within the interval of the best of them (a *hit*), and
 whether caching or fewer steps sits on the front of the held-out scores.
+With ``--fid-images``, each budget's pick, its fewer-steps run and the uncached run also get FID (and,
+on the tiny SD, class score) with 95% intervals on seeds 0 .. --fid-images - 1 (``quality.csv``).
 Samples are kept by seed under ``--out``, so an interrupted run resumes.
 
 Example:
     python scripts/validate_plan.py --model_type tiny-sd --steps 25 --scheduler DPMSolverMultistepScheduler \\
         --timestep-spacing trailing --budgets 1.5 2 3 4 --out runs/validate/dpmpp-25 \\
-        --results docs/results/planning/dpmpp-25
+        --results docs/results/planning/dpmpp-25 --fid-images 2000 --fid-reference fashion-mnist
 """
 
 from __future__ import annotations
@@ -24,14 +26,16 @@ from pathlib import Path
 
 import torch
 
-from cachediff import generation, metrics
+from cachediff import generation, metrics, scoring
 from cachediff.cli import DTYPES, SPACINGS
 from cachediff.files import output_folder, write_csv, write_json
+from cachediff.metrics import fid
+from cachediff.metrics.class_score import load_classifier
 from cachediff.pipelines import PRESETS, get_preset
 from cachediff.plan import RANK, Planner, Space, pareto, save
 from cachediff.prompts import load_prompts
 from cachediff.reference import Converged
-from cachediff.sweep import Sweep
+from cachediff.sweep import Setting, Sweep
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -58,6 +62,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         "(default: the preset's; the adaptive schedule decides per call for the whole batch)",
     )  # fmt: skip
     p.add_argument("--shard", type=int, default=100, help="images per saved file of the evaluation")
+    p.add_argument(
+        "--fid-images", type=int, default=0, help="images (seeds 0..N-1) on which each budget's pick, "
+        "its fewer-steps run and the uncached run get FID and class score with intervals (0: none)",
+    )  # fmt: skip
+    p.add_argument("--fid-reference", help="FID reference with --fid-images: statistics (.npz), "
+                   + " or ".join(repr(r) for r in scoring.REFERENCES))  # fmt: skip
+    p.add_argument("--fid-resamples", type=int, default=50, help="bootstrap resamplings for FID's interval")
     p.add_argument("--repeats", type=int, default=3, help="interleaved timed repeats of the front")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     p.add_argument("--dtype", default="float32", choices=list(DTYPES), help="weights and compute dtype")
@@ -79,6 +90,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         )
     if min(args.budgets) <= 1:
         p.error("--budgets are speedups > 1")
+    if args.fid_images and not args.fid_reference:
+        p.error("--fid-images needs --fid-reference")
+    if args.fid_images < 0 or args.fid_resamples < 1:
+        p.error("--fid-images must be >= 0 and --fid-resamples >= 1")
+    if args.fid_images and (args.fid_images % args.shard or args.evaluation % args.shard):
+        p.error("--fid-images and --evaluation must be multiples of --shard (they share sample files)")
     return args
 
 
@@ -113,6 +130,48 @@ def evaluation_rows(plan, sweep: Sweep, converged: Converged) -> list[dict]:
     for r in rows:
         r["front"] = r["candidate"] in front  # on held-out seeds
     return rows
+
+
+def quality_rows(
+    plans, steps: int, sweep: Sweep, reference, classifier, prompts, resamples: int
+) -> list[dict]:
+    """FID and class score, with intervals, of each budget's pick and fewer-steps run and of the
+    uncached run of ``steps``, on all of ``sweep``'s seeds (``cachediff.scoring.row``)."""
+    base, scored = Setting(f"steps-{steps}", steps), {}
+
+    def scores(setting: Setting) -> dict:
+        if setting.name not in scored:
+            sweep.generate_missing(setting)
+            scored[setting.name] = scoring.row(
+                sweep, setting, base, reference, None, prompts, classifier, fid_resamples=resamples
+            )
+        return scored[setting.name]
+
+    rows = [dict(budget=None, role="uncached", **scores(base))]
+    for plan in plans:
+        fewer = next(r["candidate"] for r in plan.rows if r["interval"] == 1)
+        for name, role in ((fewer, "fewer steps"), (plan.pick, "pick")):
+            rows.append(dict(budget=plan.budget, role=role, **scores(plan.settings[name])))
+    return rows
+
+
+def quality_summary(rows: list[dict]) -> str:
+    """FID and class score per budget as Markdown."""
+    ci = lambda r, c: f"{r[c]:.2f} [{r[c + '_lo']:.2f}, {r[c + '_hi']:.2f}]" if c + "_lo" in r else "-"  # noqa: E731
+    n = rows[0]["samples"]
+    lines = [
+        f"FID and class score on {n} images (seeds 0..{n - 1}), 95% intervals:",
+        "",
+        "| budget | role | candidate | MAC bound | FID [95% CI] | class score [95% CI] |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        budget = "-" if r["budget"] is None else f"{r['budget']:g}x"
+        lines.append(
+            f"| {budget} | {r['role']} | {r['setting']} | {r['mac_speedup']:.2f}x | {ci(r, 'fid')} | "
+            f"{ci(r, 'class_score')} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def summary(rows: list[dict], about: str) -> str:
@@ -171,6 +230,14 @@ def run(args) -> int:
     folder = args.converged_out or args.out / "evaluation"
     converged = Converged(pipe, folder, args.evaluation, args.converged_steps, args.shard, **common)
     rows = [r for p in plans for r in evaluation_rows(p, sweep, converged)]
+    quality = []
+    if args.fid_images:
+        inception = fid.load_inception()
+        featurize = lambda x: fid.inception_features(x, inception, 50, False)  # noqa: E731
+        reference = scoring.reference_stats(args.fid_reference, args.out, 2000, featurize)
+        classifier = load_classifier() if preset.class_score else None
+        evaluation = Sweep(pipe, args.out / "evaluation", args.fid_images, args.shard, featurize, **common)
+        quality = quality_rows(plans, steps, evaluation, reference, classifier, prompts, args.fid_resamples)
     spacing = pipe.scheduler.config.get("timestep_spacing")
     about = (
         f"{args.model_type}, {type(pipe.scheduler).__name__} {steps} steps, {spacing} spacing; fidelity: "
@@ -180,9 +247,12 @@ def run(args) -> int:
     )
     save(plans, args.results, dict(about=about))
     write_csv(rows, args.results / "validation.csv")
-    write_json(args.results / "validation.json", dict(about=about, rows=rows))
-    (args.results / "validation.md").write_text(summary(rows, about))
-    print(summary(rows, about))
+    write_json(args.results / "validation.json", dict(about=about, rows=rows, quality=quality))
+    text = summary(rows, about) + (quality and "\n" + quality_summary(quality))
+    if quality:
+        write_csv(quality, args.results / "quality.csv")
+    (args.results / "validation.md").write_text(text)
+    print(text)
     return 0
 
 

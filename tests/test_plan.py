@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from diffusers import DDIMPipeline, DDIMScheduler
 
@@ -131,11 +132,26 @@ def test_a_pick_is_a_hit_where_it_lies_within_the_best_candidates_interval():
 
 
 def test_the_validation_script_end_to_end(tmp_path):
+    from cachediff.metrics import fid
+
     script = _validation_script()
+    fid.save_stats(tmp_path / "ref.npz", np.zeros(2048), np.eye(2048))
     args = ["--steps", "6", "--budgets", "1.5", "--calibration", "2", "--evaluation", "4", "--shard", "2"]
     args += ["--converged-steps", "12", "--repeats", "1", "--branches", "1", "2"]
+    args += ["--fid-images", "6", "--fid-reference", str(tmp_path / "ref.npz"), "--fid-resamples", "3"]
     assert script.main([*args, "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "docs")]) == 0
-    rows = json.loads((tmp_path / "docs" / "validation.json").read_text())["rows"]
+    record = json.loads((tmp_path / "docs" / "validation.json").read_text())
+    rows, quality = record["rows"], record["quality"]
+    pick = next(r["candidate"] for r in rows if r["pick"])
+    assert [(q["role"], q["budget"]) for q in quality] == [
+        ("uncached", None),
+        ("fewer steps", 1.5),
+        ("pick", 1.5),
+    ]
+    assert quality[0]["setting"] == "steps-6" and quality[2]["setting"] == pick
+    assert all(q["samples"] == 6 and q["fid_lo"] < q["fid"] < q["fid_hi"] for q in quality)
+    assert all(0 <= q["class_score_lo"] <= q["class_score"] <= q["class_score_hi"] <= 1 for q in quality)
+    assert "| 1.5x | pick | " + pick in (tmp_path / "docs" / "validation.md").read_text()
     assert sum(r["pick"] for r in rows) == 1 and sum(r["best"] for r in rows) == 1
     assert all(r["images"] == 4 and r["evaluation_db_lo"] <= r["evaluation_db"] for r in rows)
     assert "hit rate: " in (tmp_path / "docs" / "validation.md").read_text()

@@ -76,6 +76,9 @@ def test_every_flag_has_help(script):
     assert "usage:" in run(*(["-m"] if not script.endswith(".py") else []), script, "--help").stdout
 
 
+VALIDATION = ["--out", "runs-never-made", "--results", "results-never-made"]  # refused before either is made
+
+
 @pytest.mark.parametrize(
     "args,message",
     [
@@ -106,6 +109,14 @@ def test_every_flag_has_help(script):
         (["scripts/sweep.py", "--guidance-scale", "inf"], "--guidance-scale must be a finite number"),
         (["scripts/sweep.py", "--prompts", ""], "--prompts must name a prompt set"),
         (["scripts/sweep.py", "--retime", "--repeats", "0"], "--retime measures the speed again"),
+        (
+            ["scripts/validate_plan.py", *VALIDATION, "--fid-images", "200"],
+            "--fid-images needs --fid-reference",
+        ),
+        (
+            ["scripts/validate_plan.py", *VALIDATION, "--fid-images", "250", "--fid-reference", "mnist"],
+            "--fid-images and --evaluation must be multiples of --shard",
+        ),
     ],
 )
 def test_bad_arguments_fail_with_a_clear_message(args, message):
