@@ -180,6 +180,15 @@ class StepClock:
             self._times = [] if timesteps is None else [float(t) for t in torch.as_tensor(timesteps).tolist()]
         return self._times[step] if step < len(self._times) else None
 
+    def call_time(self, step: int, args: tuple, kwargs: dict, variable: str) -> float:
+        """A call's time in ``variable``: "step", the step index; or "timestep", the call's
+        ``timestep`` argument where that is on the host (a number or a CPU tensor: no
+        synchronisation), else the scheduler's timestep of the step, else the step index."""
+        t = call_timestep(args, kwargs) if variable == "timestep" else None
+        if t is None and variable == "timestep":
+            t = self.time(step)
+        return float(step) if t is None else t
+
     def detach(self) -> None:
         """Stop following the scheduler (restores its methods)."""
         self._hooks.remove_all()
@@ -257,6 +266,16 @@ def _close(a: float, b: float) -> bool:
 #: of a predictor-corrector sampler (ScoreSdeVeScheduler, whose corrector calls the model within
 #: the step, in a slot of its own).
 STEP_METHODS = ("step", "step_pred")
+
+
+def call_timestep(args: tuple, kwargs: dict, anywhere: bool = False) -> float | None:
+    """A call's timestep argument (the second positional one, or ``timestep`` / ``timesteps``) as a
+    host float: a number, or the first element of a tensor on the CPU, or with ``anywhere`` on any
+    device (a host synchronisation there: a timed run places each call by it)."""
+    t = args[1] if len(args) > 1 else kwargs.get("timestep", kwargs.get("timesteps"))
+    if isinstance(t, torch.Tensor) and t.numel() > 0 and (anywhere or t.device.type == "cpu"):
+        t = t.reshape(-1)[0].item()
+    return float(t) if isinstance(t, (int, float)) and not isinstance(t, bool) else None
 
 
 def step_method(scheduler) -> str:

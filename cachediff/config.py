@@ -37,7 +37,7 @@ from . import schedule
 #: Schedule names; "non-uniform" is the paper's quadratic schedule around a centre step (Section 3.3);
 #: "adaptive" decides at run time from how much the shallow feature has changed.
 SCHEDULES = ("uniform", "non-uniform", "explicit", "adaptive")
-#: What a cached step hands the shallow branch (``cachediff.core.act_for``).
+#: What a cached step hands the shallow branch (``cachediff.acts.act_for``).
 REUSE = ("cache", "forecast", "zeros")
 #: The variables a forecast extrapolates in.
 FORECAST_TIMES = ("timestep", "step")
@@ -63,7 +63,7 @@ class DeepCacheConfig:
             or as a mask string such as ``"FCCFCCF"``.
         reuse: what a cached step feeds the shallow branch: "cache" (DeepCache: the deep feature of
             the last full step), "forecast" (the polynomial through the deep features of the last
-            ``order`` full steps, evaluated at the cached step's time: ``cachediff.core.Forecast``)
+            ``order`` full steps, evaluated at the cached step's time: ``cachediff.acts.Forecast``)
             or "zeros" (the paper's Table 5 ablation, which shows that the cached feature matters).
         order: forecast only: how many full steps' features the forecast passes through (1 = replay,
             2 = linear, 3 = quadratic extrapolation); default 2.
@@ -72,7 +72,7 @@ class DeepCacheConfig:
             argument) or "step" (the step index).
         fallback: forecast only: check the forecast on the shallow feature each cached step and
             replay where extrapolating the shallow feature the same way misses it by more than
-            replaying it does (``cachediff.core.Forecast``); default False.
+            replaying it does (``cachediff.acts.Forecast``); default False.
         window: cache only inside ``(start, end)``; ints are step indices, floats fractions of the run.
         warmup: the first ``warmup`` steps are full.
         cooldown: the last ``cooldown`` steps are full.

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import torch
 
+from .acts import act_for
 from .config import DeepCacheConfig
-from .core import Group, Session, act_for
+from .core import Group, Session
 from .policy import policy_for
 from .schedule import ranges
 from .unets import BranchPlan, branch_plan

@@ -28,9 +28,15 @@ from __future__ import annotations
 import functools
 import inspect
 import types
+import weakref
 from collections.abc import Callable
 
+import torch
+
 _MISSING = object()
+
+#: Which ``Installed`` has hooks on which model (kept outside the model, which stays untouched).
+_OWNERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class Hooks:
@@ -70,6 +76,62 @@ class Hooks:
             vars(state.method).pop("__wrapped__", None)  # nor keep the original object alive
 
 
+class Installed:
+    """Hooks on one model, installed by ``enable`` and removed exactly by ``disable``; one enabled
+    installer per model; all or nothing (a failing install removes what it installed); a context
+    manager. Subclasses say what to install (``_install``), what every ``enable`` starts
+    (``_start``) and what ``disable`` drops (``_drop``)."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model, self._hooks = model, Hooks()
+
+    @property
+    def enabled(self) -> bool:
+        return len(self._hooks) > 0
+
+    def enable(self):
+        """Install the hooks (harmless if already installed) and start."""
+        owner = _OWNERS.get(self.model)
+        if owner is not None and owner is not self:
+            raise RuntimeError(
+                f"this {type(self.model).__name__} is already accelerated by another enabled engine; "
+                "disable that first"
+            )
+        first = not self.enabled
+        try:
+            if first:
+                _OWNERS[self.model] = self
+                self._install(self._hooks)
+            self._start()
+        except BaseException:
+            if first:
+                self.disable()
+            raise
+        return self
+
+    def disable(self) -> None:
+        """Remove every hook, restoring the original methods exactly, and drop what is held."""
+        if _OWNERS.get(self.model) is self:
+            del _OWNERS[self.model]
+        self._hooks.remove_all()
+        self._drop()
+
+    def __enter__(self):
+        return self.enable()
+
+    def __exit__(self, *exc) -> None:
+        self.disable()
+
+    def _install(self, hooks: Hooks) -> None:
+        raise NotImplementedError
+
+    def _start(self) -> None:
+        pass
+
+    def _drop(self) -> None:
+        pass
+
+
 def clean(objects) -> int:
     """Delete the inert leftovers of wrappers (see the module docstring) from ``objects``, restoring
     what was beneath them; returns how many were removed.
@@ -89,6 +151,18 @@ def clean(objects) -> int:
             _restore(obj, attr, _beneath_leftovers(obj, attr))
             removed += 1
     return removed
+
+
+def held(model: torch.nn.Module, pipeline) -> list:
+    """Where a wrapper's leftovers may sit: the model's modules, and the objects a pipeline holds
+    (the modules of its models; copies made while hooks were installed: Text2Video-Zero's scheduler)."""
+    objects = list(model.modules())
+    for value in vars(pipeline).values() if pipeline is not None else ():
+        if isinstance(value, torch.nn.Module):
+            objects += value.modules()
+        elif hasattr(value, "__dict__") and not isinstance(value, type):
+            objects.append(value)
+    return objects
 
 
 class _Wrapper:

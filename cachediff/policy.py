@@ -4,7 +4,8 @@ A policy sees the step index of the call and the ``History`` of its slot (what h
 last full call). ``Static`` policies are a rule of steps fixed before the run (uniform, non-uniform,
 explicit, windows and refinements, all from ``cachediff.schedule``); the ``Adaptive`` policy leaves
 some calls undecided (``None``) until the probe, the shallow feature that the cached call computes
-anyway, has been measured, and then ``resolve`` decides from how far it has drifted.
+anyway, has been measured (``History.observe``), and then ``resolve`` decides from how far it has
+drifted. Deciding changes nothing: asking twice gives the same answer.
 
 Example:
     >>> from cachediff.config import DeepCacheConfig
@@ -17,8 +18,12 @@ Example:
     >>> history = History()
     >>> adaptive.decide(0, history), adaptive.decide(1, history)
     (True, None)
-    >>> adaptive.resolve(1, history, change=0.3), adaptive.resolve(1, history, change=0.3)
-    (False, True)
+    >>> history.observe(0.3)
+    >>> adaptive.resolve(1, history), adaptive.resolve(1, history)
+    (False, False)
+    >>> history.record(full=False); history.observe(0.3)
+    >>> adaptive.resolve(2, history)
+    True
 """
 
 from __future__ import annotations
@@ -45,6 +50,11 @@ class History:
     cached_run: int = 0  # cached calls since the last full call
     full_count: int = 0  # full calls of this slot in the run
 
+    def observe(self, change: float) -> None:
+        """Account for the probe's measured change of this call (before its decision)."""
+        self.changes.append(change)
+        self.drift += change
+
     def record(self, full: bool) -> None:
         """Account for a finished call."""
         if full:
@@ -65,8 +75,8 @@ class Policy(Protocol):
     def decide(self, step: int, history: History | None) -> bool | None:
         """Full (True), cached (False), or undecided until the probe (None)."""
 
-    def resolve(self, step: int, history: History, change: float | None) -> bool:
-        """The decision of an undecided call, given the probe's change since the previous call."""
+    def resolve(self, step: int, history: History) -> bool:
+        """The decision of an undecided call, once the probe's change is in ``history``."""
 
 
 class Static:
@@ -90,7 +100,7 @@ class Static:
     def decide(self, step: int, history: History | None) -> bool:
         return self.rule()(step)
 
-    def resolve(self, step: int, history: History, change: float | None) -> bool:
+    def resolve(self, step: int, history: History) -> bool:
         raise AssertionError("a static policy decides every call in advance")
 
 
@@ -126,8 +136,7 @@ class Adaptive:
             return True
         return None
 
-    def resolve(self, step: int, history: History, change: float | None) -> bool:
-        history.drift += change or 0.0
+    def resolve(self, step: int, history: History) -> bool:
         return history.drift >= self.threshold_for(step, history)
 
     def threshold_for(self, step: int, history: History) -> float:

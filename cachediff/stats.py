@@ -16,8 +16,6 @@ from typing import NamedTuple
 
 import torch
 
-from .metrics.macs import average_macs
-
 
 class Stopwatch:
     """Times one call without synchronising the host: ``time.perf_counter`` on a CPU; on a GPU a pair
@@ -144,3 +142,13 @@ class RunStats:
             saved = 1 - self.average_macs(full_macs, cached_macs) / full_macs
             line += f"; MACs saved {100 * saved:.1f}%"
         return line
+
+
+def average_macs(full: int, cached: int, n_full: int, n_steps: int) -> float:
+    """Average MACs per step of a run with ``n_full`` full steps out of ``n_steps``.
+
+    Example:
+        >>> average_macs(10, 2, n_full=1, n_steps=5)
+        3.6
+    """
+    return (n_full * full + (n_steps - n_full) * cached) / max(n_steps, 1)

@@ -33,11 +33,11 @@ from cachediff import DeepCacheConfig, DeepCacheSDHelper, metrics
 from cachediff.accelerators import step_macs
 from cachediff.architectures import CPU_SIZES, build, example_inputs
 from cachediff.cli import DTYPES
-from cachediff.core import tree_nbytes
 from cachediff.files import output_folder, read_csv, update_csv
 from cachediff.generation import check_device
 from cachediff.metrics import average_macs
 from cachediff.testing import denoise_example, tiny_unet
+from cachediff.trees import tree_nbytes
 
 CONFIGS = [(3, 0), (5, 0), (5, 1)]  # (interval, branch id)
 #: The GPU benchmark's architectures and latent sides: SD 1.5 at 512 px, SDXL at 1024 px.

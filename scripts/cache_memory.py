@@ -17,7 +17,7 @@ from diffusers import DDIMScheduler
 
 from cachediff import DeepCacheSDHelper
 from cachediff.architectures import ARCHITECTURES, build, example_inputs
-from cachediff.core import tree_nbytes
+from cachediff.trees import tree_nbytes
 
 
 @torch.no_grad()

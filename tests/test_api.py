@@ -346,3 +346,33 @@ def test_two_threads_calling_a_cached_pipeline_at_once_both_finish():
             t.join()
     assert not errors and len(out) == 3 and all(torch.isfinite(o).all() for o in out.values())
     assert "forward" not in vars(pipe.unet)
+
+
+def test_a_cached_call_runs_exactly_the_shallow_attention_layers():
+    """The cut of SD's U-Net at layer granularity names attention layers too (``UNetSpec.layer_lists``):
+    at branch 1 (paper branch 2) a cached call runs layer 0 of the first down block (which makes skip
+    1) and the last two layers of the last up block (which consume skips 1 and 0), so of the attention
+    layers only theirs (literals read off the architecture, not from the engine)."""
+    unet, cond = tiny_unet("sd")
+    x, ran = torch.randn(2, unet.config.in_channels, 8, 8), []
+    # a skipped module is still called (its wrapper hands out the kept result): watch what it calls
+    names = {m: n.removesuffix(".proj_in") for n, m in unet.named_modules() if n.endswith("proj_in")}
+
+    def record(module, args, out):  # returns None: the output stays
+        if module in names:
+            ran.append(names[module])
+
+    engine = cachediff.DeepCacheEngine(unet, DeepCacheConfig(interval=2, branch=1))
+    with torch.no_grad(), engine:
+        unet(x, 999, **cond)  # full
+        handle = torch.nn.modules.module.register_module_forward_hook(record)  # global: caching stays on
+        try:
+            unet(x, 998, **cond)  # cached
+        finally:
+            handle.remove()
+    assert engine.stats.pattern == "FC"
+    assert sorted(ran) == [
+        "down_blocks.0.attentions.0",
+        "up_blocks.3.attentions.1",
+        "up_blocks.3.attentions.2",
+    ]

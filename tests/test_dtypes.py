@@ -40,7 +40,7 @@ def output_dtypes(pipe, cond, dtype) -> tuple[torch.Tensor, set]:
         if m in names and torch.is_tensor(out):
             seen.add((names[m], out.dtype))
 
-    # a global hook: a hook on a skippable module would make every call full (core._read_while_skipped)
+    # a global hook: a hook on a skippable module would make every call full (cachediff.guard)
     hook = torch.nn.modules.module.register_module_forward_hook(record)
     try:
         return run(pipe, cond, dtype), seen

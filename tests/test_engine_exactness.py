@@ -19,7 +19,7 @@ KINDS = ["sd", "sdxl", "svd", "ddpm"]
 
 def count_calls(module):
     """Count real executions of ``module`` (a forward hook fires only when its forward runs). A global
-    hook: one on the module itself would make every call full (``core.Session._read_while_skipped``)."""
+    hook: one on the module itself would make every call full (``cachediff.guard``)."""
     counter = SimpleNamespace(n=0)
     hook = torch.nn.modules.module.register_module_forward_hook
     handle = hook(lambda m, *_: setattr(counter, "n", counter.n + 1) if m is module else None)

@@ -12,8 +12,9 @@ from torch import nn
 
 import cachediff
 from cachediff import DeepCacheConfig
+from cachediff.acts import Forecast
 from cachediff.clock import StepClock
-from cachediff.core import PRODUCE, Forecast, Group, Session
+from cachediff.core import PRODUCE, Group, Session
 from cachediff.policy import Static
 from cachediff.testing import sample, tiny_pipe
 
@@ -71,6 +72,31 @@ def test_a_forecast_of_order_k_is_exact_for_polynomials_of_degree_below_k(order)
 def test_the_timestep_is_the_right_variable_when_steps_are_unevenly_spaced():
     assert max(settled(errors(1, 2, "timestep"), 2)) < 1e-12  # linear in t: a line through two points
     assert max(settled(errors(1, 2, "step"), 2)) > 1e-3  # but not linear in the step index
+
+
+def test_a_configured_forecast_extrapolates_in_the_timestep_by_default():
+    """The act a configuration builds (``DeepCacheConfig`` -> ``act_for``, as every accelerator does)
+    forecasts in the timestep unless told otherwise: exact for a feature linear in t on uneven times."""
+    from cachediff.acts import act_for
+
+    config = DeepCacheConfig(interval=4, reuse="forecast", order=2)
+    net, x = Net(1), torch.zeros(5, dtype=torch.float64)
+    group = Group({"deep": PRODUCE}, Static(lambda n: lambda step: step % 4 == 0))
+    with Session(net, [group], act=act_for(config.reuse, config.order, config.time, config.fallback)):
+        got = [net(x, t) for t in TIMES]
+    exact = [net(x, t) for t in TIMES]
+    assert max(float((g - e).abs().max()) for g, e in zip(got[4:], exact[4:], strict=True)) < 1e-12
+
+
+def test_the_probe_measures_the_change_relative_to_the_previous_shallow_feature():
+    """|x - x_prev|.mean / |x_prev|.mean, read by the adaptive schedule: on inputs 1, 2, 6 the changes
+    are 1 and 2 (normalised by the current feature they would be 0.5 and 0.67)."""
+    net = nn.Sequential(nn.Identity())  # the group's first module sees the input: the probe
+    group = Group({"0": PRODUCE}, Static(lambda n: lambda step: step % 2 == 0))
+    with Session(net, [group], track_change=True) as session:
+        for value in (1.0, 2.0, 6.0):
+            net(torch.full((5,), value))
+    assert session.stats.changes == [None, pytest.approx(1.0), pytest.approx(2.0)]
 
 
 def test_order_1_is_replay():

@@ -18,6 +18,9 @@ STATIC = {
     "window": DeepCacheConfig(interval=2, branch=1, window=(2, 8)),
     "refinements": DeepCacheConfig(interval=4, branch=2, warmup=1, cooldown=2, max_cached=2),
     "zeros": DeepCacheConfig(interval=3, branch=1, reuse="zeros"),
+    "forecast": DeepCacheConfig(interval=3, branch=1, reuse="forecast", order=3),
+    "forecast-fallback": DeepCacheConfig(interval=3, branch=1, reuse="forecast", order=2, fallback=True),
+    "forecast-in-steps": DeepCacheConfig(interval=3, branch=1, reuse="forecast", order=2, time="step"),
 }
 
 

@@ -51,7 +51,7 @@ def test_cached_blocks_run_only_on_compute_steps_and_the_plan_says_so(dit, mode)
         if m in index:
             runs[index[m]] += 1
 
-    # a global hook: a hook on a cached block would make every call full (core._read_while_skipped)
+    # a global hook: a hook on a cached block would make every call full (cachediff.guard)
     handle = torch.nn.modules.module.register_module_forward_hook(count)
     try:
         cache = ModuleCache(model, [block_rule(3, mode)])

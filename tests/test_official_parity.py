@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from cachediff import DeepCacheSDHelper
-from cachediff.core import tree_nbytes
 from cachediff.testing import enabled, sample, tiny_pipe
+from cachediff.trees import tree_nbytes
 from cachediff.unets import num_branches
 
 official = pytest.importorskip("DeepCache", reason="the official helper: pip install DeepCache==0.1.1")

@@ -14,6 +14,8 @@ from collections.abc import Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..stats import average_macs  # noqa: F401  (the formula lives with the run statistics)
+
 _aten = torch.ops.aten
 #: Attention score and value matmuls (QK^T, AV): the paper's MAC counts leave them out.
 ATTENTION_OPS = [
@@ -39,13 +41,3 @@ def count_macs(fn: Callable[[], object], attention: bool = False) -> int:
     with FlopCounterMode(display=False, custom_mapping=mapping) as counter, torch.no_grad():
         fn()
     return counter.get_total_flops() // 2
-
-
-def average_macs(full: int, cached: int, n_full: int, n_steps: int) -> float:
-    """Average MACs per step of a run with ``n_full`` full steps out of ``n_steps``.
-
-    Example:
-        >>> average_macs(10, 2, n_full=1, n_steps=5)
-        3.6
-    """
-    return (n_full * full + (n_steps - n_full) * cached) / max(n_steps, 1)

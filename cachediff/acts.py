@@ -1,0 +1,152 @@
+"""The acts: what a cached call hands out in place of a module's kept result (DeepCache's Section 3
+reuses it as it was; this library also forecasts it, or zeroes it for the paper's Table 5 ablation).
+
+Every act has ``keep`` and ``give`` and a ``time`` variable (see ``Replay``); ``act_for`` builds one from
+a ``cachediff.config.DeepCacheConfig``'s fields.
+
+Example:
+    >>> import torch
+    >>> act = act_for("forecast", order=2, time="step")
+    >>> kept = act.keep(act.keep(None, torch.tensor([1.0]), 0), torch.tensor([2.0]), 1)
+    >>> act.give(kept, None, 3), act_for().give(torch.tensor([2.0]), None, 3)
+    (tensor([4.]), tensor([2.]))
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import torch
+from torch.utils import _pytree as pytree
+
+from .trees import placeholder
+
+
+class Replay:
+    """DeepCache: a cached call hands out the result kept from the last full call.
+
+    An act has two methods, both called inside the denoiser's forward (so inside a compiled graph:
+    no host synchronisation, no Python state that changes every call), and a ``time`` attribute,
+    the variable its ``t`` is measured in ("step": the step index; "timestep": the scheduler's):
+
+    - ``keep(kept, value, t, probe)``: on a full call at time ``t``, what to keep, given what was
+      kept before (``None`` at first) and the module's fresh result;
+    - ``give(kept, layout, t, probe)``: on a cached call at time ``t``, the result to hand out (the
+      core copies it before the model sees it), given what was kept and the layout of the module's
+      output.
+
+    ``probe`` is the group's shallow feature of the call where the session computes it (an act with
+    ``probes = True`` asks it to; else it may be ``None``).
+    """
+
+    name, time, probes = "cache", "step", False
+
+    def keep(self, kept: Any, value: Any, t: float, probe: torch.Tensor | None = None) -> Any:
+        return value
+
+    def give(self, kept: Any, layout: tuple, t: float, probe: torch.Tensor | None = None) -> Any:
+        return kept
+
+
+class Forecast:
+    """A cached call hands out the polynomial through the results of the last ``order`` full calls,
+    evaluated at its own time: with full calls at times t_1 .. t_k (k <= order) and results f_i,
+
+        f(t) = sum_i w_i f_i,    w_i = prod_{j != i} (t - t_j) / (t_i - t_j)
+
+    the Lagrange form of Newton's forward-difference extrapolation (k = 2: f_2 + (f_2 - f_1) (t - t_2)
+    / (t_2 - t_1)). Exact when the result is a polynomial of degree < k in ``time``. ``order`` 1 is
+    ``Replay``; early in a run, before ``order`` full calls, the polynomial is of the calls so far.
+    The weights are Python floats of host times, so the forecast costs ``order`` multiply-adds of the
+    feature and no synchronisation; ``order`` results are kept.
+
+    With ``fallback``, the shallow feature checks the forecast on every cached call: the same weights
+    extrapolate the group's probe (the shallow feature, computed afresh on every call) from its values
+    at the full calls, and where that extrapolation misses the probe's actual value by more than the
+    probe's last full value does (|p - sum_i w_i p_i| > |p - p_k|), the call replays f_k instead. The
+    choice is a ``torch.where`` on the device: no synchronisation; ``order`` probes are kept too.
+
+    Example:
+        >>> act = Forecast(order=2, time="step")
+        >>> kept = act.keep(act.keep(None, torch.tensor([1.0]), 0), torch.tensor([3.0]), 5)
+        >>> act.give(kept, None, 10), act.give(kept, None, 7)
+        (tensor([5.]), tensor([3.8000]))
+        >>> act = Forecast(order=2, time="step", fallback=True)  # probes 0 at t = 0, 1 at t = 5
+        >>> kept = act.keep(None, torch.tensor([1.0]), 0, torch.zeros(1))
+        >>> kept = act.keep(kept, torch.tensor([3.0]), 5, torch.ones(1))
+        >>> act.give(kept, None, 10, torch.tensor([2.0])), act.give(kept, None, 10, torch.tensor([1.0]))
+        (tensor([5.]), tensor([3.]))
+    """
+
+    name = "forecast"
+
+    def __init__(self, order: int = 2, time: str = "timestep", fallback: bool = False):
+        self.order, self.time, self.fallback = order, time, fallback
+        self.probes = fallback
+
+    def keep(self, kept: Any, value: Any, t: float, probe: torch.Tensor | None = None) -> Any:
+        points = [p for p in kept or () if p.t != t]  # a repeated time (PLMS) replaces its point
+        return tuple(points + [_Point(t, value, probe if self.fallback else None)])[-self.order :]
+
+    def give(self, kept: Any, layout: tuple, t: float, probe: torch.Tensor | None = None) -> Any:
+        times = [p.t for p in kept]
+        weights = [
+            math.prod((t - tj) / (ti - tj) for j, tj in enumerate(times) if j != i)
+            for i, ti in enumerate(times)
+        ]
+        out = pytree.tree_map(lambda *leaves: _weighted_sum(leaves, weights), *[p.value for p in kept])
+        probes = tuple(p.probe for p in kept)
+        if not self.fallback or len(kept) < 2 or probe is None or any(p is None for p in probes):
+            return out
+        missed = (probe - _weighted_sum(probes, weights)).square().sum()
+        replay_missed = (probe - probes[-1]).square().sum()
+        trusted = missed <= replay_missed  # a 0-d bool tensor: stays on the device
+        return pytree.tree_map(
+            lambda f, last: torch.where(trusted, f, last) if isinstance(f, torch.Tensor) else f,
+            out,
+            kept[-1].value,
+        )
+
+
+class _Point(NamedTuple):
+    """A full call's result kept by ``Forecast``: its time, its value and (with ``fallback``) the
+    group's probe of that call."""
+
+    t: float
+    value: Any
+    probe: torch.Tensor | None
+
+
+def _weighted_sum(leaves: tuple, weights: list[float]) -> Any:
+    """sum_i w_i leaf_i for tensors, in their dtype; the newest leaf for anything else."""
+    if not isinstance(leaves[-1], torch.Tensor):
+        return leaves[-1]
+    out = leaves[-1] * weights[-1]
+    for leaf, w in zip(leaves[:-1], weights[:-1], strict=True):
+        out.add_(leaf, alpha=w)
+    return out
+
+
+class Zeros:
+    """The paper's Table 5 ablation: a cached call hands out zeros of the kept result's layout."""
+
+    name, time, probes = "zeros", "step", False
+
+    def keep(self, kept: Any, value: Any, t: float, probe: torch.Tensor | None = None) -> Any:
+        return None
+
+    def give(self, kept: Any, layout: tuple, t: float, probe: torch.Tensor | None = None) -> Any:
+        return placeholder(*layout, torch.zeros)
+
+
+REPLAY = Replay()
+
+
+def act_for(
+    reuse: str = "cache", order: int | None = None, time: str | None = None, fallback: bool | None = None
+):
+    """The act of a configuration's ``reuse``, ``order``, ``time`` and ``fallback`` (``DeepCacheConfig``)."""
+    if reuse == "forecast":
+        return Forecast(order or 2, time or "timestep", bool(fallback))
+    return {"cache": REPLAY, "zeros": Zeros()}[reuse]
