@@ -47,7 +47,8 @@ from .config import DeepCacheConfig
 from .files import write_csv, write_json
 from .metrics import average_macs
 from .reference import Converged
-from .sweep import Setting, Sweep
+from .rows import Setting
+from .sweep import Sweep
 from .unets import num_branches
 
 #: The column that ranks candidates: mean per-image PSNR to the converged solution.

@@ -31,7 +31,8 @@ import torch
 from .files import read_json, write_json
 from .generation import STEP_KWARGS
 from .metrics import psnr
-from .sweep import Setting, Sweep
+from .rows import Setting
+from .sweep import Sweep
 
 #: The fine solver: a scheduler class and the options it gets on top of the pipeline's config.
 FINE = ("DPMSolverMultistepScheduler", dict(algorithm_type="dpmsolver++", solver_order=2))

@@ -1,4 +1,4 @@
-"""Scoring a sweep's samples on disk: one row per setting, in the schema of ``cachediff.sweep.COLUMNS``.
+"""Scoring a sweep's samples on disk: one row per setting, in the schema of ``cachediff.rows.COLUMNS``.
 
 Generation and scoring are separate passes joined by files (as EDM's ``generate.py`` and ``fid.py``):
 ``Sweep.generate_missing`` writes samples, ``row`` scores them. Two instruments judge a setting,
@@ -27,7 +27,8 @@ from tqdm.auto import tqdm
 from . import metrics
 from .datasets import load_fashion_mnist, load_mnist
 from .metrics import class_score, clip_score, fid
-from .sweep import COLUMNS, Setting, Sweep, params, unit_range
+from .rows import COLUMNS, Setting, params
+from .sweep import Sweep, unit_range
 
 #: FID reference data sets that ship inside packages: name -> test images (N, 1, H, W) in [-1, 1]
 REFERENCES = {

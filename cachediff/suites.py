@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from .config import DeepCacheConfig
 from .metrics import average_macs
-from .sweep import Setting
+from .rows import Setting
 
 
 def cooldown_for_budget(n: int, steps: int = 100) -> dict:

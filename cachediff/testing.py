@@ -14,108 +14,55 @@ Example:
 
 from __future__ import annotations
 
-import functools
-import json
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
+from collections.abc import Callable
 from types import SimpleNamespace
 
 import diffusers
 import torch
-from diffusers import (
-    AutoencoderKL,
-    AutoencoderKLTemporalDecoder,
-    UNet2DConditionModel,
-    UNet2DModel,
-    UNetSpatioTemporalConditionModel,
-)
-from tokenizers import Tokenizer, models, pre_tokenizers, processors
-from torch.utils import _pytree as pytree
-from transformers import (
-    CLIPConfig,
-    CLIPImageProcessor,
-    CLIPModel,
-    CLIPProcessor,
-    CLIPTextConfig,
-    CLIPTextModel,
-    CLIPTextModelWithProjection,
-    CLIPTokenizer,
-    CLIPVisionConfig,
-    CLIPVisionModelWithProjection,
-    T5Config,
-    T5EncoderModel,
-    T5TokenizerFast,
-)
 
-KINDS = ("sd", "sdxl", "svd", "ddpm")
+from . import architectures
+
+#: The tiny U-Nets: the real architectures of ``cachediff.architectures`` with few channels (the real
+#: block layout, so branch ids mean what they mean on the full-size model). ddpm: the CIFAR-10 layout
+#: with diffusers' default padding, time embedding and norm.
+TINY = {
+    "sd": ("sd1.5", dict(block_out_channels=(32, 32, 64, 64), cross_attention_dim=32)),
+    "sdxl": ("sdxl", dict(
+        block_out_channels=(32, 64, 64), transformer_layers_per_block=(1, 1, 2), cross_attention_dim=32,
+        attention_head_dim=(2, 4, 8), addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=16 + 6 * 8,
+    )),
+    "svd": ("svd", dict(
+        block_out_channels=(32, 32, 64, 64), cross_attention_dim=32, num_attention_heads=(2, 2, 4, 4),
+        addition_time_embed_dim=8, projection_class_embeddings_input_dim=3 * 8,
+    )),
+    "ddpm": ("ddpm-cifar10", dict(
+        block_out_channels=(32, 32, 64, 64), attention_head_dim=8, downsample_padding=1,
+        flip_sin_to_cos=True, freq_shift=0, norm_eps=1e-5,
+    )),
+}  # fmt: skip
+KINDS = tuple(TINY)
 
 
 def tiny_unet(kind: str, seed: int = 0, batch: int = 2) -> tuple[torch.nn.Module, dict]:
-    """A tiny seeded U-Net of ``kind`` (see ``KINDS``) and the keyword inputs for a batch of ``batch``."""
-    torch.manual_seed(seed)
-    if kind == "sd":  # SD 1.x layout: 4 blocks, 2 resnets each, cross-attention in the first 3
-        unet = UNet2DConditionModel(
-            sample_size=8,
-            block_out_channels=(32, 32, 64, 64),
-            layers_per_block=2,
-            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-            cross_attention_dim=32,
-            attention_head_dim=8,
-            norm_num_groups=8,
-        )
-        cond = dict(encoder_hidden_states=torch.randn(batch, 7, 32))
-    elif kind == "sdxl":  # SDXL layout: 3 blocks, text-time embedding, deeper transformers
-        unet = UNet2DConditionModel(
-            sample_size=8,
-            block_out_channels=(32, 64, 64),
-            layers_per_block=2,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-            transformer_layers_per_block=(1, 1, 2),
-            cross_attention_dim=32,
-            attention_head_dim=(2, 4, 8),
-            use_linear_projection=True,
-            addition_embed_type="text_time",
-            addition_time_embed_dim=8,
-            projection_class_embeddings_input_dim=16 + 6 * 8,
-            norm_num_groups=8,
-        )
-        cond = dict(
-            encoder_hidden_states=torch.randn(batch, 7, 32),
-            added_cond_kwargs=dict(text_embeds=torch.randn(batch, 16), time_ids=torch.randn(batch, 6)),
-        )
-    elif kind == "svd":  # SVD layout: 4 spatio-temporal blocks; input (B, frames, C, H, W)
-        unet = UNetSpatioTemporalConditionModel(
-            sample_size=8,
-            in_channels=8,
-            out_channels=4,
-            block_out_channels=(32, 32, 64, 64),
-            layers_per_block=2,
-            cross_attention_dim=32,
-            num_attention_heads=(2, 2, 4, 4),
-            addition_time_embed_dim=8,
-            projection_class_embeddings_input_dim=3 * 8,
-        )
-        cond = dict(
+    """A tiny seeded U-Net of ``kind`` (see ``TINY``) and the keyword inputs for a batch of ``batch``."""
+    if kind not in TINY:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    name, overrides = TINY[kind]
+    norm = {} if kind == "svd" else dict(norm_num_groups=8)
+    unet = architectures.build(name, seed, sample_size=8, **norm, **overrides)
+    if kind == "ddpm":
+        return unet, {}
+    if kind == "svd":
+        return unet, dict(
             encoder_hidden_states=torch.randn(batch, 1, 32),
             added_time_ids=torch.randn(batch, 3),
             concat=torch.randn(batch, 2, 4, 8, 8),  # image latents, concatenated on channels as SVD does
         )
-    elif kind == "ddpm":  # DDPM CIFAR-10 layout: 4 blocks, attention at 16x16
-        unet = UNet2DModel(
-            sample_size=8,
-            block_out_channels=(32, 32, 64, 64),
-            layers_per_block=2,
-            down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
-            norm_num_groups=8,
-        )
-        cond = {}
-    else:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    return unet.eval(), cond
+    cond = dict(encoder_hidden_states=torch.randn(batch, 7, 32))
+    if kind == "sdxl":
+        cond["added_cond_kwargs"] = dict(text_embeds=torch.randn(batch, 16), time_ids=torch.randn(batch, 6))
+    return unet, cond
 
 
 def latent_shape(unet: torch.nn.Module, batch: int, frames: int = 2) -> tuple[int, ...]:
@@ -125,54 +72,6 @@ def latent_shape(unet: torch.nn.Module, batch: int, frames: int = 2) -> tuple[in
     if type(unet).__name__ == "UNetSpatioTemporalConditionModel":
         return (batch, frames, c, s, s)
     return (batch, c, s, s)
-
-
-@contextmanager
-def enabled(accelerator, helper_params: dict | None = None) -> Iterator:
-    """Enable an accelerator (an engine, a module cache, or a helper with ``set_params``) for a block
-    and always disable it, so that a failing test leaves a shared pipeline as it was."""
-    if helper_params is not None:
-        accelerator.set_params(**helper_params)
-    accelerator.enable()
-    try:
-        yield accelerator
-    finally:
-        accelerator.disable()
-
-
-@functools.cache
-def tiny_baseline(kind: str) -> tuple[SimpleNamespace, dict, torch.Tensor]:
-    """A tiny pipeline of ``kind``, its conditioning and its uncached ``sample`` (computed once)."""
-    pipe, cond = tiny_pipe(kind)
-    return pipe, cond, sample(pipe, cond)
-
-
-@contextmanager
-def reference_deepcache(unet: torch.nn.Module, producer: str, interval: int) -> Iterator[None]:
-    """DeepCache by its definition, with plain PyTorch hooks and no cachediff code: every module runs,
-    and on every call but each ``interval``-th the output of the ``producer`` module is replaced by its
-    output on the last full call. One U-Net call per step."""
-    state = dict(calls=0, kept=None)
-
-    def count(module, args):
-        state["calls"] += 1
-
-    def swap(module, args, out):
-        clone = functools.partial(pytree.tree_map, lambda t: t.clone() if isinstance(t, torch.Tensor) else t)
-        if (state["calls"] - 1) % interval == 0:
-            state["kept"] = clone(out)
-            return None
-        return clone(state["kept"])
-
-    handles = [
-        unet.register_forward_pre_hook(count),
-        unet.get_submodule(producer).register_forward_hook(swap),
-    ]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 @torch.no_grad()
@@ -290,70 +189,6 @@ def tiny_pipe(kind: str, scheduler: str = "DDIMScheduler", seed: int = 0) -> tup
     return SimpleNamespace(unet=unet, scheduler=sched), cond
 
 
-def tiny_clip_tokenizer(folder):
-    """A character-level CLIP tokenizer whose vocabulary is written here (no download)."""
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    chars = byte_alphabet()
-    vocab = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
-    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=16)
-
-
-def tiny_t5_tokenizer(words: str = "a an the of on in with photograph astronaut riding horse red fox"):
-    """A T5-style SentencePiece-Unigram tokenizer over ``words`` and single letters (no download)."""
-    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
-    pieces += [("\u2581" + w, -1.0) for w in words.split()] + [
-        (c, -5.0) for c in "abcdefghijklmnopqrstuvwxyz"
-    ]
-    tok = Tokenizer(models.Unigram(pieces, unk_id=2))
-    tok.pre_tokenizer = pre_tokenizers.Metaspace()
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    return T5TokenizerFast(
-        tokenizer_object=tok, eos_token="</s>", pad_token="<pad>", unk_token="<unk>", extra_ids=0
-    )
-
-
-def save_tiny_clip(folder):
-    """Save a tiny random CLIP model and processor (32 px images, the tiny tokenizer) to ``folder``."""
-    folder = Path(folder)
-    torch.manual_seed(0)
-    tokenizer = tiny_clip_tokenizer(folder / "_tokenizer")
-    config = CLIPConfig(
-        text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                         vocab_size=tokenizer.vocab_size, max_position_embeddings=16,
-                         eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=32, patch_size=8),
-        projection_dim=16,
-    )  # fmt: skip
-    CLIPModel(config).save_pretrained(folder)
-    CLIPProcessor(CLIPImageProcessor(size=32, crop_size=32), tokenizer).save_pretrained(folder)
-    return folder
-
-
-def save_tiny_open_clip(folder) -> tuple[Path, str]:
-    """Save a tiny random open_clip model (32 px images, open_clip's own tokenizer, which ships in its
-    wheel): returns the weights file and the architecture name it registers with open_clip."""
-
-    import open_clip  # optional: needs a torchvision that matches torch
-
-    folder, arch = Path(folder), "tiny-clip-test"
-    folder.mkdir(parents=True, exist_ok=True)
-    config = dict(
-        embed_dim=16,
-        vision_cfg=dict(image_size=32, layers=1, width=32, head_width=16, patch_size=8),
-        text_cfg=dict(context_length=77, vocab_size=49408, width=32, heads=2, layers=1),
-    )
-    (folder / f"{arch}.json").write_text(json.dumps(config))
-    open_clip.add_model_config(folder / f"{arch}.json")
-    torch.manual_seed(0)
-    torch.save(open_clip.create_model(arch).state_dict(), folder / "open_clip_model.pt")
-    return folder / "open_clip_model.pt", arch
-
-
 def byte_alphabet() -> list[str]:
     """GPT-2 / CLIP byte-level BPE's 256 printable stand-ins for the bytes 0..255."""
     printable = [
@@ -363,121 +198,3 @@ def byte_alphabet() -> list[str]:
     ]
     others = [b for b in range(256) if b not in printable]
     return [chr(b) for b in printable] + [chr(256 + n) for n in range(len(others))]
-
-
-def _tiny_text_encoder(hidden: int = 32, projection: int | None = None):
-    cfg = CLIPTextConfig(
-        vocab_size=514,
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        max_position_embeddings=16,
-        projection_dim=projection or hidden,
-        bos_token_id=512,
-        eos_token_id=513,
-        pad_token_id=513,
-    )
-    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(cfg).eval()
-
-
-def _tiny_vae(temporal: bool = False):
-    if temporal:
-        return AutoencoderKLTemporalDecoder(
-            block_out_channels=(32, 32), layers_per_block=1, latent_channels=4
-        )
-    return AutoencoderKL(
-        block_out_channels=(8, 16),
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=16,
-    )
-
-
-#: Tiny pipeline kinds that ``save_tiny_pipeline`` builds, by the diffusers pipeline class they load as.
-TINY_PIPELINES = {
-    "sd": "StableDiffusionPipeline",
-    "sd-img2img": "StableDiffusionImg2ImgPipeline",
-    "sd-inpaint": "StableDiffusionInpaintPipeline",
-    "sdxl": "StableDiffusionXLPipeline",
-    "svd": "StableVideoDiffusionPipeline",
-    "ddpm": "DDIMPipeline",
-    "ldm": "LDMPipeline",
-    "pixart": "PixArtAlphaPipeline",
-}
-
-
-def save_tiny_pipeline(kind: str, folder, seed: int = 0):
-    """Build a tiny random pipeline of ``kind`` (see ``TINY_PIPELINES``), ``save_pretrained`` it to
-    ``folder`` and return the folder, so tests load it through the same code path as real weights."""
-    torch.manual_seed(seed)
-    folder = Path(folder)
-    if kind == "ddpm":
-        unet, _ = tiny_unet("ddpm", seed)
-        pipe = diffusers.DDIMPipeline(unet=unet, scheduler=diffusers.DDIMScheduler())
-    elif kind == "ldm":  # a VQ autoencoder (8x8x3 latents of 16x16 images) and a latent UNet2DModel
-        vq = diffusers.VQModel(
-            in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-            up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), latent_channels=3,
-            norm_num_groups=8, num_vq_embeddings=32, vq_embed_dim=3, sample_size=16,
-        )  # fmt: skip
-        unet, _ = tiny_unet("ddpm", seed)
-        pipe = diffusers.LDMPipeline(vqvae=vq.eval(), unet=unet, scheduler=diffusers.DDIMScheduler())
-    elif kind in ("sd", "sd-img2img", "sd-inpaint"):
-        unet, _ = tiny_unet("sd", seed)
-        if kind == "sd-inpaint":  # 9 input channels: latent, mask, masked-image latent
-            unet = diffusers.UNet2DConditionModel.from_config({**unet.config, "in_channels": 9})
-        pipe = getattr(diffusers, TINY_PIPELINES[kind])(
-            vae=_tiny_vae(),
-            text_encoder=_tiny_text_encoder(32),
-            tokenizer=tiny_clip_tokenizer(folder / "_tokenizer"),
-            unet=unet,
-            scheduler=diffusers.DDIMScheduler(),
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
-    elif kind == "sdxl":
-        unet, _ = tiny_unet("sdxl", seed)
-        unet = diffusers.UNet2DConditionModel.from_config(
-            {**unet.config, "cross_attention_dim": 32, "projection_class_embeddings_input_dim": 16 + 6 * 8}
-        )
-        pipe = diffusers.StableDiffusionXLPipeline(
-            vae=_tiny_vae(),
-            text_encoder=_tiny_text_encoder(16),
-            text_encoder_2=_tiny_text_encoder(16, projection=16),
-            tokenizer=tiny_clip_tokenizer(folder / "_tokenizer"),
-            tokenizer_2=tiny_clip_tokenizer(folder / "_tokenizer_2"),
-            unet=unet,
-            scheduler=diffusers.EulerDiscreteScheduler(),
-        )
-    elif kind == "svd":
-        unet, _ = tiny_unet("svd", seed)
-        vision = CLIPVisionConfig(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-            image_size=224, patch_size=32, projection_dim=32,
-        )  # fmt: skip
-        pipe = diffusers.StableVideoDiffusionPipeline(
-            vae=_tiny_vae(temporal=True),
-            image_encoder=CLIPVisionModelWithProjection(vision).eval(),
-            unet=unet,
-            scheduler=diffusers.EulerDiscreteScheduler(),
-            feature_extractor=CLIPImageProcessor(crop_size=32, size=32),
-        )
-    elif kind == "pixart":  # the tiny DiT, a 2-layer T5 encoder over caption_channels=12
-        transformer, _ = tiny_transformer(seed)
-        tokenizer = tiny_t5_tokenizer()
-        t5 = T5Config(vocab_size=len(tokenizer), d_model=12, d_kv=4, d_ff=24, num_layers=2, num_heads=2)
-        pipe = diffusers.PixArtAlphaPipeline(
-            tokenizer=tokenizer,
-            text_encoder=T5EncoderModel(t5).eval(),
-            vae=_tiny_vae(),
-            transformer=transformer,
-            scheduler=diffusers.DPMSolverMultistepScheduler(),
-        )
-    else:
-        raise ValueError(f"kind must be one of {list(TINY_PIPELINES)}, got {kind!r}")
-    pipe.save_pretrained(folder)
-    return folder

@@ -1,5 +1,5 @@
 """The research sweep: a model type over suites of caching settings (``cachediff.suites``), samples on
-disk by seed, then one CSV row per setting in one schema (``cachediff.sweep.COLUMNS``).
+disk by seed, then one CSV row per setting in one schema (``cachediff.rows.COLUMNS``).
 
 Stages (``--stage``): ``generate`` writes the samples (image k from seed k and prompt k, per shard
 of seeds; under ``torchrun`` or ``accelerate launch`` the processes share the shards and write the
@@ -38,8 +38,9 @@ from cachediff.metrics.class_score import labels_of_prompts, load_classifier
 from cachediff.pipelines import PRESETS, get_preset
 from cachediff.prompts import load_prompts
 from cachediff.reference import Converged
+from cachediff.rows import COLUMNS, Setting, is_missing, rescore_reason
 from cachediff.scoring import REFERENCES, reference_stats, row, speed
-from cachediff.sweep import COLUMNS, Setting, Sweep, is_missing, rescore_reason
+from cachediff.sweep import Sweep
 from cachediff.unets import num_branches
 
 #: scheduler class -> the sampler's short name in setting names
@@ -285,7 +286,7 @@ def plan_settings(args, preset, sweep: Sweep) -> list[Setting]:
         baseline=args.baseline_steps or steps, branches=tuple(args.branches or ()),
         schedules=tuple(args.schedules), sampler=sampler,
     )  # fmt: skip
-    full, cached = sweep.step_macs(plan.deepcache("probe", 2))
+    full, cached = sweep.call_macs(plan.deepcache("probe", 2))
     branches = num_branches(sweep.pipe.unet) if getattr(sweep.pipe, "unet", None) is not None else 0
     settings = suites.build(args.suites, plan, full, cached, branches)
     chosen = [settings[0]] + [

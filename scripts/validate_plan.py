@@ -35,7 +35,8 @@ from cachediff.pipelines import PRESETS, get_preset
 from cachediff.plan import RANK, Planner, Space, pareto, save
 from cachediff.prompts import load_prompts
 from cachediff.reference import Converged
-from cachediff.sweep import Setting, Sweep
+from cachediff.rows import Setting
+from cachediff.sweep import Sweep
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -196,6 +197,11 @@ def summary(rows: list[dict], about: str) -> str:
     return "\n".join([*lines, "", f"hit rate: {hits} of {budgets} budgets"]) + "\n"
 
 
+def report(rows: list[dict], quality: list[dict], about: str) -> str:
+    """``validation.md``: the verdict per budget and, where measured, FID and class score."""
+    return summary(rows, about) + ("\n" + quality_summary(quality) if quality else "")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
@@ -248,7 +254,7 @@ def run(args) -> int:
     save(plans, args.results, dict(about=about))
     write_csv(rows, args.results / "validation.csv")
     write_json(args.results / "validation.json", dict(about=about, rows=rows, quality=quality))
-    text = summary(rows, about) + (quality and "\n" + quality_summary(quality))
+    text = report(rows, quality, about)
     if quality:
         write_csv(quality, args.results / "quality.csv")
     (args.results / "validation.md").write_text(text)

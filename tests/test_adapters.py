@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import enabled, reference_deepcache
+from helpers import tiny_baseline as baseline
 
 import cachediff
-from cachediff.testing import enabled, reference_deepcache, sample, tiny_pipe
-from cachediff.testing import tiny_baseline as baseline
+from cachediff.testing import sample, tiny_pipe
 
 
 def controlnet_residuals(unet, x, cond):

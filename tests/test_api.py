@@ -6,10 +6,11 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from helpers import enabled
 
 import cachediff
 from cachediff import DeepCacheConfig, DeepCacheSDHelper, branch_plan
-from cachediff.testing import enabled, sample, tiny_pipe, tiny_unet
+from cachediff.testing import sample, tiny_pipe, tiny_unet
 
 
 @pytest.fixture(scope="module")
@@ -227,8 +228,7 @@ def test_a_scheduler_without_steps_is_refused_and_nothing_is_left_hooked():
 
 def test_leaving_the_context_leaves_text_to_video_zero_sdxl_as_it_was(tmp_path):
     from diffusers import TextToVideoZeroSDXLPipeline
-
-    from cachediff.testing import save_tiny_pipeline
+    from helpers import save_tiny_pipeline
 
     pipe = TextToVideoZeroSDXLPipeline.from_pretrained(save_tiny_pipeline("sdxl", tmp_path / "sdxl"))
     pipe.set_progress_bar_config(disable=True)
@@ -261,8 +261,7 @@ def test_a_forward_hook_on_a_skipped_module_makes_calls_full_until_it_is_removed
 
 def test_self_attention_guidance_reads_a_current_map_on_every_step(tmp_path):
     from diffusers import StableDiffusionSAGPipeline
-
-    from cachediff.testing import save_tiny_pipeline
+    from helpers import save_tiny_pipeline
 
     pipe = StableDiffusionSAGPipeline.from_pretrained(save_tiny_pipeline("sd", tmp_path / "sd"))
     pipe.set_progress_bar_config(disable=True)

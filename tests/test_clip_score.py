@@ -8,9 +8,9 @@ import importlib.util
 import numpy as np
 import pytest
 import torch
+from helpers import save_tiny_clip, save_tiny_open_clip
 
 from cachediff.metrics.clip_score import clip_cosine, clip_score, load_clip
-from cachediff.testing import save_tiny_clip, save_tiny_open_clip
 
 
 def _open_clip_works() -> bool:

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import enabled
 from torch.utils import _pytree as pytree
 
 import cachediff
-from cachediff.testing import enabled, sample, tiny_pipe
+from cachediff.testing import sample, tiny_pipe
 
 DTYPES = [torch.bfloat16, torch.float16]
 

@@ -8,11 +8,12 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from helpers import enabled
+from helpers import tiny_baseline as baseline
 
 import cachediff
 from cachediff import DeepCacheConfig, schedule
-from cachediff.testing import enabled, latent_shape, sample, tiny_unet
-from cachediff.testing import tiny_baseline as baseline
+from cachediff.testing import latent_shape, sample, tiny_unet
 
 KINDS = ["sd", "sdxl", "svd", "ddpm"]
 

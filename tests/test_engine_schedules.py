@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import tiny_baseline as baseline
 
 import cachediff
 from cachediff import DeepCacheConfig, DeepCacheEngine, schedule
 from cachediff.testing import sample, tiny_unet
-from cachediff.testing import tiny_baseline as baseline
 
 KINDS = ["sd", "sdxl", "svd", "ddpm"]
 

@@ -12,9 +12,10 @@ import functools
 
 import pytest
 import torch
+from helpers import enabled
 
 from cachediff import DeepCacheSDHelper
-from cachediff.testing import enabled, sample, tiny_pipe
+from cachediff.testing import sample, tiny_pipe
 from cachediff.trees import tree_nbytes
 from cachediff.unets import num_branches
 

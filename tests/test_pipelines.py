@@ -11,6 +11,7 @@ from pathlib import Path
 import diffusers
 import pytest
 import torch
+from helpers import save_tiny_pipeline
 from packaging.version import Version
 
 import main
@@ -19,7 +20,6 @@ import stable_diffusion_xl
 import stable_video_diffusion
 from cachediff.generation import model_card
 from cachediff.pipelines import PRESETS
-from cachediff.testing import save_tiny_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 

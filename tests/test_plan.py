@@ -12,7 +12,8 @@ from diffusers import DDIMPipeline, DDIMScheduler
 import main
 from cachediff import plan
 from cachediff.plan import CALIBRATION_SEED, Planner, Space
-from cachediff.sweep import Setting, Sweep
+from cachediff.rows import Setting
+from cachediff.sweep import Sweep
 from cachediff.testing import tiny_unet
 
 SPACE = Space(intervals=(2, 3), branches=(0, 1), schedules=("uniform",), acts=("replay", "forecast2"))
@@ -126,6 +127,7 @@ def test_a_pick_is_a_hit_where_it_lies_within_the_best_candidates_interval():
         ),  # fmt: skip
     ]
     text = summary(rows, "about")
+    assert _validation_script().report(rows, [], "about") == text  # without FID: the verdicts alone
     assert "| 2x | b | a |" in text and "| yes | caching |" in text
     assert "| 3x | d | c |" in text and "| no | caching, fewer steps |" in text
     assert text.rstrip().endswith("hit rate: 1 of 2 budgets")

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from cachediff import DeepCacheConfig
-from cachediff.sweep import Setting, params
+from cachediff.rows import Setting, params
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = [

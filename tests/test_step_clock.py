@@ -9,11 +9,12 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from helpers import enabled
+from helpers import tiny_baseline as baseline
 
 import cachediff
 from cachediff import DeepCacheConfig, DeepCacheEngine
-from cachediff.testing import enabled, sample, tiny_pipe, tiny_unet
-from cachediff.testing import tiny_baseline as baseline
+from cachediff.testing import sample, tiny_pipe, tiny_unet
 
 SCHEDULERS = {
     "DDIMScheduler": {},
@@ -177,9 +178,9 @@ def test_a_pipeline_sharing_the_unet_never_reuses_the_others_feature(tmp_path):
     """Issue 18.1: txt2img then img2img on one U-Net, img2img with a scheduler of its own: its calls
     lie past the end of the txt2img run, so they run as the original and keep nothing."""
     import diffusers
+    from helpers import save_tiny_pipeline
 
     from cachediff.generation import text2image
-    from cachediff.testing import save_tiny_pipeline
 
     folder = save_tiny_pipeline("sd", tmp_path / "sd")
     pipe = diffusers.StableDiffusionPipeline.from_pretrained(folder)

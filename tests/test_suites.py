@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cachediff import DeepCacheConfig, suites
-from cachediff.sweep import COLUMNS, Setting, params, setting_of
+from cachediff.rows import COLUMNS, Setting, params, setting_of
 
 PLANS = [suites.Plan(), suites.Plan(steps=20, branch=0, intervals=(2, 3), budgets=(2, 3))]
 

@@ -11,8 +11,9 @@ from diffusers import DDIMPipeline, DDIMScheduler
 
 from cachediff import DeepCacheConfig
 from cachediff.files import read_csv, write_csv
-from cachediff.sweep import Setting, Sweep
-from cachediff.sweep import params as sweep_params
+from cachediff.rows import Setting
+from cachediff.rows import params as sweep_params
+from cachediff.sweep import Sweep
 from cachediff.testing import tiny_unet
 
 

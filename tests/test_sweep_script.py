@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import save_tiny_clip, save_tiny_pipeline
 
-from cachediff.sweep import COLUMNS, setting_of
-from cachediff.testing import save_tiny_clip, save_tiny_pipeline
+from cachediff.rows import COLUMNS, setting_of
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("sweep_script", ROOT / "scripts" / "sweep.py")
