@@ -184,9 +184,10 @@ class StepClock:
         """A call's time in ``variable``: "step", the step index; or "timestep", the call's
         ``timestep`` argument where that is on the host (a number or a CPU tensor: no
         synchronisation), else the scheduler's timestep of the step, else the step index."""
-        t = call_timestep(args, kwargs) if variable == "timestep" else None
-        if t is None and variable == "timestep":
-            t = self.time(step)
+        if variable != "timestep":
+            return float(step)
+        t = call_timestep(args, kwargs)
+        t = self.time(step) if t is None else t
         return float(step) if t is None else t
 
     def detach(self) -> None:

@@ -301,6 +301,7 @@ class Session(Installed):
         """Each group's decision for this call: its policy's, but FULL wherever the slot is new or its
         input changed, or something reads a skipped module (``cachediff.guard``)."""
         key, slot = input_key(sample), slots.get(index)
+        # every policy is asked, a new slot's too: a static rule is built (and a bad one reported) at once
         histories = [s.history for s in slot.groups] if slot is not None else [None] * len(self._groups)
         decisions = [
             _decision(g.policy.decide(step, h)) for g, h in zip(self._groups, histories, strict=True)
@@ -352,8 +353,8 @@ class Session(Installed):
                 if active.decisions[g] is UNDECIDED:  # the probe could not run (no tensor input): fail open
                     active.decisions[g] = FULL
                 n = active.occurrence[role.name] = active.occurrence.get(role.name, -1) + 1
-                kept, key, probe = state.kept.get((role.name, n)), input_key(x), state.shallow
-                probe = probe if active.probed[g] else None
+                kept, key = state.kept.get((role.name, n)), input_key(x)
+                probe = state.shallow if active.probed[g] else None
                 kept = kept if kept is not None and kept.key == key else None  # nothing kept for this input
                 if active.decisions[g] is CACHED and kept is not None:
                     if role.reuses:  # counted after the call: no run-long state inside a compiled graph
