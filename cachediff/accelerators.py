@@ -6,15 +6,13 @@ any of them, through ``Session.twin``. ``accelerator`` picks the one a pipeline 
 a U-Net, the module cache of the middle transformer blocks on a DiT.
 
 Example:
-    >>> from cachediff.modules import CacheRule, every
+    >>> from cachediff.modules import every
     >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 8), torch.nn.Linear(8, 2))
-    >>> module_step_macs(net, dict(input=torch.ones(1, 4)), [CacheRule("1", every(1))])
+    >>> call_macs(ModuleCache(net, [CacheRule("1", every(1))]), dict(input=torch.ones(1, 4)))
     (112, 48)
 """
 
 from __future__ import annotations
-
-import dataclasses
 
 import torch
 
@@ -23,7 +21,7 @@ from .config import DeepCacheConfig
 from .core import Session
 from .engine import DeepCacheEngine
 from .metrics.macs import count_macs
-from .modules import ModuleCache, denoiser, dit_rule
+from .modules import CacheRule, ModuleCache, denoiser, middle_blocks
 
 #: DiT blocks at each end that run on every step, unless a preset says otherwise.
 SHALLOW_BLOCKS = 1
@@ -47,40 +45,28 @@ def accelerator(pipe, config: DeepCacheConfig, steps: int, shallow_blocks: int =
             "transformer models take static schedules with reuse='cache' (adaptive needs a U-Net)"
         )
     full = frozenset(config.full_steps_for(steps))
-    rule = dit_rule(model, config.interval, shallow_blocks)
-    return ModuleCache(model, [dataclasses.replace(rule, reuse=lambda step: step not in full)], pipeline=pipe)
+    rule = CacheRule(middle_blocks(model, shallow_blocks), lambda step: step not in full, "residual")
+    return ModuleCache(model, [rule], pipeline=pipe)
 
 
-def call_macs(
-    session: Session, inputs: dict, model: torch.nn.Module | None = None, attention: bool = False
-) -> tuple[int, int]:
-    """MACs of one full call and one cached call of the session's cut on ``model`` (default: the
-    session's own) with keyword ``inputs``. Works on the ``meta`` device, where it costs no compute."""
-    model = session.model if model is None else model
-    with session.twin(model):
-        return count_macs(lambda: model(**inputs), attention), count_macs(lambda: model(**inputs), attention)
-
-
-def macs_per_call(session: Session) -> tuple[int, int]:
-    """Full and cached MACs of one denoiser call (batch 1), counted on a ``meta`` copy (no compute),
-    or on the model itself where its forward cannot run on ``meta`` (SVD's temporal mixer)."""
+def call_macs(session: Session, inputs: dict | None = None, attention: bool = False) -> tuple[int, int]:
+    """MACs of one full call and one cached call of the session's cut, with keyword ``inputs`` to its
+    model. Without ``inputs``: of one denoiser call at batch 1, counted on a ``meta`` copy of the
+    model (no compute), or on the model itself where its forward cannot run on ``meta`` (SVD's
+    temporal mixer)."""
+    if inputs is not None:
+        return _count(session, session.model, inputs, attention)
     model = session.model
     try:
         with torch.device("meta"):
             shadow = type(model).from_config(model.config)
-            return call_macs(session, example_inputs(shadow, batch=1), shadow)
+            return _count(session, shadow, example_inputs(shadow, batch=1), attention)
     except RuntimeError:
         device = next(model.parameters()).device
         inputs = torch.utils._pytree.tree_map(lambda t: t.to(device), example_inputs(model, batch=1))
-        return call_macs(session, inputs)
+        return _count(session, model, inputs, attention)
 
 
-def step_macs(unet: torch.nn.Module, inputs: dict, branch: int, attention: bool = False) -> tuple[int, int]:
-    """MACs of one full step and one cached step of DeepCache at ``branch`` on ``unet``."""
-    return call_macs(DeepCacheEngine(unet, DeepCacheConfig(branch=branch)), inputs, attention=attention)
-
-
-def module_step_macs(model: torch.nn.Module, inputs: dict, rules, attention: bool = False) -> tuple[int, int]:
-    """MACs of one full call and one call with every module the ``rules`` select reused (their step
-    predicates are ignored)."""
-    return call_macs(ModuleCache(model, rules), inputs, attention=attention)
+def _count(session: Session, model: torch.nn.Module, inputs: dict, attention: bool) -> tuple[int, int]:
+    with session.twin(model):
+        return count_macs(lambda: model(**inputs), attention), count_macs(lambda: model(**inputs), attention)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from . import files, generation, plan
+from . import files, generation, launch, loading, plan
 from .accelerators import accelerator
 from .comparison import Comparison, compare
 from .config import DeepCacheConfig
@@ -177,7 +177,7 @@ def exit_status(run, args, errors=(ValueError, TypeError, FileNotFoundError)) ->
 
 
 def run(args: argparse.Namespace) -> int:
-    generation.check_device(args.device)
+    launch.check_device(args.device)
     files.output_folder(args.output)  # fails now, not after the runs
     preset = get_preset(args.model_type)
     steps = args.steps or preset.steps
@@ -192,14 +192,16 @@ def run(args: argparse.Namespace) -> int:
     )
     shallow = preset.shallow_blocks if args.shallow_blocks is None else args.shallow_blocks
     dtype = DTYPES[args.dtype]
-    pipe = generation.load_pipeline(preset, args.model, args.device, dtype)
+    pipe = loading.load_pipeline(preset, args.model, args.device, dtype)
     check_conditioning(args, preset, pipe)
-    generation.set_scheduler(pipe, args.scheduler or preset.scheduler, args.timestep_spacing)
+    loading.set_scheduler(pipe, args.scheduler or preset.scheduler, args.timestep_spacing)
     if args.plan:
         return run_plan(args, preset, pipe, steps)
-    cache = accelerator(pipe, config, steps, shallow)  # fails before any sampling on a bad branch
+    engines = [accelerator(pipe, config, steps, shallow)]  # fails before any sampling on a bad branch
     seeds = list(range(args.seed, args.seed + args.batch_size))
-    print(f"{args.model_type}: {steps} steps, N={config.interval}; {cache.describe(steps).splitlines()[0]}")
+    print(
+        f"{args.model_type}: {steps} steps, N={config.interval}; {engines[0].describe(steps).splitlines()[0]}"
+    )
     inputs = generation.default_inputs(pipe, preset.task, args.image, args.mask)
     video = preset.task in ("video", "text2video")
     if video:
@@ -207,11 +209,12 @@ def run(args: argparse.Namespace) -> int:
     prompts = None
     if preset.takes_prompt:
         inputs["prompt"] = prompts = _prompts(args.prompt, preset, len(seeds))
-        inputs |= generation.guidance(preset.model_path(args.model), args.guidance_scale)
+        inputs |= loading.guidance(preset.model_path(args.model), args.guidance_scale)
     if getattr(args, "refine", False):
-        refiner = generation.load_pipeline(get_preset("sdxl-img2img"), args.refiner, args.device, dtype)
+        refiner = loading.load_pipeline(get_preset("sdxl-img2img"), args.refiner, args.device, dtype)
         inputs["refiner"] = refiner
-    result, base, cached = compare(pipe, config, seeds, steps, args.repeats, preset.task, shallow, **inputs)
+        engines.append(accelerator(refiner, config, steps, shallow))
+    result, base, cached = compare(pipe, engines, seeds, steps, args.repeats, preset.task, **inputs)
 
     scores = _class_scores(preset, prompts, base, cached)
 
@@ -223,7 +226,7 @@ def run(args: argparse.Namespace) -> int:
         files.save_gif(args.output / "deepcache.gif", cached[: args.frames])
     else:  # a baseline row above a DeepCache row, columns labelled with their prompts or seeds
         labels = prompts or [f"seed {s}" for s in seeds]
-        rows = {"baseline\n(uncached)": base, setting_label(config, cache, result.psnr_db): cached}
+        rows = {"baseline\n(uncached)": base, setting_label(config, engines[0], result.psnr_db): cached}
         files.save_png(picture, files.labelled_grid(rows, labels))
     record = dict(
         args=vars(args),
@@ -247,7 +250,7 @@ def run_plan(args, preset, pipe, steps: int) -> int:
     prompts = None
     if preset.takes_prompt:
         prompts = [args.prompt] if args.prompt is not None else load_prompts(preset.prompts)
-        inputs |= generation.guidance(preset.model_path(args.model), args.guidance_scale)
+        inputs |= loading.guidance(preset.model_path(args.model), args.guidance_scale)
     planner = plan.Planner(pipe, args.output, steps, preset.task, prompts, args.calibration_images,
                            args.converged_steps, repeats=args.repeats, batch=args.batch_size,
                            **inputs)  # fmt: skip

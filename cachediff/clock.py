@@ -1,13 +1,20 @@
 """The step clock: which denoising step and which call within it a model call belongs to.
 
-Caching decisions are made per *step* of a sampling run, never from the timestep value. With a
-pipeline, steps are counted by ``scheduler.step`` calls (so PLMS and Heun, which evaluate one timestep
-twice, count two steps; ``step_pred`` for a predictor-corrector sampler) and
-``scheduler.set_timesteps`` starts a new run; several model calls within one step (separate
-cond/uncond passes, a corrector's call) get their own *slot*. Without a pipeline every model call is
-one step. Used by the DeepCache engine and the module-level cache alike.
+Caching decisions are made per *step* of a sampling run, never from the timestep value. The clock
+counts steps in one of three modes (``StepClock.mode``):
 
-Without a diffusers scheduler (the CompVis samplers, k-diffusion's), a *timed run* gives the
+- ``SCHEDULER``: the pipeline's diffusers scheduler ends each step;
+- ``CALLS``: no scheduler, so every model call is one step;
+- ``TIMED``: a sampling run without a diffusers scheduler whose step times are known, each call
+  placed by its timestep argument.
+
+With a pipeline (``SCHEDULER``), steps are counted by ``scheduler.step`` calls (so PLMS and Heun,
+which evaluate one timestep twice, count two steps; ``step_pred`` for a predictor-corrector sampler)
+and ``scheduler.set_timesteps`` starts a new run; several model calls within one step (separate
+cond/uncond passes, a corrector's call) get their own *slot*. Without a pipeline every model call is
+one step (``CALLS``). Used by the DeepCache engine and the module-level cache alike.
+
+Without a diffusers scheduler (the CompVis samplers, k-diffusion's), a *timed run* (``TIMED``) gives the
 run's step times once (``follow``; ``cachediff.sampling``): each call is placed by its timestep
 argument (``TimedRun``): the first evaluation of step i is at the run's time i, a sampler's second
 evaluation within a step (Heun, DPM2, DPM++ SDE) at a time between its step's and the next one's,
@@ -29,6 +36,8 @@ Example:
     (0, 0)
     (1, 0)
     (2, 0)
+    >>> clock.mode  # no pipeline, so no scheduler: every call is a step
+    'calls'
 """
 
 from __future__ import annotations
@@ -42,6 +51,9 @@ from dataclasses import dataclass
 import torch
 
 from .hooks import Hooks
+
+#: The clock's modes (see the module's docstring).
+SCHEDULER, CALLS, TIMED = "scheduler", "calls", "timed"
 
 
 class StepClock:
@@ -78,10 +90,17 @@ class StepClock:
             if self.on_new_run is not None:
                 self.on_new_run(num_steps)
 
+    @property
+    def mode(self) -> str:
+        """How steps are counted now: ``TIMED``, ``SCHEDULER`` or ``CALLS``."""
+        if self.timed is not None:
+            return TIMED
+        return CALLS if self._scheduler is None else SCHEDULER
+
     def start(self, num_steps: int | None = None) -> None:
         """Start a new run and follow the pipeline's scheduler from now on, so that a ``step`` looked
         up before the first model call (``scheduler.step(unet(...))``) is counted too."""
-        if self.timed is not None:  # the timed run decides the steps, not a scheduler
+        if self.mode == TIMED:  # the timed run decides the steps, not a scheduler
             self.reset(len(self.timed.times))
             return
         self.reset(num_steps)
@@ -112,15 +131,15 @@ class StepClock:
             if self._fresh:
                 self._fresh = False
                 self.reset()
-            if self.timed is None:
+            if self.mode != TIMED:
                 self._follow_scheduler()
             me = threading.get_ident()
-            if self._scheduler is None and not self._busy:  # no run boundaries: the caller's run
+            if self.mode == CALLS and not self._busy:  # no run boundaries: the caller's run
                 self.owner = me
             if self.owner != me:
                 return None
             self._busy, self.placed = True, True
-            if self.timed is not None:
+            if self.mode == TIMED:
                 self._place(call_time())
             return self.step, self.slot
 
@@ -145,9 +164,9 @@ class StepClock:
         """Whether a call at ``step`` is no part of the run: past the end of the followed scheduler's
         run (another pipeline sharing the model, with a scheduler of its own), or a call of a timed
         run that could not be placed."""
-        if not self.placed:
-            return True
-        return self._scheduler is not None and self.num_steps is not None and step >= self.num_steps
+        if self.mode == TIMED:
+            return not self.placed
+        return self.mode == SCHEDULER and self.num_steps is not None and step >= self.num_steps
 
     def end(self) -> None:
         """Leave a model call; without a scheduler, each call ends its step. Nothing for a call
@@ -155,11 +174,11 @@ class StepClock:
         with self.lock:
             if self.owner == threading.get_ident():
                 self._busy = False
-                if self.timed is not None:  # steps come from the call times
+                if self.mode == TIMED:  # steps come from the call times
                     self.slot += self.placed
                     return
                 self.slot += 1
-                if self._scheduler is None:
+                if self.mode == CALLS:
                     self.advance()
 
     def advance(self) -> None:
@@ -173,7 +192,7 @@ class StepClock:
     def time(self, step: int) -> float | None:
         """The scheduler's timestep of ``step`` (``None`` without a scheduler or past its timesteps),
         from a host copy of ``scheduler.timesteps`` made once per run."""
-        if self.timed is not None:
+        if self.mode == TIMED:
             return self.timed.times[step] if step < len(self.timed.times) else None
         if self._times is None:
             timesteps = getattr(self._scheduler, "timesteps", None)

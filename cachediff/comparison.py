@@ -9,8 +9,8 @@ import statistics
 from dataclasses import dataclass
 
 from . import metrics
-from .accelerators import SHALLOW_BLOCKS, accelerator, macs_per_call
-from .config import DeepCacheConfig
+from .accelerators import call_macs
+from .core import Session
 from .generation import TASKS
 
 
@@ -35,21 +35,19 @@ class Comparison:
 
 def compare(
     pipe,
-    config: DeepCacheConfig,
+    engines: list[Session],
     seeds: list[int],
     steps: int,
     repeats: int = 2,
     task="unconditional",
-    shallow_blocks: int = SHALLOW_BLOCKS,
     **inputs,
 ):
     """Run baseline and DeepCache interleaved; return (Comparison, baseline images, DeepCache images).
 
-    ``task`` names a ``TASKS`` entry; ``inputs`` are its further arguments (prompt, image, ...);
-    ``shallow_blocks`` is the DiT blocks at each end that run on every step (U-Nets: ``config.branch``).
+    ``engines`` accelerate the pipeline's denoiser and, where ``inputs`` hold a ``refiner``
+    pipeline, the refiner's (``cachediff.accelerators.accelerator``); ``task`` names a ``TASKS``
+    entry; ``inputs`` are its further arguments (prompt, image, ...).
     """
-    pipes = [pipe] + ([inputs["refiner"]] if inputs.get("refiner") is not None else [])
-    engines = [accelerator(p, config, steps, shallow_blocks) for p in pipes]
     generate = TASKS[task]
     images = {}
 
@@ -68,7 +66,7 @@ def compare(
     times = metrics.interleaved(
         {"baseline": run("baseline", False), "deepcache": run("deepcache", True)}, repeats
     )
-    per_unet = [(macs_per_call(e), e.stats) for e in engines]  # base, refiner
+    per_unet = [(call_macs(e), e.stats) for e in engines]  # base, refiner
     calls = sum(len(stats.calls) for _, stats in per_unet)
     avg = sum(stats.average_macs(f, c) * len(stats.calls) for (f, c), stats in per_unet) / calls
     uncached = sum(f * len(stats.calls) for (f, _), stats in per_unet) / calls

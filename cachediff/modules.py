@@ -1,14 +1,15 @@
 """Module-level caching for any denoiser: U-Net blocks, DiT transformer blocks, anything with a name.
 
 In the spirit of NVIDIA's Cache Diffusion: a list of rules, each a module selector (a wildcard on the
-module's dotted name, or a filter function) and a step predicate ``step -> reuse?``. On a reuse step a
-selected module does not run: it returns its output from its last computed step (``mode="output"``),
-or adds its last computed residual, output minus input, to its new input (``mode="residual"``, the
-right choice for transformer blocks, whose input still carries fresh information from earlier
-blocks). Steps are counted by the same ``StepClock`` as the DeepCache engine.
+module's dotted name, or a filter function) and a step predicate ``step -> cached?`` (the core's
+vocabulary: a step is full or cached). On a cached step a selected module does not run: it returns
+its output from its last computed step (``mode="output"``), or adds its last computed residual,
+output minus input, to its new input (``mode="residual"``, the right choice for transformer
+blocks, whose input still carries fresh information from earlier blocks). Steps are counted by the
+same ``StepClock`` as the DeepCache engine.
 
 A selector that matches no module is an error, not a silent no-op; ``plan()`` is a dry run that lists
-exactly which modules are reused on which steps.
+exactly which modules are cached on which steps.
 
 Example:
     >>> import torch
@@ -49,14 +50,14 @@ class CacheRule:
         select: a wildcard on dotted module names (``fnmatch``: ``*`` also crosses dots, so
             ``"transformer_blocks.*"`` selects every block; descendants of a selected module are
             dropped, the outermost selection wins), or a filter ``(name, module) -> bool``.
-        reuse: ``step -> bool``: True where the module's stored result is reused. Step 0 always
-            computes, since nothing is stored yet.
+        cached: ``step -> bool``: True on the steps where the module is cached (its stored result
+            is reused instead of running it). Step 0 always computes, since nothing is stored yet.
         mode: "output" (reuse the output) or "residual" (add the stored output minus input to the
             current input; the module must return a tensor shaped like its first input).
     """
 
     select: Selector
-    reuse: Callable[[int], bool]
+    cached: Callable[[int], bool]
     mode: str = "output"
 
     def __post_init__(self) -> None:
@@ -70,7 +71,7 @@ class CacheRule:
 
 
 def every(interval: int, start: int = 0, end: int | None = None) -> Callable[[int], bool]:
-    """Reuse on all steps but every ``interval``-th, within ``[start, end)`` only (DeepCache's uniform).
+    """Cached on all steps but every ``interval``-th, within ``[start, end)`` only (DeepCache's uniform).
 
     Example:
         >>> [s for s in range(10) if every(3, start=2)(s)]
@@ -79,18 +80,18 @@ def every(interval: int, start: int = 0, end: int | None = None) -> Callable[[in
     if not isinstance(interval, int) or interval < 1:
         raise ValueError(f"interval must be an integer >= 1, got {interval!r}")
 
-    def reuse(step: int) -> bool:
+    def cached(step: int) -> bool:
         inside = step >= start and (end is None or step < end)
         return inside and (step - start) % interval != 0
 
-    return reuse
+    return cached
 
 
 def dit_rule(model: torch.nn.Module, interval: int, shallow: int = 1) -> CacheRule:
     """DeepCache's idea on a DiT (PixArt-alpha, DiT, SD3-style ``transformer_blocks``).
 
-    The first and last ``shallow`` blocks run on every step; the middle blocks run every
-    ``interval``-th step and otherwise add their stored residual.
+    The first and last ``shallow`` blocks run on every step; the middle blocks
+    (``middle_blocks``) run every ``interval``-th step and otherwise add their stored residual.
 
     Example:
         >>> from cachediff.testing import tiny_transformer
@@ -98,6 +99,11 @@ def dit_rule(model: torch.nn.Module, interval: int, shallow: int = 1) -> CacheRu
         >>> ModuleCache(model, [dit_rule(model, interval=3)]).plan(5)
         {'transformer_blocks.1': (1, 2, 4), 'transformer_blocks.2': (1, 2, 4)}
     """
+    return CacheRule(middle_blocks(model, shallow), every(interval), mode="residual")
+
+
+def middle_blocks(model: torch.nn.Module, shallow: int = 1) -> Selector:
+    """A selector of a transformer's ``transformer_blocks`` but the first and last ``shallow``."""
     blocks = getattr(model, "transformer_blocks", None)
     if blocks is None:
         raise TypeError(f"{type(model).__name__} has no transformer_blocks; write CacheRules for it instead")
@@ -106,10 +112,11 @@ def dit_rule(model: torch.nn.Module, interval: int, shallow: int = 1) -> CacheRu
         raise ValueError(f"shallow must be in [0, {n / 2}) for {n} blocks, got {shallow}")
     middle = frozenset(f"transformer_blocks.{i}" for i in range(shallow, n - shallow))
 
-    def middle_blocks(name: str, module: torch.nn.Module) -> bool:
+    def selected(name: str, module: torch.nn.Module) -> bool:
         return name in middle
 
-    return CacheRule(middle_blocks, every(interval), mode="residual")
+    selected.__name__ = f"middle_blocks(shallow={shallow})"
+    return selected
 
 
 def denoiser(target) -> torch.nn.Module:
@@ -163,14 +170,14 @@ class ModuleCache(Session):
         roles = {name: role for name, r in self.selected.items() if r is rule}
 
         def full(step: int) -> bool:  # step 0 always computes: nothing is stored yet
-            return step == 0 or not rule.reuse(step)
+            return step == 0 or not rule.cached(step)
 
         return Group(roles, Static(lambda num_steps: full))
 
     def plan(self, num_steps: int) -> dict[str, tuple[int, ...]]:
-        """Dry run: for every selected module, the steps on which it is reused (step 0 never)."""
+        """Dry run: for every selected module, the steps on which it is cached (step 0 never)."""
         return {
-            name: tuple(s for s in range(1, num_steps) if rule.reuse(s))
+            name: tuple(s for s in range(1, num_steps) if rule.cached(s))
             for name, rule in self.selected.items()
         }
 
@@ -179,7 +186,7 @@ class ModuleCache(Session):
         lines = [f"{type(self.model).__name__}: {len(self.selected)} cached modules over {num_steps} steps"]
         for name, steps in self.plan(num_steps).items():
             rule = self.selected[name]
-            lines.append(f"  {name} [{rule.mode}] reused on {len(steps)} steps: {ranges(steps)}")
+            lines.append(f"  {name} [{rule.mode}] cached on {len(steps)} steps: {ranges(steps)}")
         return "\n".join(lines)
 
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +43,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import metrics, scoring
-from .accelerators import accelerator, macs_per_call
+from .accelerators import accelerator, call_macs
 from .config import DeepCacheConfig
 from .files import write_csv, write_json
 from .metrics import average_macs
@@ -204,7 +205,7 @@ class Planner:
         """MACs of a full and a cached call per branch id (on a ``meta`` copy: no compute), once."""
         n = num_branches(self.pipe.unet)
         ids = self.space.branches if self.space.branches is not None else range(n)
-        return {b: macs_per_call(accelerator(self.pipe, DeepCacheConfig(branch=b), self.steps)) for b in ids}
+        return {b: call_macs(accelerator(self.pipe, DeepCacheConfig(branch=b), self.steps)) for b in ids}
 
     @functools.cached_property
     def converged_images(self) -> torch.Tensor:
@@ -269,6 +270,33 @@ def _config_columns(config: DeepCacheConfig | None) -> dict:
         name for name, fields in ACTS.items() if all(getattr(config, k) == v for k, v in fields.items())
     )
     return dict(interval=config.interval, branch=config.branch, schedule=config.schedule, act=act)
+
+
+def setting_of(row: dict) -> Setting:
+    """The candidate a plan's row describes (the inverse of its parameter columns).
+
+    Example:
+        >>> setting_of(dict(candidate="N3-b1-uniform-forecast2", steps=25, interval=3, branch=1,
+        ...                 schedule="uniform", act="forecast2")).cache.order
+        2
+    """
+    if row["interval"] == 1:
+        return Setting(row["candidate"], row["steps"])
+    fields = dict(
+        interval=row["interval"], branch=row["branch"], **SCHEDULES[row["schedule"]], **ACTS[row["act"]]
+    )
+    return Setting(row["candidate"], row["steps"], DeepCacheConfig(**fields))
+
+
+def load(folder: Path) -> list[Plan]:
+    """The plans that ``save`` wrote to ``folder``, each candidate's setting rebuilt from its row."""
+    record = json.loads((Path(folder) / "plan.json").read_text())
+    plans = []
+    for p in record["plans"]:
+        rows = [r for r in record["rows"] if r["budget"] == p["budget"]]
+        settings = {r["candidate"]: setting_of(r) for r in rows}
+        plans.append(Plan(p["budget"], p["by"], rows, p["front"], p["pick"], settings))
+    return plans
 
 
 def save(plans: Sequence[Plan], out: Path, describe: dict) -> None:

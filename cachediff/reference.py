@@ -29,7 +29,7 @@ import diffusers
 import torch
 
 from .files import read_json, write_json
-from .generation import STEP_KWARGS
+from .loading import STEP_KWARGS
 from .metrics import psnr
 from .rows import Setting
 from .sweep import Sweep

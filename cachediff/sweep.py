@@ -31,8 +31,9 @@ import torch
 from tqdm.auto import tqdm
 
 from . import metrics
-from .accelerators import accelerator, macs_per_call
+from .accelerators import accelerator, call_macs
 from .config import DeepCacheConfig
+from .core import Session
 from .files import (
     atomic_path,
     claim,
@@ -83,7 +84,7 @@ class Sweep:
         self.first_seed = first_seed
         self.batch = batch or shard
         self.task, self.prompts, self.inputs = task, prompts, inputs
-        self.cache = None  # the accelerator of the last cached run (its ``stats``)
+        self._accelerators: dict[tuple[DeepCacheConfig, int], Session] = {}  # by configuration and steps
         self._macs: dict[int, tuple[int, int]] = {}  # branch -> MACs of a full and a cached call
         pipe.set_progress_bar_config(disable=True)  # one bar per setting instead
         self._check_sampler()
@@ -134,23 +135,37 @@ class Sweep:
             raise ValueError(f"{folder} holds samples of other parameters: {meta.read_text()}")
         return folder
 
-    @torch.no_grad()
     def generate(self, setting: Setting, seeds: Sequence[int]) -> torch.Tensor:
-        """Images for ``seeds`` under ``setting``, ``(B, C, H, W)`` in [-1, 1]; stats in ``self.cache``."""
+        """Images for ``seeds`` under ``setting``, ``(B, C, H, W)`` in [-1, 1]."""
+        return self.run(setting, seeds)[0]
+
+    @torch.no_grad()
+    def run(self, setting: Setting, seeds: Sequence[int]) -> tuple[torch.Tensor, str]:
+        """Images for ``seeds`` under ``setting`` and the run's pattern of full (F) and cached (C)
+        denoiser calls."""
         seeds, extra = list(seeds), dict(self.inputs)
         if self.prompts is not None:
             extra["prompt"] = [self.prompts[s % len(self.prompts)] for s in seeds]
-        self.cache = None if setting.cache is None else accelerator(self.pipe, setting.cache, setting.steps)
+        cache = self.accelerator(setting)
         calls = []  # denoiser calls of an uncached run (img2img and inpainting make fewer than steps)
-        if self.cache is None:
+        if cache is None:
             undo = denoiser(self.pipe).register_forward_pre_hook(lambda *_: calls.append(1)).remove
         else:
-            undo = self.cache.enable().disable
+            undo = cache.enable().disable
         try:
-            return TASKS[self.task](self.pipe, seeds, setting.steps, **extra)
+            images = TASKS[self.task](self.pipe, seeds, setting.steps, **extra)
         finally:
             undo()
-            self._calls = len(calls)
+        return images, "F" * len(calls) if cache is None else cache.stats.pattern
+
+    def accelerator(self, setting: Setting) -> Session | None:
+        """The setting's accelerator (``None`` uncached), built once per configuration and steps."""
+        if setting.cache is None:
+            return None
+        key = (setting.cache, setting.steps)
+        if key not in self._accelerators:
+            self._accelerators[key] = accelerator(self.pipe, setting.cache, setting.steps)
+        return self._accelerators[key]
 
     def starts(self, rank: int = 0, world: int = 1) -> range:
         """First seeds of the shards that process ``rank`` of ``world`` owns (every ``world``-th)."""
@@ -215,8 +230,7 @@ class Sweep:
 
     def _generate_recorded(self, setting: Setting, seeds: range) -> torch.Tensor:
         """Images for ``seeds``, recording the run's full steps in ``stats_<first seed>.json``."""
-        images = self.generate(setting, seeds)
-        pattern = "F" * self._calls if self.cache is None else self.cache.stats.pattern
+        images, pattern = self.run(setting, seeds)
         with atomic_path(self.folder(setting) / f"stats_{seeds[0]:06d}.json") as tmp:
             tmp.write_text(
                 json.dumps({"pattern": pattern, "images": len(seeds)})  # full calls: the pattern's F
@@ -235,11 +249,13 @@ class Sweep:
         return float(np.average([r["pattern"].count("F") for r in records], weights=_weights(records)))
 
     def call_macs(self, setting: Setting) -> tuple[int, int]:
-        """MACs of one full and one cached denoiser call for one image (``accelerators.macs_per_call``),
+        """MACs of one full and one cached denoiser call for one image (``accelerators.call_macs``),
         counted once per cut (the branch): the schedule and the step count do not change them."""
         config = setting.cache or DeepCacheConfig(interval=1)
         if config.branch not in self._macs:
-            self._macs[config.branch] = macs_per_call(accelerator(self.pipe, config, setting.steps))
+            self._macs[config.branch] = call_macs(
+                self.accelerator(dataclasses.replace(setting, cache=config))
+            )
         return self._macs[config.branch]
 
     def macs_per_image(self, setting: Setting) -> float:
@@ -264,7 +280,7 @@ class Sweep:
         the shards that hold them are generated if missing, and no other."""
         k = min(k or self.shard, self.n)
         starts = self.starts()[: -(-k // self.shard)]
-        self.generate_missing(setting, progress=False, starts=starts)
+        self.generate_missing(setting, progress=len(starts) > 1, starts=starts)  # a bar on long work
         folder = self.folder(setting)
         return unit_range(np.concatenate([np.load(folder / f"samples_{s:06d}.npy") for s in starts]))[:k]
 

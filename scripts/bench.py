@@ -30,11 +30,11 @@ from torch.utils import _pytree as pytree
 
 import cachediff
 from cachediff import DeepCacheConfig, DeepCacheSDHelper, metrics
-from cachediff.accelerators import step_macs
+from cachediff.accelerators import call_macs
 from cachediff.architectures import CPU_SIZES, build, example_inputs
 from cachediff.cli import DTYPES
 from cachediff.files import output_folder, read_csv, update_csv
-from cachediff.generation import check_device
+from cachediff.launch import check_device
 from cachediff.metrics import average_macs
 from cachediff.testing import denoise_example, tiny_unet
 from cachediff.trees import tree_nbytes
@@ -82,7 +82,7 @@ def bench_config(pipe, inputs, steps, interval, branch, repeats, compiled=None) 
     # one more run each, untimed: peak memory above the memory in use before it
     device = inputs["sample"].device
     peak = {name: metrics.peak_memory(fn, device) for name, fn in runs.items()}
-    full, cached = step_macs(pipe.unet, inputs, branch)
+    full, cached = call_macs(cachediff.engine_for(pipe.unet, DeepCacheConfig(branch=branch)), inputs)
     bound = full / average_macs(full, cached, DeepCacheConfig(interval).budget(steps), steps)
     med = {k: statistics.median(v) for k, v in times.items()}
     ratios = [c / o for c, o in zip(times["cachediff"], times["official"], strict=True)]

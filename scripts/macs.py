@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from cachediff import DeepCacheConfig, compvis
-from cachediff.accelerators import step_macs
+from cachediff import DeepCacheConfig, compvis, engine_for
+from cachediff.accelerators import call_macs
 from cachediff.architectures import ARCHITECTURES, build, example_inputs
 from cachediff.files import write_csv
 from cachediff.metrics import average_macs
@@ -39,7 +39,7 @@ def table(arch: str, steps: int, interval: int, size: int | None) -> list[dict]:
     n_full = DeepCacheConfig(interval).budget(steps)
     rows = []
     for b in range(num_branches(unet)):
-        full, cached = step_macs(unet, inputs, b)
+        full, cached = call_macs(engine_for(unet, DeepCacheConfig(branch=b)), inputs)
         avg = average_macs(full, cached, n_full, steps)
         rows.append(
             dict(

@@ -33,7 +33,8 @@ from tqdm.auto import tqdm
 from cachediff import DeepCacheConfig, metrics
 from cachediff.engine import DeepCacheEngine
 from cachediff.files import output_folder, write_csv
-from cachediff.generation import TASKS, guidance, load_pipeline
+from cachediff.generation import TASKS
+from cachediff.loading import guidance, load_pipeline
 from cachediff.pipelines import get_preset
 from cachediff.prompts import load_prompts
 from cachediff.suites import SCHEDULES

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from cachediff import generation, suites
+from cachediff import generation, launch, loading, suites
 from cachediff.accelerators import accelerator
 from cachediff.cli import DTYPES, SPACINGS, exit_status, finite_scale
 from cachediff.files import claim, output_folder, read_csv, release, update_csv
@@ -171,9 +171,9 @@ def main(argv=None) -> int:
 
 def load(args, preset):
     """The preset's pipeline with the requested scheduler and scheduler options."""
-    pipe = generation.load_pipeline(preset, args.model, args.device, DTYPES[args.dtype])
-    generation.set_scheduler(pipe, args.scheduler or preset.scheduler, args.timestep_spacing)
-    options = generation.scheduler_options(pipe.scheduler, args.scheduler_option)
+    pipe = loading.load_pipeline(preset, args.model, args.device, DTYPES[args.dtype])
+    loading.set_scheduler(pipe, args.scheduler or preset.scheduler, args.timestep_spacing)
+    options = loading.scheduler_options(pipe.scheduler, args.scheduler_option)
     if options:
         pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, **options)
     return pipe
@@ -182,7 +182,7 @@ def load(args, preset):
 def run(args) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    generation.check_device(args.device)
+    launch.check_device(args.device)
     output_folder(args.out)
     preset = get_preset(args.model_type)
     if not preset.takes_prompt and (args.prompts is not None or args.guidance_scale is not None):
@@ -199,7 +199,7 @@ def run(args) -> int:
     inputs = generation.default_inputs(pipe, preset.task, args.image, args.mask)
     if preset.takes_prompt:
         prompts = load_prompts(args.prompts or preset.prompts, args.samples)
-        inputs |= generation.guidance(preset.model_path(args.model), args.guidance_scale)
+        inputs |= loading.guidance(preset.model_path(args.model), args.guidance_scale)
     inception = F.load_inception(args.device) if args.fid_reference else None
     featurize = inception and (lambda x: F.inception_features(x.to(args.device), inception, 50, False))
     if preset.task in ("video", "text2video"):
@@ -220,29 +220,26 @@ def run(args) -> int:
     check_rows(rows, pipe, args.results)
     columns = scored_columns(args, preset, prompts)
     reasons = {s.name: rescore_reason(rows.get(s.name), args.samples, columns) for s in settings if scoring}
-    rank, world = generation.launcher()
-    scorer = None
-    if rank == 0 and scoring:
-        classifier = load_classifier(device=args.device) if preset.class_score else None
-        scorer = Scorer(args, sweep, settings[0], prompts, featurize, classifier, converged)
-    for s in settings:  # one setting at a time, so that its row lands as soon as its samples do
-        if scoring and reasons[s.name] is None:  # its row holds: sample nothing
-            if scorer and scorer.wants_timing(rows[s.name]):
-                scorer.retime(s)
-            continue
-        if scorer and s.name in rows:
-            print(f"{s.name}: scoring again, as {reasons[s.name]}", flush=True)
-        if args.stage in ("generate", "all"):
-            sweep.generate_missing(s, rank, world)
-        if world > 1:
-            torch.distributed.barrier()
+    with launch.launched() as (rank, world):
+        scorer = None
+        if rank == 0 and scoring:
+            classifier = load_classifier(device=args.device) if preset.class_score else None
+            scorer = Scorer(args, sweep, settings[0], prompts, featurize, classifier, converged)
+        for s in settings:  # one setting at a time, so that its row lands as soon as its samples do
+            if scoring and reasons[s.name] is None:  # its row holds: sample nothing
+                if scorer and scorer.wants_timing(rows[s.name]):
+                    scorer.retime(s)
+                continue
+            if scorer and s.name in rows:
+                print(f"{s.name}: scoring again, as {reasons[s.name]}", flush=True)
+            if args.stage in ("generate", "all"):
+                sweep.generate_missing(s, rank, world)
+            launch.wait_for_all(world)
+            if scorer:
+                score_unless_done_elsewhere(scorer, s, args, columns)
         if scorer:
-            score_unless_done_elsewhere(scorer, s, args, columns)
-    if scorer:
-        print(f"wrote {args.results} ({datetime.date.today()} on {platform.machine()}, "
-              f"{torch.get_num_threads()} threads)")  # fmt: skip
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+            print(f"wrote {args.results} ({datetime.date.today()} on {platform.machine()}, "
+                  f"{torch.get_num_threads()} threads)")  # fmt: skip
     return 0
 
 

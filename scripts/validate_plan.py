@@ -8,7 +8,8 @@ interval, and says whether the pick lies within the interval of the best of them
 whether caching or fewer steps sits on the front of the held-out scores.
 With ``--fid-images``, each budget's pick, its fewer-steps run and the uncached run also get FID (and,
 on the tiny SD, class score) with 95% intervals on seeds 0 .. --fid-images - 1 (``quality.csv``).
-Samples are kept by seed under ``--out``, so an interrupted run resumes.
+Samples are kept by seed under ``--out``, so an interrupted run resumes; ``--from-results`` adds FID
+and class score to a validation that ``--results`` already holds, without planning again.
 
 Example:
     python scripts/validate_plan.py --model_type tiny-sd --steps 25 --scheduler DPMSolverMultistepScheduler \\
@@ -20,19 +21,20 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import platform
 import sys
 from pathlib import Path
 
 import torch
 
-from cachediff import generation, metrics, scoring
+from cachediff import generation, loading, metrics, scoring
 from cachediff.cli import DTYPES, SPACINGS
 from cachediff.files import output_folder, write_csv, write_json
 from cachediff.metrics import fid
 from cachediff.metrics.class_score import load_classifier
 from cachediff.pipelines import PRESETS, get_preset
-from cachediff.plan import RANK, Planner, Space, pareto, save
+from cachediff.plan import RANK, Planner, Space, load, pareto, save
 from cachediff.prompts import load_prompts
 from cachediff.reference import Converged
 from cachediff.rows import Setting
@@ -70,6 +72,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--fid-reference", help="FID reference with --fid-images: statistics (.npz), "
                    + " or ".join(repr(r) for r in scoring.REFERENCES))  # fmt: skip
     p.add_argument("--fid-resamples", type=int, default=50, help="bootstrap resamplings for FID's interval")
+    p.add_argument(
+        "--from-results", action="store_true", help="take the plans and held-out verdicts that an earlier "
+        "run wrote to --results instead of planning and evaluating again (with --fid-images: adds FID "
+        "and class score alone)",
+    )  # fmt: skip
     p.add_argument("--repeats", type=int, default=3, help="interleaved timed repeats of the front")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     p.add_argument("--dtype", default="float32", choices=list(DTYPES), help="weights and compute dtype")
@@ -95,6 +102,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--fid-images needs --fid-reference")
     if args.fid_images < 0 or args.fid_resamples < 1:
         p.error("--fid-images must be >= 0 and --fid-resamples >= 1")
+    if args.from_results and not args.fid_images:
+        p.error("--from-results adds FID and class score: give --fid-images")
     if args.fid_images and (args.fid_images % args.shard or args.evaluation % args.shard):
         p.error("--fid-images and --evaluation must be multiples of --shard (they share sample files)")
     return args
@@ -217,25 +226,19 @@ def run(args) -> int:
     output_folder(args.out), output_folder(args.results)
     preset = get_preset(args.model_type)
     steps, batch = args.steps or preset.steps, args.batch or preset.batch
-    pipe = generation.load_pipeline(preset, args.model, "cpu", DTYPES[args.dtype])
-    generation.set_scheduler(pipe, args.scheduler or preset.scheduler)
-    if args.timestep_spacing:
-        pipe.scheduler = type(pipe.scheduler).from_config(
-            pipe.scheduler.config, timestep_spacing=args.timestep_spacing
-        )
+    pipe = loading.load_pipeline(preset, args.model, "cpu", DTYPES[args.dtype])
+    loading.set_scheduler(pipe, args.scheduler or preset.scheduler, args.timestep_spacing)
     inputs, prompts = generation.default_inputs(pipe, preset.task, None, None), None
     if preset.takes_prompt:
         prompts = load_prompts(preset.prompts)
-        inputs |= generation.guidance(preset.model_path(args.model))
-    planner = Planner(pipe, args.out / "plan", steps, preset.task, prompts, args.calibration,
-                      args.converged_steps, Space(branches=args.branches and tuple(args.branches)),
-                      repeats=args.repeats, batch=batch, **inputs)  # fmt: skip
-    plans = [planner.plan(b) for b in args.budgets]
+        inputs |= loading.guidance(preset.model_path(args.model))
     common = dict(task=preset.task, prompts=prompts, batch=batch, **inputs)
-    sweep = Sweep(pipe, args.out / "evaluation", args.evaluation, args.shard, **common)
-    folder = args.converged_out or args.out / "evaluation"
-    converged = Converged(pipe, folder, args.evaluation, args.converged_steps, args.shard, **common)
-    rows = [r for p in plans for r in evaluation_rows(p, sweep, converged)]
+    if args.from_results:
+        plans, rows, about = recorded(args.results, args.model_type, steps)
+    else:
+        plans, rows, about = plan_and_evaluate(args, pipe, steps, common)
+        save(plans, args.results, dict(about=about))
+        write_csv(rows, args.results / "validation.csv")
     quality = []
     if args.fid_images:
         inception = fid.load_inception()
@@ -244,6 +247,27 @@ def run(args) -> int:
         classifier = load_classifier() if preset.class_score else None
         evaluation = Sweep(pipe, args.out / "evaluation", args.fid_images, args.shard, featurize, **common)
         quality = quality_rows(plans, steps, evaluation, reference, classifier, prompts, args.fid_resamples)
+        write_csv(quality, args.results / "quality.csv")
+    write_json(args.results / "validation.json", dict(about=about, rows=rows, quality=quality))
+    text = report(rows, quality, about)
+    (args.results / "validation.md").write_text(text)
+    print(text)
+    return 0
+
+
+def plan_and_evaluate(args, pipe, steps: int, common: dict) -> tuple[list, list[dict], str]:
+    """Plan every budget on the calibration seeds, then score each plan's front and fewer-steps run
+    on the evaluation seeds: the plans, the evaluation rows and what was run."""
+    space = Space(branches=args.branches and tuple(args.branches))
+    planner = Planner(
+        pipe, args.out / "plan", steps, calibration=args.calibration, converged_steps=args.converged_steps,
+        space=space, repeats=args.repeats, **common,
+    )  # fmt: skip
+    plans = [planner.plan(b) for b in args.budgets]
+    sweep = Sweep(pipe, args.out / "evaluation", args.evaluation, args.shard, **common)
+    folder = args.converged_out or args.out / "evaluation"
+    converged = Converged(pipe, folder, args.evaluation, args.converged_steps, args.shard, **common)
+    rows = [r for p in plans for r in evaluation_rows(p, sweep, converged)]
     spacing = pipe.scheduler.config.get("timestep_spacing")
     about = (
         f"{args.model_type}, {type(pipe.scheduler).__name__} {steps} steps, {spacing} spacing; fidelity: "
@@ -251,15 +275,19 @@ def run(args) -> int:
         f"1,000,000, evaluation seeds 0..{args.evaluation - 1}; {datetime.date.today()}, "
         f"{platform.machine()}, {torch.get_num_threads()} threads"
     )
-    save(plans, args.results, dict(about=about))
-    write_csv(rows, args.results / "validation.csv")
-    write_json(args.results / "validation.json", dict(about=about, rows=rows, quality=quality))
-    text = report(rows, quality, about)
-    if quality:
-        write_csv(quality, args.results / "quality.csv")
-    (args.results / "validation.md").write_text(text)
-    print(text)
-    return 0
+    return plans, rows, about
+
+
+def recorded(results: Path, model_type: str, steps: int) -> tuple[list, list[dict], str]:
+    """The plans, evaluation rows and description that an earlier run wrote to ``results``, checked
+    against the model and steps asked for now."""
+    record = json.loads((results / "validation.json").read_text())
+    plans = load(results)
+    planned = {r["steps"] for p in plans for r in p.rows if r["interval"] > 1}
+    if not record["about"].startswith(f"{model_type},") or planned != {steps}:
+        what = record["about"].split(";")[0]
+        raise ValueError(f"{results} holds a validation of {what!r}, not {model_type} at {steps} steps")
+    return plans, record["rows"], record["about"]
 
 
 if __name__ == "__main__":

@@ -73,10 +73,42 @@ def reference_deepcache(unet: torch.nn.Module, producer: str, interval: int) -> 
             return None
         return clone(state["kept"])
 
-    handles = [
-        unet.register_forward_pre_hook(count),
+    with removed_on_exit(
+        unet.register_forward_pre_hook(count), unet.get_submodule(producer).register_forward_hook(swap)
+    ):
+        yield
+
+
+@contextmanager
+def reference_deepcache_by_time(unet: torch.nn.Module, producer: str, full_times) -> Iterator[None]:
+    """DeepCache by its definition, keyed by each call's timestep argument and written without
+    cachediff code: every module runs; a call at one of ``full_times`` keeps the ``producer``
+    module's output, and a call at any other time has that output replaced by the one kept at the
+    same position among the calls at one time (cond and uncond passes keep their own). For samplers
+    that evaluate the model once per step."""
+    state = dict(time=None, position=0, full=False, kept={})
+
+    def enter(module, args, kwargs):
+        t = float((args[1] if len(args) > 1 else kwargs["timesteps"]).reshape(-1)[0])
+        state["position"] = state["position"] + 1 if t == state["time"] else 0
+        state["time"], state["full"] = t, any(abs(t - f) <= 1e-4 * max(1.0, abs(f)) for f in full_times)
+
+    def swap(module, args, out):
+        if state["full"]:
+            state["kept"][state["position"]] = out.clone()
+            return None
+        return state["kept"][state["position"]].clone()
+
+    with removed_on_exit(
+        unet.register_forward_pre_hook(enter, with_kwargs=True),
         unet.get_submodule(producer).register_forward_hook(swap),
-    ]
+    ):
+        yield
+
+
+@contextmanager
+def removed_on_exit(*handles) -> Iterator[None]:
+    """Removes PyTorch hook ``handles`` on leaving, however it is left."""
     try:
         yield
     finally:

@@ -8,7 +8,8 @@ import functools
 import pytest
 import torch
 
-from cachediff.accelerators import step_macs
+from cachediff import DeepCacheConfig, engine_for
+from cachediff.accelerators import call_macs
 from cachediff.architectures import build, example_inputs
 from cachediff.metrics import average_macs, count_macs
 
@@ -38,7 +39,7 @@ def test_attention_matmuls_are_counted_only_on_request():
 @pytest.mark.parametrize("branch", range(12))
 def test_sd15_cached_step_per_branch(branch):
     unet, inputs = meta_unet("sd1.5")
-    _, cached = step_macs(unet, inputs, branch)
+    _, cached = call_macs(engine_for(unet, DeepCacheConfig(branch=branch)), inputs)
     assert cached / 1e9 == pytest.approx(SD15_CACHED[branch], abs=0.1)
 
 
@@ -50,7 +51,7 @@ def test_ddpm_cifar10_full_step():
 @pytest.mark.parametrize("branch", range(12))
 def test_ddpm_cifar10_table_12_averages_within_3_percent(branch):
     unet, inputs = meta_unet("ddpm-cifar10")
-    full, cached = step_macs(unet, inputs, branch)
+    full, cached = call_macs(engine_for(unet, DeepCacheConfig(branch=branch)), inputs)
     assert average_macs(full, cached, n_full=20, n_steps=100) / 1e9 == pytest.approx(
         TABLE_12[branch], rel=0.03
     )

@@ -94,7 +94,7 @@ def test_outermost_selection_wins_and_filters_select(dit):
     assert list(cache.selected) == ["transformer_blocks"]
     attn = ModuleCache(model, [CacheRule(lambda n, m: n.endswith("attn2"), every(2), "output")])
     assert list(attn.selected) == [f"transformer_blocks.{i}.attn2" for i in range(4)]
-    assert "transformer_blocks.0.attn2 [output] reused on 3 steps: 1, 3, 5" in attn.describe(7)
+    assert "transformer_blocks.0.attn2 [output] cached on 3 steps: 1, 3, 5" in attn.describe(7)
 
 
 def test_residual_mode_needs_a_shape_preserving_module(dit):

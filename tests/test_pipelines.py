@@ -18,7 +18,7 @@ import main
 import stable_diffusion
 import stable_diffusion_xl
 import stable_video_diffusion
-from cachediff.generation import model_card
+from cachediff.loading import model_card
 from cachediff.pipelines import PRESETS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -254,7 +254,7 @@ def test_a_text_conditioned_folder_under_an_unconditional_preset_is_refused(tmp_
 
 def test_a_scheduler_whose_step_needs_more_than_a_pipeline_passes_is_refused(monkeypatch):
     """Issue 31: KarrasVeScheduler failed with a TypeError after the first step (diffusers 0.24)."""
-    from cachediff.generation import set_scheduler
+    from cachediff.loading import set_scheduler
 
     class OddStepScheduler(diffusers.DDIMScheduler):
         def step(self, model_output, sigma_hat, sigma_prev, sample_hat, return_dict=True):

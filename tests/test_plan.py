@@ -4,6 +4,7 @@ timed, a planted best candidate found, bad budgets refused; ``main.py --plan`` e
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -38,12 +39,16 @@ def test_mac_speedups_and_pruning_by_hand():
     ]  # fmt: skip  # branch 1 reaches 2x at no interval of the space
 
 
+def test_every_candidate_is_rebuilt_from_its_row():
+    for c in plan.candidates(12, Space()):
+        row = dict(candidate=c.name, steps=c.steps) | plan._config_columns(c.cache)
+        assert plan.setting_of(row) == c
+
+
 def test_the_planner_finds_a_planted_best_candidate_on_calibration_seeds_only(planner, monkeypatch):
     seeds = []
-    generate = Sweep.generate
-    monkeypatch.setattr(
-        Sweep, "generate", lambda self, s, chunk: seeds.extend(chunk) or generate(self, s, chunk)
-    )
+    run = Sweep.run
+    monkeypatch.setattr(Sweep, "run", lambda self, s, chunk: seeds.extend(chunk) or run(self, s, chunk))
     kept = plan.prune(plan.candidates(6, SPACE), planner.macs, 6, 1.2)
     planted = kept[-1][0].name  # the last kept: not the fastest, not fewer steps
     scored = planner.fidelity
@@ -133,15 +138,23 @@ def test_a_pick_is_a_hit_where_it_lies_within_the_best_candidates_interval():
     assert text.rstrip().endswith("hit rate: 1 of 2 budgets")
 
 
-def test_the_validation_script_end_to_end(tmp_path):
+def test_the_validation_script_end_to_end(tmp_path, capsys):
     from cachediff.metrics import fid
 
     script = _validation_script()
     fid.save_stats(tmp_path / "ref.npz", np.zeros(2048), np.eye(2048))
     args = ["--steps", "6", "--budgets", "1.5", "--calibration", "2", "--evaluation", "4", "--shard", "2"]
     args += ["--converged-steps", "12", "--repeats", "1", "--branches", "1", "2"]
+    args += ["--out", str(tmp_path / "runs"), "--results", str(tmp_path / "docs")]
+    assert script.main(args) == 0
+    assert "FID" not in (tmp_path / "docs" / "validation.md").read_text()
+    planned = (tmp_path / "docs" / "plan.json").read_text()
+    shutil.rmtree(tmp_path / "runs" / "plan")  # FID from the recorded plans: nothing planned again
     args += ["--fid-images", "6", "--fid-reference", str(tmp_path / "ref.npz"), "--fid-resamples", "3"]
-    assert script.main([*args, "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "docs")]) == 0
+    assert script.main([*args, "--from-results"]) == 0
+    assert (
+        not (tmp_path / "runs" / "plan").exists() and (tmp_path / "docs" / "plan.json").read_text() == planned
+    )
     record = json.loads((tmp_path / "docs" / "validation.json").read_text())
     rows, quality = record["rows"], record["quality"]
     pick = next(r["candidate"] for r in rows if r["pick"])
@@ -160,3 +173,5 @@ def test_the_validation_script_end_to_end(tmp_path):
     assert (tmp_path / "docs" / "plan.png").exists()
     evaluated = sorted(p.name for p in (tmp_path / "runs" / "evaluation").glob("*/samples_*"))
     assert evaluated and evaluated[0] == "samples_000000.npy"  # evaluation seeds start at 0
+    assert script.main([*args, "--from-results", "--steps", "5"]) == 2  # not what was validated
+    assert "not tiny-sd at 5 steps" in capsys.readouterr().err

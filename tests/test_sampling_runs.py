@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import reference_deepcache_by_time
 
 import cachediff
 from cachediff.compvis import (
@@ -110,6 +111,30 @@ def test_compvis_samplers_follow_the_schedule(sampler):
     assert (first - base).abs().max() < 0.5 * base.abs().max()
 
 
+def producer(unet, branch: int) -> str:
+    """The module whose output is branch ``branch``'s deep feature, from the UNetModel's forward: output
+    block n - 1 - b reads skip b, so the deep feature is what output block n - 2 - b hands it."""
+    return f"output_blocks.{len(unet.input_blocks) - 2 - branch}"
+
+
+def full_times(times) -> list[float]:
+    return [times[s] for s in range(0, STEPS, INTERVAL)]
+
+
+def test_compvis_ddim_hands_out_what_deepcache_by_its_definition_does():
+    """The values, not only the counts: every cached call of the engine equals a call whose deep
+    feature is the one the last full step kept (keyed by timestep, no cachediff code)."""
+    ldm, x, context = tiny_model()
+    unet, times = ldm.model.diffusion_model, ddim_times(STEPS, ldm.num_timesteps)
+    with reference_deepcache_by_time(unet, producer(unet, 1), full_times(times)):
+        expected = compvis_sample(ldm, x, context, "ddim")
+    with cachediff.deepcache(unet, interval=INTERVAL, branch=1) as engine:
+        with cachediff.sampling_run(engine, times, "ddim"):
+            out = compvis_sample(ldm, x, context, "ddim")
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(out, compvis_sample(ldm, x, context, "ddim"), rtol=1e-3, atol=1e-3)
+
+
 def test_a_call_that_fits_no_step_runs_in_full_and_keeps_nothing():
     ldm, x, context = tiny_model()
     unet = ldm.model.diffusion_model
@@ -200,6 +225,25 @@ def test_k_diffusion_samplers_follow_the_schedule(sampler, separate):
     assert calls == per_evaluation * EVALUATIONS[sampler]["calls"]
     assert torch.equal(first, second) and not torch.equal(first, base)
     assert (first - base).abs().max() < 0.5 * base.abs().max()
+
+
+@pytest.mark.parametrize("separate", [False, True], ids=["batched", "separate"])
+@pytest.mark.parametrize("sampler", ["sample_euler", "sample_euler_ancestral", "sample_dpmpp_2m"])
+def test_k_diffusion_hands_out_what_deepcache_by_its_definition_does(sampler, separate):
+    """As for CompVis DDIM, on k-diffusion's one-evaluation samplers: with separate cond and uncond
+    calls, each keeps and reuses its own feature."""
+    K = k_diffusion()
+    ldm, x, context = tiny_model()
+    unet = ldm.model.diffusion_model
+    denoiser = K.external.CompVisDenoiser(ldm)
+    sigmas = denoiser.get_sigmas(STEPS)
+    times = [float(denoiser.sigma_to_t(s)) for s in sigmas[:-1]]
+    with reference_deepcache_by_time(unet, producer(unet, 1), full_times(times)):
+        expected = k_sample(K, denoiser, x, context, sampler, sigmas, separate)
+    with cachediff.deepcache(unet, interval=INTERVAL, branch=1) as engine:
+        with cachediff.k_diffusion_run(engine, denoiser, sigmas, sampler):
+            out = k_sample(K, denoiser, x, context, sampler, sigmas, separate)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("sampler", ["sample_euler", "sample_heun"])

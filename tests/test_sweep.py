@@ -53,7 +53,7 @@ def test_a_resumed_setting_says_so(pipe, tmp_path, capsys):
 
 def test_an_interrupted_sweep_resumes_without_redoing_work(pipe, tmp_path, monkeypatch):
     sweep = Sweep(pipe, tmp_path, n_samples=6, shard=2, featurize=mean_features)
-    generated, original = [], sweep.generate
+    generated, original = [], sweep.run
 
     def interrupted_at_the_second_shard(setting, seeds):
         generated.append(list(seeds))
@@ -61,7 +61,7 @@ def test_an_interrupted_sweep_resumes_without_redoing_work(pipe, tmp_path, monke
             raise KeyboardInterrupt
         return original(setting, seeds)
 
-    monkeypatch.setattr(sweep, "generate", interrupted_at_the_second_shard)
+    monkeypatch.setattr(sweep, "run", interrupted_at_the_second_shard)
     with pytest.raises(KeyboardInterrupt):
         sweep.features(SETTING, progress=False)
     featurised = []
@@ -193,10 +193,8 @@ def test_two_sweeps_on_one_folder_share_the_shards(pipe, tmp_path, monkeypatch):
     shard = sweep.folder(SETTING) / "samples_000002.npy"
     theirs = np.zeros((2, 3, 8, 8), np.uint8)
     (shard.parent / f".{shard.name}.claim").write_text(f"{platform.node()} {os.getppid()}")  # alive
-    generated, original = [], sweep.generate
-    monkeypatch.setattr(
-        sweep, "generate", lambda s, seeds: generated.append(list(seeds)) or original(s, seeds)
-    )
+    generated, original = [], sweep.run
+    monkeypatch.setattr(sweep, "run", lambda s, seeds: generated.append(list(seeds)) or original(s, seeds))
 
     def the_other_sweep_finishes():
         np.save(shard, theirs)

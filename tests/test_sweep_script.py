@@ -54,9 +54,7 @@ def test_grid_rows_and_resumption(ddpm, tmp_path, monkeypatch):
     before = files(tmp_path)
     (tmp_path / "results.csv").write_text(rows.drop(index=3).to_csv(index=False))  # lose one row
     generated = []
-    monkeypatch.setattr(
-        script.Sweep, "generate", lambda *a: generated.append(a) or pytest.fail("regenerated")
-    )
+    monkeypatch.setattr(script.Sweep, "run", lambda *a: generated.append(a) or pytest.fail("regenerated"))
     monkeypatch.setattr(script, "speed", lambda *a: {})  # timing would generate again
     assert script.main(args(ddpm, tmp_path, *grid, "--suites", "grid", "curve", "--curve", "4")) == 0
     again = pd.read_csv(tmp_path / "results.csv")
@@ -122,7 +120,7 @@ def test_the_tiny_sd_sweep_scores_the_prompted_classes_and_records_its_guidance(
     rows = pd.read_csv(tmp_path / "results.csv")
     assert rows.class_score.between(0, 1).all() and rows.class_accuracy.between(0, 1).all()
     assert len(rows) == 2 and rows.class_score.nunique() == 2  # each setting scored on its own images
-    card = script.generation.model_card(script.get_preset("tiny-sd").model_path())
+    card = script.loading.model_card(script.get_preset("tiny-sd").model_path())
     assert json.loads((tmp_path / "sampler.json").read_text())["guidance_scale"] == card["guidance_scale"]
     assert script.main([*tiny, "--guidance-scale", "1.5"]) == 2  # other samples than those on disk
     assert "guidance_scale" in capsys.readouterr().err

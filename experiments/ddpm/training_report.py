@@ -17,7 +17,8 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from cachediff.files import grid, save_figure, save_png  # noqa: E402
-from cachediff.generation import load_pipeline, unconditional  # noqa: E402
+from cachediff.generation import unconditional  # noqa: E402
+from cachediff.loading import load_pipeline  # noqa: E402
 from cachediff.pipelines import get_preset  # noqa: E402
 
 

@@ -43,7 +43,7 @@ from cachediff import DeepCacheConfig, files
 from cachediff.accelerators import call_macs
 from cachediff.cli import DTYPES, exit_status, finite_scale
 from cachediff.compvis import build_unet, ddim_times, load_ldm
-from cachediff.generation import check_device, launcher
+from cachediff.launch import check_device, launched, wait_for_all
 
 HERE = Path(__file__).resolve().parent
 
@@ -193,54 +193,51 @@ def shard_done(path: Path, size: int) -> bool:
 
 
 def run(args) -> int:
-    rank, world = launcher()
-    if args.device == "cuda" and world > 1:  # one GPU per process
-        args.device = f"cuda:{os.environ.get('LOCAL_RANK', rank)}"
-    device = check_device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    config = config_of(args)
-    folder = files.output_folder(args.out / setting_name(args, config))
-    model = load_ldm(args.config, args.ckpt, trust=args.trust_checkpoint).to(device)
-    ddim_times(args.steps, model.num_timesteps)  # a step count the model cannot take fails now
-    check_folder(folder, args)  # once the model loads: a failed start records nothing
-    from ldm.models.diffusion.ddim import DDIMSampler
+    with launched() as (rank, world):
+        if args.device == "cuda" and world > 1:  # one GPU per process
+            args.device = f"cuda:{os.environ.get('LOCAL_RANK', rank)}"
+        device = check_device(args.device)
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        config = config_of(args)
+        folder = files.output_folder(args.out / setting_name(args, config))
+        model = load_ldm(args.config, args.ckpt, trust=args.trust_checkpoint).to(device)
+        ddim_times(args.steps, model.num_timesteps)  # a step count the model cannot take fails now
+        check_folder(folder, args)  # once the model loads: a failed start records nothing
+        from ldm.models.diffusion.ddim import DDIMSampler
 
-    sampler, unet = DDIMSampler(model), model.model.diffusion_model
-    engine = cachediff.engine_for(unet, config) if config.interval > 1 else None
-    starts = range(0, args.samples, args.shard)
-    sizes = {s: min(args.shard, args.samples - s) for s in starts}
-    files.remove_stale_temporaries(folder)
-    made = sum(shard_done(folder / f"shard_{s:06d}.npz", n) for s, n in sizes.items())
-    if made and rank == 0:
-        print(f"resuming: {made} of {len(starts)} shards already made in {folder}", file=sys.stderr)
-    dtype = DTYPES[args.dtype]
-    precision = torch.autocast(device.type, dtype) if dtype != torch.float32 else contextlib.nullcontext()
-    with engine or contextlib.nullcontext(), torch.no_grad(), precision:
-        for start in tqdm(starts[rank::world], desc=folder.name, disable=rank > 0):
-            path = folder / f"shard_{start:06d}.npz"
-            seeds = list(range(start, min(start + args.shard, args.samples)))
-            if shard_done(path, len(seeds)) or not files.claim(path):
-                continue
-            began = time.perf_counter()
-            images, labels = sample(model, sampler, engine, seeds, args)
-            timing = dict(seconds_per_image=(time.perf_counter() - began) / len(seeds), images=len(seeds))
-            files.write_json(
-                timing_path(path), dict(timing, pattern=engine.stats.pattern if engine else None)
-            )
-            with files.atomic_path(path) as tmp:
-                np.savez(tmp, images, labels)
-            files.release(path)
-    if world > 1:
-        torch.distributed.barrier()
-    missing = [s for s, n in sizes.items() if not shard_done(folder / f"shard_{s:06d}.npz", n)]
-    if rank == 0 and missing:
-        print(f"{len(missing)} of {len(starts)} shards are still being made by another run (claimed); "
-              "run again once it has finished to merge them", file=sys.stderr)  # fmt: skip
-    elif rank == 0:
-        write_record(folder, merge(folder, starts, args.samples), model, config, args)
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+        sampler, unet = DDIMSampler(model), model.model.diffusion_model
+        engine = cachediff.engine_for(unet, config) if config.interval > 1 else None
+        starts = range(0, args.samples, args.shard)
+        sizes = {s: min(args.shard, args.samples - s) for s in starts}
+        files.remove_stale_temporaries(folder)
+        made = sum(shard_done(folder / f"shard_{s:06d}.npz", n) for s, n in sizes.items())
+        if made and rank == 0:
+            print(f"resuming: {made} of {len(starts)} shards already made in {folder}", file=sys.stderr)
+        dtype = DTYPES[args.dtype]
+        precision = torch.autocast(device.type, dtype) if dtype != torch.float32 else contextlib.nullcontext()
+        with engine or contextlib.nullcontext(), torch.no_grad(), precision:
+            for start in tqdm(starts[rank::world], desc=folder.name, disable=rank > 0):
+                path = folder / f"shard_{start:06d}.npz"
+                seeds = list(range(start, min(start + args.shard, args.samples)))
+                if shard_done(path, len(seeds)) or not files.claim(path):
+                    continue
+                began = time.perf_counter()
+                images, labels = sample(model, sampler, engine, seeds, args)
+                timing = dict(seconds_per_image=(time.perf_counter() - began) / len(seeds), images=len(seeds))
+                files.write_json(
+                    timing_path(path), dict(timing, pattern=engine.stats.pattern if engine else None)
+                )
+                with files.atomic_path(path) as tmp:
+                    np.savez(tmp, images, labels)
+                files.release(path)
+        wait_for_all(world)
+        missing = [s for s, n in sizes.items() if not shard_done(folder / f"shard_{s:06d}.npz", n)]
+        if rank == 0 and missing:
+            print(f"{len(missing)} of {len(starts)} shards are still being made by another run (claimed); "
+                  "run again once it has finished to merge them", file=sys.stderr)  # fmt: skip
+        elif rank == 0:
+            write_record(folder, merge(folder, starts, args.samples), model, config, args)
     return 0
 
 
@@ -266,7 +263,11 @@ def throughput(folder: Path, starts: range) -> dict:
 
 def write_record(folder: Path, merged: Path, model, config: DeepCacheConfig, args) -> None:
     """``run.json``: the configuration, the MACs and the throughput of the merged samples."""
-    full, cached = step_macs(model, config)
+    shadow = build_unet(model.unet_params, device="meta")  # counted on a meta copy: no compute
+    with torch.device("meta"):
+        inputs = dict(x=torch.zeros(1, *model.latent), timesteps=torch.ones(1))
+        inputs["context"] = torch.zeros(1, 1, model.unet_params["context_dim"])
+    full, cached = call_macs(cachediff.engine_for(shadow, config.replace(interval=1)), inputs)
     n_full = len(config.full_steps_for(args.steps))
     average = (n_full * full + (args.steps - n_full) * cached) / args.steps
     record = dict(
@@ -280,15 +281,6 @@ def write_record(folder: Path, merged: Path, model, config: DeepCacheConfig, arg
     speed = "throughput: no shard timed" if speed is None else f"{speed:.3f} images/s"
     print(f"wrote {merged} ({args.samples} images; {average / 1e9:.2f} GMACs per step, "
           f"{record['mac_speedup']:.2f}x MAC bound; {speed})")  # fmt: skip
-
-
-def step_macs(model, config: DeepCacheConfig) -> tuple[int, int]:
-    """MACs of a full and a cached U-Net call (batch 1), counted on a ``meta`` copy (no compute)."""
-    shadow = build_unet(model.unet_params, device="meta")
-    with torch.device("meta"):
-        inputs = dict(x=torch.zeros(1, *model.latent), timesteps=torch.ones(1))
-        inputs["context"] = torch.zeros(1, 1, model.unet_params["context_dim"])
-    return call_macs(cachediff.engine_for(shadow, config.replace(interval=1)), inputs)
 
 
 def main(argv=None) -> int:

@@ -27,7 +27,8 @@ import torch  # noqa: E402
 
 from cachediff.datasets import FASHION_CLASSES  # noqa: E402
 from cachediff.files import labelled_grid, save_figure, save_png, write_csv  # noqa: E402
-from cachediff.generation import load_pipeline, model_card, text2image  # noqa: E402
+from cachediff.generation import text2image  # noqa: E402
+from cachediff.loading import load_pipeline, model_card  # noqa: E402
 from cachediff.metrics import fid  # noqa: E402
 from cachediff.metrics.class_score import class_score, load_classifier, probabilities  # noqa: E402
 from cachediff.pipelines import get_preset  # noqa: E402
