@@ -5,14 +5,14 @@ VENV := .venv
 LATEST := .venv-latest
 FASHION := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test test-fast test-slow lint clean mnist-results tiny-sd-results fidelity-results
+.PHONY: demo test test-fast test-slow lint clean mnist-results tiny-sd-results fidelity-results comfyui-results
 
 demo: $(VENV)/.installed  ## set up, then run the main job on the shipped default model
 	$(VENV)/bin/python main.py
 
 test: $(VENV)/.installed $(LATEST)/.installed $(FASHION)  ## set up, then run the tests on both diffusers versions
-	$(VENV)/bin/ruff check cachediff tests scripts experiments *.py
-	$(VENV)/bin/ruff format --check cachediff tests scripts experiments *.py
+	$(VENV)/bin/ruff check cachediff tests scripts experiments integrations *.py
+	$(VENV)/bin/ruff format --check cachediff tests scripts experiments integrations *.py
 	OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -n 2
 	OMP_NUM_THREADS=1 $(LATEST)/bin/python -m pytest -n 2 -p no:cacheprovider
 
@@ -84,9 +84,12 @@ fidelity-results: $(VENV)/.installed  ## docs/PLANNING.md's instrument: fidelity
 	    $(VENV)/bin/python scripts/plot_sweep.py $(FIDELITY_DOCS)/$$s.csv --out $(FIDELITY_DOCS)/$$s --quality psnr_conv_mean_db; \
 	done
 
+comfyui-results: $(LATEST)/.installed  ## docs/COMFYUI.md's table: the DeepCache ports per sampler, on ComfyUI's KSampler
+	$(LATEST)/bin/python integrations/comfyui/compare_ports.py --out docs/results/comfyui
+
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff format cachediff tests scripts experiments *.py
-	$(VENV)/bin/ruff check --fix cachediff tests scripts experiments *.py
+	$(VENV)/bin/ruff format cachediff tests scripts experiments integrations *.py
+	$(VENV)/bin/ruff check --fix cachediff tests scripts experiments integrations *.py
 
 $(VENV)/.installed: requirements.txt requirements-nodeps.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -95,10 +98,11 @@ $(VENV)/.installed: requirements.txt requirements-nodeps.txt pyproject.toml
 	$(VENV)/bin/pip install -q --no-deps -e .
 	touch $@
 
-$(LATEST)/.installed: requirements-latest.txt requirements-nodeps.txt pyproject.toml
+$(LATEST)/.installed: requirements-latest.txt requirements-nodeps.txt requirements-comfyui.txt pyproject.toml
 	$(PYTHON) -m venv $(LATEST)
 	$(LATEST)/bin/pip install -q -r requirements-latest.txt
 	$(LATEST)/bin/pip install -q --no-deps -r requirements-nodeps.txt
+	$(LATEST)/bin/pip install -q --no-deps -r requirements-comfyui.txt
 	$(LATEST)/bin/pip install -q --no-deps -e .
 	touch $@
 

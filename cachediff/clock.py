@@ -17,7 +17,9 @@ one step (``CALLS``). Used by the DeepCache engine and the module-level cache al
 Without a diffusers scheduler (the CompVis samplers, k-diffusion's), a *timed run* (``TIMED``) gives the
 run's step times once (``follow``; ``cachediff.sampling``): each call is placed by its timestep
 argument (``TimedRun``): the first evaluation of step i is at the run's time i, a sampler's second
-evaluation within a step (Heun, DPM2, DPM++ SDE) at a time between its step's and the next one's,
+evaluation within a step (Heun, DPM2, DPM++ SDE) at a time from its step's to the next one's (or
+short of the step after that: a timestep rounded to the model's discrete ones, as ComfyUI's are, may
+fall just past the next step's time),
 repeated calls at one time (separate cond/uncond passes) in slots of their own, and a call at the
 run's first time after the run has begun starts a fresh run. A call that fits nowhere is not placed
 (``placed`` is False): it runs as the original model and keeps nothing.
@@ -263,7 +265,8 @@ class TimedRun:
             self.per_evaluation = self.calls
         n, s = len(self.times), self.step
         if 0 <= s < n - 1 and self.seen < self.evaluations(s, n):
-            if self.times[s + 1] <= t <= self.times[s] or _close(t, self.times[s + 1]):
+            after_next = self.times[s + 2] if s + 2 < n else -math.inf
+            if after_next < t <= self.times[s] and not _close(t, after_next) or _close(t, self.times[s + 1]):
                 return self._evaluation(t, "second")
         later = [k for k in range(s + 1, n) if _close(t, self.times[k])]
         if later:

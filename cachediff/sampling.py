@@ -17,7 +17,7 @@ Example (k-diffusion on a CompVis model, three lines around the usual sampling c
         x = K.sampling.sample_heun(denoiser, x, sigmas, extra_args=extra)
 
     >>> sorted(EVALUATIONS), evaluations_of("sample_heun")(49, 50), evaluations_of("plms")(0, 50)
-    (['one', 'plms', 'two'], 1, 2)
+    (['one', 'plms', 'three', 'two'], 1, 2)
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ EVALUATIONS: dict[str, Callable[[int, int], int]] = {
     "two": lambda step, n: 1 if step == n - 1 else 2,
     # the CompVis PLMS sampler's first step is a pseudo improved Euler step: two evaluations
     "plms": lambda step, n: 2 if step == 0 else 1,
+    # three evaluations per step between its times (SEEDS-3), one on the last
+    "three": lambda step, n: 1 if step == n - 1 else 3,
 }
 
 #: Samplers by name (k-diffusion's sampling functions; the CompVis samplers) -> evaluation pattern.
@@ -53,6 +55,44 @@ SAMPLERS = {
     "sample_dpmpp_2s_ancestral": "two",
     "ddim": "one",
     "plms": "plms",
+    # ComfyUI's copy of k-diffusion adds these (counted through its KSampler: tests/test_comfyui.py)
+    **dict.fromkeys(
+        (
+            "sample_euler_cfg_pp",
+            "sample_euler_ancestral_cfg_pp",
+            "sample_dpmpp_2m_cfg_pp",
+            "sample_dpmpp_2m_sde_gpu",
+            "sample_dpmpp_2m_sde_heun",
+            "sample_dpmpp_2m_sde_heun_gpu",
+            "sample_dpmpp_3m_sde_gpu",
+            "sample_ddpm",
+            "sample_lcm",
+            "sample_ipndm",
+            "sample_ipndm_v",
+            "sample_deis",
+            "sample_res_multistep",
+            "sample_res_multistep_cfg_pp",
+            "sample_res_multistep_ancestral",
+            "sample_res_multistep_ancestral_cfg_pp",
+            "sample_gradient_estimation",
+            "sample_gradient_estimation_cfg_pp",
+            "sample_er_sde",
+            "sample_sa_solver",
+            "sample_unipc",
+            "sample_unipc_bh2",
+        ),
+        "one",
+    ),
+    **dict.fromkeys(
+        (
+            "sample_dpmpp_sde_gpu",
+            "sample_dpmpp_2s_ancestral_cfg_pp",
+            "sample_seeds_2",
+            "sample_sa_solver_pece",
+        ),
+        "two",
+    ),
+    "sample_seeds_3": "three",
 }
 
 

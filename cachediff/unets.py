@@ -56,11 +56,14 @@ _UNET = UNetSpec()
 class SequentialSpec:
     """A U-Net whose forward runs block lists and keeps one skip per input block:
     ``h = block(h); hs.append(h)`` over ``input``, then ``middle``, then
-    ``h = block(cat(h, hs.pop()))`` over ``output`` (the CompVis / Stability ``UNetModel``)."""
+    ``h = block(cat(h, hs.pop()))`` over ``output`` (the CompVis / Stability ``UNetModel``).
+    ``layers``: the forward runs each block's layers itself, never the block's own ``forward``
+    (ComfyUI's copy of the class), so the cut names the layers of the deep blocks."""
 
     input: str = "input_blocks"
     middle: str = "middle_block"
     output: str = "output_blocks"
+    layers: bool = False
 
 
 #: The supported U-Net classes (by class name, so no diffusers import is needed to read the table).
@@ -69,12 +72,15 @@ SPECS: dict[str, UNetSpec | SequentialSpec] = {
     "UNet2DModel": _UNET,  # DDPM, unconditional LDM
     "UNetSpatioTemporalConditionModel": _UNET,  # Stable Video Diffusion
     "UNetModel": SequentialSpec(),  # CompVis / Stability: LDM-4-G (paper Table 1), SD's original code
+    # ComfyUI's copy (SD 1.x/2.x, SDXL): runs each TimestepEmbedSequential's layers itself
+    "comfy.ldm.modules.diffusionmodules.openaimodel.UNetModel": SequentialSpec(layers=True),
 }
 
 
 #: What the README lists as supported, for errors.
 SUPPORTED_MODELS = (
-    "SD 1.x/2.x, SDXL, inpainting, img2img, Text2Video-Zero, SVD, DDPM, LDM, the CompVis/Stability UNetModel"
+    "SD 1.x/2.x, SDXL, inpainting, img2img, Text2Video-Zero, SVD, DDPM, LDM, "
+    "the CompVis/Stability UNetModel (and ComfyUI's copy)"
 )
 
 #: Blocks of real models whose layout DeepCache's branch map does not cover -> the model, for errors.
@@ -108,7 +114,8 @@ class BranchPlan:
 
 def spec_for(unet: torch.nn.Module) -> UNetSpec | SequentialSpec:
     """The spec of a U-Net, or a ``TypeError`` naming the supported classes."""
-    spec = SPECS.get(type(unet).__name__)
+    cls = type(unet)
+    spec = SPECS.get(f"{cls.__module__}.{cls.__name__}", SPECS.get(cls.__name__))
     if isinstance(spec, SequentialSpec):
         inputs, outputs = (getattr(unet, name, None) for name in (spec.input, spec.output))
         if inputs is None or outputs is None or len(inputs) != len(outputs):
@@ -203,7 +210,7 @@ def branch_plan(unet: torch.nn.Module, branch: int) -> BranchPlan:
             f"(paper numbering 1..{n}), got {branch!r}"
         )
     if isinstance(spec, SequentialSpec):
-        return _sequential_plan(spec, n, branch)
+        return _sequential_plan(spec, n, branch, unet)
     deep: list[str] = []
     # Down side: every layer that produces a skip deeper than the branch.
     for name, layers, _ in _side(unet, spec, "down"):
@@ -229,9 +236,10 @@ def branch_plan(unet: torch.nn.Module, branch: int) -> BranchPlan:
     return BranchPlan(branch=branch, num_branches=n, deep=tuple(deep), producer=producer)
 
 
-def _sequential_plan(spec: SequentialSpec, n: int, branch: int) -> BranchPlan:
+def _sequential_plan(spec: SequentialSpec, n: int, branch: int, unet=None) -> BranchPlan:
     """Input blocks after ``branch``, the middle block and the output blocks before the one that
     consumes skip ``branch`` (output block n - 1 - b) are deep; the last of them is the producer.
+    With ``spec.layers``, the layers of those blocks (of ``unet``) are, and the producer's last one.
 
     Example:
         >>> plan = _sequential_plan(SequentialSpec(), 12, 9)  # SD 1.5's UNetModel, paper branch 10
@@ -240,8 +248,11 @@ def _sequential_plan(spec: SequentialSpec, n: int, branch: int) -> BranchPlan:
         >>> plan.producer
         'output_blocks.1'
     """
-    deep = [f"{spec.input}.{i}" for i in range(branch + 1, n)] + [spec.middle]
+    middle = [spec.middle] if unet is None or getattr(unet, spec.middle, None) is not None else []
+    deep = [f"{spec.input}.{i}" for i in range(branch + 1, n)] + middle
     deep += [f"{spec.output}.{j}" for j in range(n - 1 - branch)]
+    if spec.layers:
+        deep = [f"{block}.{i}" for block in deep for i in range(len(unet.get_submodule(block)))]
     return BranchPlan(branch=branch, num_branches=n, deep=tuple(deep), producer=deep[-1])
 
 

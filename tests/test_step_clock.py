@@ -201,3 +201,27 @@ def test_a_pipeline_sharing_the_unet_never_reuses_the_others_feature(tmp_path):
         assert engine.stats.pattern == "FCCFCCF" + "F" * 4  # strength 0.8 of 5 steps: 4 calls, all full
         assert len(engine._slots) == 1  # none opened for the other pipeline's calls
     assert torch.equal(got, uncached)
+
+
+@pytest.mark.parametrize(
+    ("calls", "placed"),
+    [
+        # Heun-like: the second evaluation at the next step's time, or rounded just past it (ComfyUI's
+        # discrete models round a sigma to the nearest of 1000 timesteps: DPM2 ancestral's 832 for 833)
+        ((999, 833, 833, 666, 666, 500), ["step 0", "second 0", "step 1", "second 1", "step 2", "second 2"]),
+        ((999, 832, 833, 665, 666, 500), ["step 0", "second 0", "step 1", "second 1", "step 2", "second 2"]),
+        # a time beyond the step after the next is no further evaluation of the current step
+        ((999, 600), ["step 0", None]),
+        # above the step's own time (a raised sigma_hat) fits nowhere
+        ((999, 1000), ["step 0", None]),
+    ],
+)
+def test_a_timed_run_places_further_evaluations_up_to_the_step_after_next(calls, placed):
+    from cachediff.clock import TimedRun
+
+    run = TimedRun([999.0, 833.0, 666.0, 500.0], cachediff.sampling.evaluations_of("two"))
+    where = []
+    for t in calls:
+        w = run.place(float(t))
+        where.append(w and f"{w} {run.step}")
+    assert where == placed
