@@ -56,6 +56,8 @@ from .hooks import Hooks
 
 #: The clock's modes (see the module's docstring).
 SCHEDULER, CALLS, TIMED = "scheduler", "calls", "timed"
+#: What a timed run's schedule counts: the sampler's steps, or each of its model evaluations.
+STEP, EVALUATION = "step", "evaluation"
 
 
 class StepClock:
@@ -88,7 +90,7 @@ class StepClock:
             self.num_steps, self._times = num_steps, None
             self.owner, self._busy, self._fresh = threading.get_ident(), False, False
             if self.timed is not None:
-                self.timed = TimedRun(self.timed.times, self.timed.evaluations)
+                self.timed = TimedRun(self.timed.times, self.timed.evaluations, self.timed.unit)
             if self.on_new_run is not None:
                 self.on_new_run(num_steps)
 
@@ -103,21 +105,28 @@ class StepClock:
         """Start a new run and follow the pipeline's scheduler from now on, so that a ``step`` looked
         up before the first model call (``scheduler.step(unet(...))``) is counted too."""
         if self.mode == TIMED:  # the timed run decides the steps, not a scheduler
-            self.reset(len(self.timed.times))
+            self.reset(self.timed.length)
             return
         self.reset(num_steps)
         self._follow_scheduler()
 
-    def follow(self, times: Sequence[float], evaluations: Callable[[int, int], int]) -> None:
+    def follow(
+        self, times: Sequence[float], evaluations: Callable[[int, int], int], unit: str = STEP
+    ) -> None:
         """Start a timed run: step i's first evaluation is at ``times[i]`` (in the model's timestep
-        argument, descending), and step i of n makes ``evaluations(i, n)`` evaluations."""
+        argument, descending), and step i of n makes ``evaluations(i, n)`` evaluations. ``unit``: what
+        the schedule counts, the sampler's steps (``STEP``) or its evaluations (``EVALUATION``: every
+        evaluation its own step, so that a schedule spreads full evaluations over a multi-evaluation
+        sampler's steps)."""
+        if unit not in (STEP, EVALUATION):
+            raise ValueError(f"unit must be {STEP!r} or {EVALUATION!r}, got {unit!r}")
         times = [float(t) for t in times]
         if not times or any(b >= a for a, b in zip(times, times[1:], strict=False)):
             raise ValueError(f"a sampling run's times must be a non-empty, decreasing sequence, got {times}")
         with self.lock:
             self.detach()
-            self.timed = TimedRun(times, evaluations)
-            self.reset(len(times))
+            self.timed = TimedRun(times, evaluations, unit)
+            self.reset(self.timed.length)
 
     def unfollow(self) -> None:
         """End the timed run: the next call starts a new run that counts calls (or follows the
@@ -157,10 +166,10 @@ class StepClock:
                 stacklevel=4,
             )
         if where == "restart":
-            self.reset(len(self.timed.times))
+            self.reset(self.timed.length)
             where = self.timed.place(t)
-        if where == "step":
-            self.step, self.slot = self.timed.step, 0
+        if where == "step" or (where == "second" and self.timed.unit == EVALUATION):
+            self.step, self.slot = self.timed.index, 0
 
     def beyond_run(self, step: int) -> bool:
         """Whether a call at ``step`` is no part of the run: past the end of the followed scheduler's
@@ -195,6 +204,8 @@ class StepClock:
         """The scheduler's timestep of ``step`` (``None`` without a scheduler or past its timesteps),
         from a host copy of ``scheduler.timesteps`` made once per run."""
         if self.mode == TIMED:
+            if self.timed.unit == EVALUATION:
+                return None  # a further evaluation's time is the sampler's own
             return self.timed.times[step] if step < len(self.timed.times) else None
         if self._times is None:
             timesteps = getattr(self._scheduler, "timesteps", None)
@@ -246,7 +257,9 @@ class TimedRun:
 
     times: list[float]
     evaluations: Callable[[int, int], int]
+    unit: str = STEP
     step: int = -1
+    evaluation: int = -1  # evaluations of the run so far, less one
     seen: int = 0  # evaluations of the current step so far
     time: float | None = None  # the current evaluation's time
     calls: int = 0  # calls of the current evaluation so far
@@ -277,8 +290,19 @@ class TimedRun:
         return None
 
     def _evaluation(self, t: float, where: str) -> str:
-        self.time, self.calls, self.seen = t, 1, self.seen + 1
+        self.time, self.calls, self.seen, self.evaluation = t, 1, self.seen + 1, self.evaluation + 1
         return where
+
+    @property
+    def length(self) -> int:
+        """The run's length in its unit: steps, or evaluations."""
+        n = len(self.times)
+        return n if self.unit == STEP else sum(self.evaluations(s, n) for s in range(n))
+
+    @property
+    def index(self) -> int:
+        """The current step's index in the run's unit."""
+        return self.step if self.unit == STEP else self.evaluation
 
 
 def _close(a: float, b: float) -> bool:

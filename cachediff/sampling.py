@@ -110,13 +110,17 @@ def evaluations_of(sampler: str | Callable) -> Callable[[int, int], int]:
 
 
 @contextlib.contextmanager
-def sampling_run(engine, times: Sequence[float] | torch.Tensor, sampler: str | Callable = "one"):
+def sampling_run(
+    engine, times: Sequence[float] | torch.Tensor, sampler: str | Callable = "one", unit: str = "step"
+):
     """Inside the block, ``engine``'s model calls are placed in the steps of a run whose step i
     first evaluates the model at timestep ``times[i]`` (descending, as the model receives them: the
     CompVis DDIM sampler's ``ddim_timesteps`` reversed); ``sampler`` says how many evaluations
-    each step makes. The engine's schedule applies to the run's ``len(times)`` steps."""
+    each step makes. The engine's schedule applies to the run's ``len(times)`` steps, or with
+    ``unit="evaluation"`` to its evaluations, each its own step (full evaluations spread over a
+    multi-evaluation sampler's steps; cond and uncond calls of one evaluation still share it)."""
     times = times.tolist() if isinstance(times, torch.Tensor) else list(times)
-    engine.clock.follow(times, evaluations_of(sampler))
+    engine.clock.follow(times, evaluations_of(sampler), unit)
     try:
         yield engine
     finally:

@@ -106,6 +106,26 @@ def reference_deepcache_by_time(unet: torch.nn.Module, producer: str, full_times
         yield
 
 
+class Runs:
+    """Counts the runs of one module inside the block (a global forward hook, which fires for every
+    module called; a hook on a module the engine skips would make every call full, as something
+    would read it). Count a layer *inside* a skipped module: the skipped module itself is called on
+    a cached step and hands out a placeholder without running its layers."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.module, self.count = module, 0
+
+    def __enter__(self):
+        def hook(module, args, out):
+            self.count += module is self.module
+
+        self.handle = torch.nn.modules.module.register_module_forward_hook(hook)
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
 @contextmanager
 def removed_on_exit(*handles) -> Iterator[None]:
     """Removes PyTorch hook ``handles`` on leaving, however it is left."""

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import reference_deepcache_by_time
+from helpers import Runs, reference_deepcache_by_time
 
 import cachediff
 from cachediff.sampling import evaluations_of
@@ -59,22 +59,16 @@ class Timesteps:
         self.sigma_to_t = model.model.model_sampling.timestep
 
 
-class DeepRuns:
-    """Counts runs of a layer inside the middle block's first resnet (a global hook: a cached call
-    calls the resnet, whose cut hands out a placeholder without running its layers)."""
+def producer(unet) -> str:
+    """The layer whose output is the deep feature: the last of output block n - 2 - b (output block
+    n - 1 - b reads skip b)."""
+    block = len(unet.input_blocks) - 2 - BRANCH
+    return f"output_blocks.{block}.{len(unet.output_blocks[block]) - 1}"
 
-    def __init__(self, model):
-        self.layer, self.count = model.model.diffusion_model.middle_block[0].in_layers, 0
 
-    def __enter__(self):
-        def hook(module, args, out):
-            self.count += module is self.layer
-
-        self.handle = torch.nn.modules.module.register_module_forward_hook(hook)
-        return self
-
-    def __exit__(self, *exc):
-        self.handle.remove()
+def deep_runs(model) -> Runs:
+    """Runs of a layer inside the middle block's first resnet (ComfyUI's cut is at the resnet)."""
+    return Runs(model.model.diffusion_model.middle_block[0].in_layers)
 
 
 @pytest.mark.parametrize(
@@ -89,7 +83,7 @@ def test_the_node_caches_as_cachediffs_sampling_run_does(family, sampler):
     base = harness.sample(model, sampler, STEPS)
     assert torch.equal(harness.sample(patched(model, interval=1), sampler, STEPS), base)
     node = patched(model)
-    with DeepRuns(model) as deep:
+    with deep_runs(model) as deep:
         out = harness.sample(node, sampler, STEPS)
     assert deep.count == EVALUATIONS[sampler]["deep"]
     assert len(last_engine(node).stats.calls) == EVALUATIONS[sampler]["calls"]
@@ -103,6 +97,49 @@ def test_the_node_caches_as_cachediffs_sampling_run_does(family, sampler):
     assert torch.equal(harness.sample(model, sampler, STEPS), base)
 
 
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(schedule="non-uniform"),
+        dict(schedule="adaptive"),
+        dict(act="forecast", forecast_order=3),
+        dict(start_percent=0.5, end_percent=1.0),
+    ],
+    ids=["non-uniform", "adaptive", "forecast", "window"],
+)
+def test_every_option_runs_as_the_library_configured_alike(options):
+    """Schedules, acts and the window: the node's Heun run equals the library's own with the
+    configuration the node builds (and the window keeps the first half of the steps full)."""
+    from integrations.comfyui.nodes import configure
+
+    model = harness.tiny_model("sd15")
+    node = patched(model, **options)
+    out = harness.sample(node, "heun", STEPS)
+    config = configure(model.model.diffusion_model, **(OPTIONS | dict(interval=INTERVAL) | options))
+    with (
+        cachediff.DeepCacheEngine(model.model.diffusion_model, config) as engine,
+        cachediff.k_diffusion_run(
+            engine, Timesteps(model), harness.sigmas(model, "heun", STEPS), "sample_heun"
+        ),
+    ):
+        assert torch.equal(out, harness.sample(model, "heun", STEPS))
+    pattern = last_engine(node).stats.pattern
+    assert "C" in pattern and (options.get("start_percent") != 0.5 or pattern.startswith("F" * 8))
+
+
+@pytest.mark.parametrize("sampler", ["heun", "dpmpp_sde"])
+def test_counting_evaluations_spreads_full_evaluations_as_a_call_counter_does(sampler):
+    """count="evaluations": every evaluation its own step, so with cond and uncond batched the node
+    equals the engine counting bare calls (the popular port's rule) bit for bit; 6 of 15 calls deep."""
+    model = harness.tiny_model("sd15")
+    node = patched(model, count="evaluations")
+    with deep_runs(model) as deep:
+        out = harness.sample(node, sampler, STEPS)
+    assert deep.count == len(range(0, 15, INTERVAL)) and last_engine(node).stats.pattern == "FCC" * 5
+    with cachediff.deepcache(model.model.diffusion_model, interval=INTERVAL, branch=BRANCH):
+        assert torch.equal(out, harness.sample(model, sampler, STEPS))
+
+
 @pytest.mark.parametrize("sampler", ["euler", "dpmpp_2m", "uni_pc"])
 def test_the_node_hands_out_what_deepcache_by_its_definition_does(sampler):
     """The values: each cached call equals one whose deep feature (the producing output block's
@@ -110,13 +147,28 @@ def test_the_node_hands_out_what_deepcache_by_its_definition_does(sampler):
     model = harness.tiny_model("sd15")
     unet = model.model.diffusion_model
     times = Timesteps(model).sigma_to_t(harness.sigmas(model, sampler, STEPS)[:-1]).tolist()
-    block = len(unet.input_blocks) - 2 - BRANCH  # output block n - 1 - b reads skip b
-    producer = f"output_blocks.{block}.{len(unet.output_blocks[block]) - 1}"
-    with reference_deepcache_by_time(unet, producer, times[::INTERVAL]):
+    with reference_deepcache_by_time(unet, producer(unet), times[::INTERVAL]):
         expected = harness.sample(model, sampler, STEPS)
     out = harness.sample(patched(model), sampler, STEPS)
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(out, harness.sample(model, sampler, STEPS), rtol=1e-3, atol=1e-3)
+
+
+def test_separate_cond_and_uncond_calls_keep_features_of_their_own():
+    """Conditionings ComfyUI cannot batch (77 and 78 tokens) make two calls per evaluation: each
+    reuses its own deep feature, as DeepCache by its definition keyed by call position does."""
+    model = harness.tiny_model("sd15")
+    unet = model.model.diffusion_model
+    generator = torch.Generator().manual_seed(1)
+    conds = tuple([[torch.randn(1, tokens, 768, generator=generator), {}]] for tokens in (77, 78))
+    times = Timesteps(model).sigma_to_t(harness.sigmas(model, "euler", STEPS)[:-1]).tolist()
+    with reference_deepcache_by_time(unet, producer(unet), times[::INTERVAL]):
+        expected = harness.sample(model, "euler", STEPS, conds=conds)
+    node = patched(model)
+    with deep_runs(model) as deep:
+        out = harness.sample(node, "euler", STEPS, conds=conds)
+    assert len(last_engine(node).stats.calls) == 2 * STEPS and deep.count == 2 * 3
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
 
 
 #: ComfyUI 0.3.75's sampler names (comfy.samplers.SAMPLER_NAMES).
@@ -146,7 +198,7 @@ def test_every_comfyui_sampler_is_counted_right_or_runs_uncached(sampler, caplog
         assert last_engine(node) is None and torch.equal(out, harness.sample(model, sampler, steps))
         assert f"sampler {function(sampler).__name__} has an evaluation pattern" in caplog.text
         return
-    with warnings.catch_warnings(record=True) as caught, DeepRuns(model) as deep:
+    with warnings.catch_warnings(record=True) as caught, deep_runs(model) as deep:
         warnings.simplefilter("always")
         harness.sample(node, sampler, steps)
     assert not [w for w in caught if "fits no step" in str(w.message)]
@@ -182,6 +234,7 @@ def test_every_sampling_is_a_fresh_run():
         (dict(interval=0), "interval must be an integer >= 1"),
         (dict(start_percent=0.6, end_percent=0.5), "start_percent and end_percent"),
         (dict(act="guess"), "act must be one of replay, forecast"),
+        (dict(count="calls"), "count must be one of steps, evaluations"),
     ],
 )
 def test_bad_options_fail_with_a_clear_error_and_leave_the_model_alone(changes, message):
@@ -238,6 +291,20 @@ def test_the_example_workflow_passes_comfyuis_validation(tmp_path):
     (tmp_path / workflow["1"]["inputs"]["ckpt_name"]).touch()
     folder_paths.add_model_folder_path("checkpoints", str(tmp_path))
     assert harness.validate_workflow(workflow) == ["8"]
+
+
+def test_the_shipped_tiny_sd_computes_in_comfyuis_unet_what_it_computes_in_diffusers():
+    """The trained model of docs/COMFYUI.md's fidelity table, as ComfyUI's UNetModel (weights mapped
+    by ComfyUI's own table): one call agrees with the diffusers U-Net it was trained as."""
+    from diffusers import UNet2DConditionModel
+
+    model, encode, _ = harness.shipped_tiny_sd()
+    unet = UNet2DConditionModel.from_pretrained(harness.SHIPPED / "unet").float()
+    x, t = torch.randn(2, 4, 16, 16), torch.tensor([300.0, 300.0])
+    context = encode(["a photo of a bag", ""])[0][0]
+    with torch.no_grad():
+        expected = unet(x, t, encoder_hidden_states=context).sample
+        torch.testing.assert_close(model.model.diffusion_model(x, t, context=context), expected)
 
 
 def test_the_library_never_imports_comfy():

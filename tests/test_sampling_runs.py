@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import reference_deepcache_by_time
+from helpers import Runs, reference_deepcache_by_time
 
 import cachediff
 from cachediff.compvis import (
@@ -54,23 +54,9 @@ def tiny_model(seed: int = 0) -> tuple[DiffusionModel, torch.Tensor, torch.Tenso
     )
 
 
-class DeepRuns:
-    """Counts the runs of the middle block's first layer (a global hook, which fires for modules
-    called, and a skipped block calls none of its layers; a hook on the block itself would make
-    every call full, as something would read it)."""
-
-    def __init__(self, unet):
-        self.block, self.count = unet.middle_block[0], 0
-
-    def __enter__(self):
-        def hook(module, args, out):
-            self.count += module is self.block
-
-        self.handle = torch.nn.modules.module.register_module_forward_hook(hook)
-        return self
-
-    def __exit__(self, *exc):
-        self.handle.remove()
+def deep_runs(unet) -> Runs:
+    """Runs of the middle block's first layer (a skipped block calls none of its layers)."""
+    return Runs(unet.middle_block[0])
 
 
 # ----------------------------------------------------------------------------- CompVis samplers
@@ -102,7 +88,7 @@ def test_compvis_samplers_follow_the_schedule(sampler):
     with cachediff.deepcache(unet, interval=INTERVAL, branch=1) as engine:
         with (
             cachediff.sampling_run(engine, ddim_times(STEPS, ldm.num_timesteps), sampler),
-            DeepRuns(unet) as deep,
+            deep_runs(unet) as deep,
         ):
             first = compvis_sample(ldm, x, context, sampler)
             second = compvis_sample(ldm, x, context, sampler)  # a fresh run: the same images
@@ -143,7 +129,11 @@ def test_a_call_that_fits_no_step_runs_in_full_and_keeps_nothing():
         cachediff.deepcache(unet, interval=INTERVAL, branch=1) as engine,
         cachediff.sampling_run(engine, times),
     ):
-        with torch.no_grad(), DeepRuns(unet) as deep, pytest.warns(UserWarning, match="fits no step") as seen:
+        with (
+            torch.no_grad(),
+            deep_runs(unet) as deep,
+            pytest.warns(UserWarning, match="fits no step") as seen,
+        ):
             unet(x, torch.tensor([times[0]]), context=context)  # step 0: full
             odd = unet(x, torch.tensor([times[0] - 7.0]), context=context)  # no step's time
             unet(x, torch.tensor([times[0] - 8.0]), context=context)  # none either: warned once
@@ -216,7 +206,7 @@ def test_k_diffusion_samplers_follow_the_schedule(sampler, separate):
     ):
         assert torch.equal(k_sample(K, denoiser, x, context, sampler, sigmas, separate), base)
     with cachediff.deepcache(unet, interval=INTERVAL, branch=1) as engine:
-        with cachediff.k_diffusion_run(engine, denoiser, sigmas, sampler), DeepRuns(unet) as deep:
+        with cachediff.k_diffusion_run(engine, denoiser, sigmas, sampler), deep_runs(unet) as deep:
             first = k_sample(K, denoiser, x, context, sampler, sigmas, separate)
             calls = len(engine.stats.calls)
             second = k_sample(K, denoiser, x, context, sampler, sigmas, separate)

@@ -225,3 +225,21 @@ def test_a_timed_run_places_further_evaluations_up_to_the_step_after_next(calls,
         w = run.place(float(t))
         where.append(w and f"{w} {run.step}")
     assert where == placed
+
+
+@pytest.mark.parametrize(("unit", "expected"), [("step", [0, 0, 1, 1, 2]), ("evaluation", [0, 1, 2, 3, 4])])
+def test_a_timed_run_counts_steps_or_evaluations(unit, expected):
+    """Heun over 3 steps: 5 evaluations, placed in 3 steps, or each its own step (and the run's
+    length follows the unit); the slot starts afresh with each step."""
+    from cachediff.clock import StepClock
+
+    clock = StepClock()
+    clock.follow([999.0, 833.0, 666.0], cachediff.sampling.evaluations_of("two"), unit)
+    placed = []
+    for t in (999.0, 833.0, 833.0, 666.0, 666.0):
+        placed.append(clock.begin(lambda t=t: t))
+        clock.end()
+    assert placed == [(s, 1 if unit == "step" and i in (1, 3) else 0) for i, s in enumerate(expected)]
+    assert clock.num_steps == (3 if unit == "step" else 5)
+    with pytest.raises(ValueError, match="unit must be 'step' or 'evaluation'"):
+        clock.follow([999.0], cachediff.sampling.evaluations_of("one"), "call")

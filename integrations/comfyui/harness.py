@@ -53,20 +53,10 @@ TINY = {
         num_heads=-1,
         num_head_channels=16,
     ),
-    "sd20": dict(
-        model_channels=32,
-        num_res_blocks=1,
-        channel_mult=[1, 2],
-        transformer_depth=[1, 1],
-        transformer_depth_output=[1, 1, 1, 1],
-        transformer_depth_middle=1,
-        context_dim=1024,
-        use_linear_in_transformer=True,
-        adm_in_channels=None,
-        num_heads=-1,
-        num_head_channels=16,
-    ),
 }
+TINY["sd20"] = TINY["sd15"] | dict(
+    context_dim=1024, use_linear_in_transformer=True, num_heads=-1, num_head_channels=16
+)
 #: ComfyUI's model configuration of each family.
 CONFIGS = {"sd15": "SD15", "sdxl": "SDXL", "sd20": "SD20"}
 COMMON = dict(in_channels=4, out_channels=4, image_size=32, use_spatial_transformer=True, legacy=False)
@@ -136,12 +126,20 @@ def conditioning(family: str = "sd15", seed: int = 1) -> tuple[list, list]:
 
 
 def sample(
-    model, sampler: str, steps: int = 8, cfg: float = 4.0, denoise: float = 1.0, latent=None, seed: int = 0
+    model,
+    sampler: str,
+    steps: int = 8,
+    cfg: float = 4.0,
+    denoise: float = 1.0,
+    latent=None,
+    seed: int = 0,
+    conds: tuple[list, list] | None = None,
 ):
     """One KSampler run (``comfy.sample.sample``, the "normal" scheduler) of ``model`` from ``seed``'s
-    noise; ``latent`` (default: an empty one) is what a denoise < 1 pass starts from."""
+    noise; ``latent`` (default: an empty one) is what a denoise < 1 pass starts from; ``conds`` the
+    positive and negative conditioning (default: the tiny model's random ones)."""
     c = comfy()
-    positive, negative = conditioning(model.model.cachediff_family)
+    positive, negative = conds or conditioning(model.model.cachediff_family)
     latent = torch.zeros(LATENT) if latent is None else latent
     noise = c.sample.prepare_noise(latent, seed)
     with torch.no_grad():  # as ComfyUI's executor runs it (in inference mode)
@@ -155,6 +153,80 @@ def sigmas(model, sampler: str, steps: int = 8, denoise: float = 1.0) -> torch.T
     """The sigmas a KSampler run of ``sample`` hands its sampler."""
     c = comfy()
     return c.samplers.KSampler(model, steps, "cpu", sampler, "normal", denoise=denoise).sigmas
+
+
+#: The tiny Stable Diffusion trained here (README, docs/TINY_SD.md) as ComfyUI's UNetModel.
+SHIPPED = Path(__file__).resolve().parents[2] / "assets" / "tiny-sd"
+SHIPPED_UNET = dict(
+    in_channels=4,
+    out_channels=4,
+    model_channels=32,
+    num_res_blocks=2,
+    channel_mult=[1, 2, 3],
+    transformer_depth=[0, 0, 1, 1, 0, 0],
+    transformer_depth_output=[0, 0, 0, 1, 1, 1, 0, 0, 0],
+    transformer_depth_middle=1,
+    context_dim=64,
+    use_linear_in_transformer=False,
+    adm_in_channels=None,
+    num_heads=2,
+    num_head_channels=-1,
+    image_size=16,
+    use_spatial_transformer=True,
+    legacy=False,
+    use_temporal_attention=False,
+)
+
+
+def shipped_tiny_sd(folder: Path = SHIPPED):
+    """The shipped tiny SD inside ComfyUI: its U-Net as ComfyUI's ``UNetModel`` (group norms of 8
+    groups, as it was trained, where ComfyUI's SD models have 32; weights mapped by ComfyUI's own
+    ``utils.unet_to_diffusers``), on SD 1.5's noise schedule, which it was trained on. Returns the
+    ``ModelPatcher``, ``encode(prompts) -> conditioning`` and ``decode(latents) -> images`` in
+    [-1, 1] (its CLIP text encoder and autoencoder, from diffusers and transformers)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    c = comfy()
+    from comfy import ops, utils
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+    class Ops(ops.disable_weight_init):
+        class GroupNorm(ops.disable_weight_init.GroupNorm):
+            def __init__(self, num_groups=None, num_channels=None, *args, **kwargs):
+                super().__init__(8, num_channels, *args, **kwargs)
+
+    model_config = c.supported_models.SD15(SHIPPED_UNET)
+    model_config.unet_config.update(num_heads=2, num_head_channels=-1, disable_unet_model_creation=True)
+    model_config.set_inference_dtype(torch.float32, None)
+    model = model_config.get_model({})
+    unet_config = {k: v for k, v in model_config.unet_config.items() if k != "disable_unet_model_creation"}
+    model.diffusion_model = UNetModel(**unet_config, operations=Ops)
+    blocks = [unet_config["num_res_blocks"]] * len(unet_config["channel_mult"])
+    names = utils.unet_to_diffusers(unet_config | dict(num_res_blocks=blocks))
+    weights = UNet2DConditionModel.from_pretrained(folder / "unet").float().state_dict()
+    model.diffusion_model.load_state_dict({names[k]: v for k, v in weights.items()}, strict=True)
+    model.diffusion_model.eval()
+    model.cachediff_family = "tiny-sd"
+    cpu = torch.device("cpu")
+    patcher = c.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
+
+    tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
+    text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder").eval()
+    vae = AutoencoderKL.from_pretrained(folder / "vae").float().eval()
+
+    @torch.no_grad()
+    def encode(prompts: list[str]) -> list:
+        ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True)
+        return [[text_encoder(torch.tensor(ids.input_ids))[0], {}]]
+
+    @torch.no_grad()
+    def decode(latents: torch.Tensor) -> torch.Tensor:
+        # ComfyUI hands out latents / 0.18215 (SD 1.5's factor); the tiny SD's autoencoder has its own
+        z = latents * model_config.latent_format.scale_factor / vae.config.scaling_factor
+        return vae.decode(z).sample.clamp(-1, 1)
+
+    return patcher, encode, decode
 
 
 class TinyModel:

@@ -10,8 +10,9 @@ fresh DeepCache run: the wrapper enables a new ``cachediff.DeepCacheEngine`` on 
 Steps are counted as cachediff counts a k-diffusion sampler's (``cachediff.sampling_run``): the
 run's step times are the model's timesteps at the sampler's sigmas, each call is placed by its
 timestep, and a step's second evaluation (Heun, DPM2, DPM++ SDE: at the next step's sigma or
-between) belongs to *its* step, which the sampler's name tells (a sigma alone cannot). Cond and
-uncond, batched or in separate calls, keep features of their own. A sampler whose evaluation
+between) belongs to *its* step, which the sampler's name tells (a sigma alone cannot); with
+``count="evaluations"`` every evaluation is a step of its own. Cond and uncond, batched or in
+separate calls, keep features of their own. A sampler whose evaluation
 pattern cachediff does not know runs uncached, with a warning.
 """
 
@@ -27,6 +28,8 @@ from cachediff.unets import branch_plan
 SCHEDULES = ("uniform", "non-uniform", "adaptive")
 #: The node's act choices -> ``DeepCacheConfig.reuse``.
 ACTS = {"replay": "cache", "forecast": "forecast"}
+#: What the schedule counts: the sampler's steps, or its model evaluations (``cachediff.sampling_run``).
+COUNTS = {"steps": "step", "evaluations": "evaluation"}
 #: The sampler wrapper's key on the model patcher (one DeepCache per model: a later node replaces it).
 KEY = "cachediff.deepcache"
 
@@ -92,12 +95,13 @@ class Sampling:
     """The sampler wrapper: DeepCache on ``diffusion_model`` for one sampling (``SAMPLER_SAMPLE``:
     ``executor.class_obj`` is the sampler, the arguments are the guider and the sigmas first)."""
 
-    def __init__(self, config: cachediff.DeepCacheConfig):
-        self.config = config
+    def __init__(self, config: cachediff.DeepCacheConfig, count: str = "steps"):
+        self.config, self.unit = config, COUNTS[count]
         self.last = None  # the last sampling's engine (its ``stats``), for tests and the curious
 
     def __call__(self, executor, guider, sigmas, *args, **kwargs):
-        sampler = getattr(getattr(executor.class_obj, "sampler_function", None), "__name__", None)
+        function = getattr(executor.class_obj, "sampler_function", executor.class_obj)
+        sampler = getattr(function, "__name__", type(function).__name__)
         try:
             evaluations_of(sampler)
         except ValueError:
@@ -112,7 +116,7 @@ class Sampling:
         times = model.model_sampling.timestep(sigmas[:-1])  # the last sigma is where the run ends
         with (
             cachediff.DeepCacheEngine(model.diffusion_model, self.config) as engine,
-            cachediff.sampling_run(engine, times, sampler),
+            cachediff.sampling_run(engine, times, sampler, self.unit),
         ):
             self.last = engine
             return executor(guider, sigmas, *args, **kwargs)
@@ -127,8 +131,9 @@ class DeepCache:
     DESCRIPTION = (
         "DeepCache (Ma, Fang, Wang, CVPR 2024) by cachediff: a full step runs the whole U-Net and keeps "
         "its deep feature; the next cached steps run only the shallow branch and reuse it. Steps are "
-        "counted per sampler step (Heun's and DPM++ SDE's second evaluations in their own step), cond "
-        "and uncond cached apart, and every sampling is a fresh run."
+        "counted per sampler step (Heun's and DPM++ SDE's second evaluations in their own step) or, with "
+        "count = evaluations, per model evaluation; cond and uncond are cached apart, and every sampling "
+        "is a fresh run."
     )
 
     @classmethod
@@ -179,6 +184,16 @@ class DeepCache:
                         "tooltip": "forecast only: full steps it passes through",
                     },
                 ),
+                "count": (
+                    list(COUNTS),
+                    {
+                        "default": "steps",
+                        "tooltip": "what the interval counts: sampler steps (the paper's; every "
+                        "evaluation of a full step is full) or model evaluations (Heun, DPM2, DPM++ SDE: "
+                        "full evaluations spread over steps, closer to the uncached image at the same "
+                        "cost in docs/COMFYUI.md)",
+                    },
+                ),
                 "start_percent": (
                     "FLOAT",
                     {
@@ -202,13 +217,17 @@ class DeepCache:
             }
         }
 
-    def patch(self, model, **options):
+    def patch(self, model, count: str = "steps", **options):
+        if count not in COUNTS:
+            raise ValueError(
+                f"DeepCache (cachediff): count must be one of {', '.join(COUNTS)}, got {count!r}"
+            )
         config = configure(model.get_model_object("diffusion_model"), **options)
         from comfy.patcher_extension import WrappersMP
 
         patched = model.clone()
         patched.remove_wrappers_with_key(WrappersMP.SAMPLER_SAMPLE, KEY)
-        patched.add_wrapper_with_key(WrappersMP.SAMPLER_SAMPLE, KEY, Sampling(config))
+        patched.add_wrapper_with_key(WrappersMP.SAMPLER_SAMPLE, KEY, Sampling(config, count))
         return (patched,)
 
 
