@@ -157,24 +157,17 @@ def sigmas(model, sampler: str, steps: int = 8, denoise: float = 1.0) -> torch.T
 
 #: The tiny Stable Diffusion trained here (README, docs/TINY_SD.md) as ComfyUI's UNetModel.
 SHIPPED = Path(__file__).resolve().parents[2] / "assets" / "tiny-sd"
-SHIPPED_UNET = dict(
-    in_channels=4,
-    out_channels=4,
-    model_channels=32,
-    num_res_blocks=2,
-    channel_mult=[1, 2, 3],
-    transformer_depth=[0, 0, 1, 1, 0, 0],
-    transformer_depth_output=[0, 0, 0, 1, 1, 1, 0, 0, 0],
-    transformer_depth_middle=1,
-    context_dim=64,
-    use_linear_in_transformer=False,
-    adm_in_channels=None,
-    num_heads=2,
-    num_head_channels=-1,
-    image_size=16,
-    use_spatial_transformer=True,
-    legacy=False,
-    use_temporal_attention=False,
+SHIPPED_UNET = (
+    TINY["sd15"]
+    | COMMON
+    | dict(  # SD 1.5's block types, its own widths and depths
+        num_res_blocks=2,
+        channel_mult=[1, 2, 3],
+        transformer_depth=[0, 0, 1, 1, 0, 0],
+        transformer_depth_output=[0, 0, 0, 1, 1, 1, 0, 0, 0],
+        context_dim=64,
+        image_size=16,
+    )
 )
 
 

@@ -22,7 +22,7 @@ import logging
 
 import cachediff
 from cachediff.sampling import SAMPLERS, evaluations_of
-from cachediff.unets import branch_plan
+from cachediff.unets import SPECS, SequentialSpec, branch_plan
 
 #: The node's schedule choices -> cachediff's schedule names.
 SCHEDULES = ("uniform", "non-uniform", "adaptive")
@@ -83,7 +83,8 @@ def _check_model(diffusion_model, branch: int) -> None:
     """A ``TypeError`` naming what the node supports for any model but ComfyUI's U-Net, and
     cachediff's branch range error for a branch beyond it."""
     cls = type(diffusion_model)
-    if not cls.__module__.startswith("comfy.") or cls.__name__ != "UNetModel":
+    spec = SPECS.get(f"{cls.__module__}.{cls.__name__}")  # ComfyUI's U-Net, as cachediff cuts it
+    if not (isinstance(spec, SequentialSpec) and spec.layers):
         raise TypeError(
             f"this model's diffusion model is a {cls.__name__}; DeepCache cuts U-Nets with skip branches: "
             "ComfyUI's UNetModel (SD 1.x, SD 2.x, SDXL and their fine-tunes)"
