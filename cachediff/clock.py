@@ -76,6 +76,7 @@ class StepClock:
         self.step = self.slot = 0
         self.num_steps: int | None = None
         self._times: list[float] | None = None
+        self._sigmas: list[float] | None = None  # the noise level of each discrete timestep
         self.lock = threading.RLock()  # held while a run starts and while a call is placed in it
         self.owner, self._busy = threading.get_ident(), False
         self.timed: TimedRun | None = None
@@ -88,6 +89,8 @@ class StepClock:
         with self.lock:
             self.step = self.slot = 0
             self.num_steps, self._times = num_steps, None
+            if self.timed is None:
+                self._sigmas = None
             self.owner, self._busy, self._fresh = threading.get_ident(), False, False
             if self.timed is not None:
                 self.timed = TimedRun(self.timed.times, self.timed.evaluations, self.timed.unit)
@@ -111,13 +114,18 @@ class StepClock:
         self._follow_scheduler()
 
     def follow(
-        self, times: Sequence[float], evaluations: Callable[[int, int], int], unit: str = STEP
+        self,
+        times: Sequence[float],
+        evaluations: Callable[[int, int], int],
+        unit: str = STEP,
+        noise_levels: Sequence[float] | torch.Tensor | None = None,
     ) -> None:
         """Start a timed run: step i's first evaluation is at ``times[i]`` (in the model's timestep
         argument, descending), and step i of n makes ``evaluations(i, n)`` evaluations. ``unit``: what
         the schedule counts, the sampler's steps (``STEP``) or its evaluations (``EVALUATION``: every
         evaluation its own step, so that a schedule spreads full evaluations over a multi-evaluation
-        sampler's steps)."""
+        sampler's steps). ``noise_levels``: the noise level sigma = sqrt((1 - alpha_bar) / alpha_bar) of each
+        discrete timestep 0, 1, ... (a forecast in "sigma" or "lambda" needs them)."""
         if unit not in (STEP, EVALUATION):
             raise ValueError(f"unit must be {STEP!r} or {EVALUATION!r}, got {unit!r}")
         times = [float(t) for t in times]
@@ -126,6 +134,8 @@ class StepClock:
         with self.lock:
             self.detach()
             self.timed = TimedRun(times, evaluations, unit)
+            levels = noise_levels
+            self._sigmas = None if levels is None else torch.as_tensor(levels, dtype=torch.float64).tolist()
             self.reset(self.timed.length)
 
     def unfollow(self) -> None:
@@ -213,14 +223,33 @@ class StepClock:
         return self._times[step] if step < len(self._times) else None
 
     def call_time(self, step: int, args: tuple, kwargs: dict, variable: str) -> float:
-        """A call's time in ``variable``: "step", the step index; or "timestep", the call's
+        """A call's time in ``variable``: "step", the step index; "timestep", the call's
         ``timestep`` argument where that is on the host (a number or a CPU tensor: no
-        synchronisation), else the scheduler's timestep of the step, else the step index."""
-        if variable != "timestep":
+        synchronisation), else the scheduler's timestep of the step, else the step index; "sigma" or
+        "lambda", that timestep's noise level (``noise_time``)."""
+        if variable == "step":
             return float(step)
         t = call_timestep(args, kwargs)
         t = self.time(step) if t is None else t
-        return float(step) if t is None else t
+        if variable == "timestep":
+            return float(step) if t is None else t
+        sigmas = self.sigmas()
+        if t is None or sigmas is None:
+            raise ValueError(
+                f"a forecast in {variable!r} needs the noise level of each call's timestep: run the model "
+                "in a pipeline whose scheduler has alphas_cumprod, or give noise_levels to sampling_run"
+            )
+        return noise_time(variable, t, sigmas)
+
+    def sigmas(self) -> list[float] | None:
+        """The noise level of each discrete timestep: the timed run's, or from the followed
+        scheduler's ``alphas_cumprod`` (a host copy made once per run); ``None`` if unknown."""
+        if self._sigmas is None and self.mode == SCHEDULER:
+            alphas = getattr(self._scheduler, "alphas_cumprod", None)
+            if alphas is not None:
+                alphas = torch.as_tensor(alphas, dtype=torch.float64, device="cpu")
+                self._sigmas = ((1 - alphas) / alphas).sqrt().tolist()
+        return self._sigmas
 
     def detach(self) -> None:
         """Stop following the scheduler (restores its methods)."""
@@ -313,6 +342,25 @@ def _close(a: float, b: float) -> bool:
 #: of a predictor-corrector sampler (ScoreSdeVeScheduler, whose corrector calls the model within
 #: the step, in a slot of its own).
 STEP_METHODS = ("step", "step_pred")
+
+
+def noise_time(variable: str, t: float, sigmas: Sequence[float]) -> float:
+    """Timestep ``t``'s noise level, ``sigmas`` given at the discrete timesteps 0, 1, ... and log sigma
+    interpolated linearly between them (as k-diffusion's ``t_to_sigma``): "sigma" = sqrt((1 -
+    alpha_bar) / alpha_bar), the variable of Euler and the k-diffusion samplers, or "lambda" = log
+    (alpha / sigma) = -log sigma, DPM-Solver's (half the log signal-to-noise ratio).
+
+    Example:
+        >>> sigmas = [0.1, 1.0, 10.0]
+        >>> noise_time("sigma", 1.5, sigmas), noise_time("lambda", 2, sigmas) == -math.log(10)
+        (3.1622776601683795, True)
+    """
+    if variable not in ("sigma", "lambda"):
+        raise ValueError(f"a noise level is 'sigma' or 'lambda', got {variable!r}")
+    t = min(max(float(t), 0.0), len(sigmas) - 1.0)
+    low, w = int(t), t - int(t)
+    sigma = sigmas[low] if w == 0 else sigmas[low] ** (1 - w) * sigmas[low + 1] ** w
+    return sigma if variable == "sigma" else -math.log(sigma)
 
 
 def call_timestep(args: tuple, kwargs: dict, anywhere: bool = False) -> float | None:

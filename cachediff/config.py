@@ -39,8 +39,8 @@ from . import schedule
 SCHEDULES = ("uniform", "non-uniform", "explicit", "adaptive")
 #: What a cached step hands the shallow branch (``cachediff.acts.act_for``).
 REUSE = ("cache", "forecast", "zeros")
-#: The variables a forecast extrapolates in.
-FORECAST_TIMES = ("timestep", "step")
+#: The variables a forecast extrapolates in (``cachediff.clock.StepClock.call_time``).
+FORECAST_TIMES = ("timestep", "step", "sigma", "lambda")
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,9 @@ class DeepCacheConfig:
             2 = linear, 3 = quadratic extrapolation); default 2.
         time: forecast only: the variable the features are extrapolated in: "timestep" (the
             scheduler's timesteps, which need not be evenly spaced; a bare model's numeric timestep
-            argument) or "step" (the step index).
+            argument), "step" (the step index), or the timestep's noise level: "sigma" (Euler's and
+            the k-diffusion samplers' variable) or "lambda" (log(alpha / sigma), DPM-Solver's); these
+            two need the scheduler's ``alphas_cumprod`` (or ``noise_levels`` given to ``sampling_run``).
         fallback: forecast only: check the forecast on the shallow feature each cached step and
             replay where extrapolating the shallow feature the same way misses it by more than
             replaying it does (``cachediff.acts.Forecast``); default False.

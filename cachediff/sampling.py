@@ -111,16 +111,22 @@ def evaluations_of(sampler: str | Callable) -> Callable[[int, int], int]:
 
 @contextlib.contextmanager
 def sampling_run(
-    engine, times: Sequence[float] | torch.Tensor, sampler: str | Callable = "one", unit: str = "step"
+    engine,
+    times: Sequence[float] | torch.Tensor,
+    sampler: str | Callable = "one",
+    unit: str = "step",
+    noise_levels: Sequence[float] | torch.Tensor | None = None,
 ):
     """Inside the block, ``engine``'s model calls are placed in the steps of a run whose step i
     first evaluates the model at timestep ``times[i]`` (descending, as the model receives them: the
     CompVis DDIM sampler's ``ddim_timesteps`` reversed); ``sampler`` says how many evaluations
     each step makes. The engine's schedule applies to the run's ``len(times)`` steps, or with
     ``unit="evaluation"`` to its evaluations, each its own step (full evaluations spread over a
-    multi-evaluation sampler's steps; cond and uncond calls of one evaluation still share it)."""
+    multi-evaluation sampler's steps; cond and uncond calls of one evaluation still share it).
+    ``noise_levels``: sigma at each of the model's discrete timesteps 0, 1, ... (k-diffusion's
+    ``denoiser.sigmas``), for a forecast in "sigma" or "lambda"."""
     times = times.tolist() if isinstance(times, torch.Tensor) else list(times)
-    engine.clock.follow(times, evaluations_of(sampler), unit)
+    engine.clock.follow(times, evaluations_of(sampler), unit, noise_levels)
     try:
         yield engine
     finally:
@@ -136,4 +142,5 @@ def k_diffusion_run(engine, denoiser, sigmas: torch.Tensor, sampler: str | Calla
     Euler and Heun with ``s_churn > 0`` evaluate at a raised sigma_hat, no step's time: those calls
     run uncached (correct, not faster), with a warning once per sampling run (Heun's second
     evaluations, at the next step's time, are scheduled as that step)."""
-    return sampling_run(engine, denoiser.sigma_to_t(sigmas[:-1]), sampler)  # the last is where it ends
+    times = denoiser.sigma_to_t(sigmas[:-1])  # the last is where it ends
+    return sampling_run(engine, times, sampler, noise_levels=getattr(denoiser, "sigmas", None))

@@ -10,7 +10,9 @@ Samples are addressable by seed: image k of a setting is generated from seed k a
 where it stopped: finished shards, feature files and CSV rows are kept, and every file is written
 atomically (temporary file, then rename). A sweep folder holds the samples of one sampler
 (``sampler.json``) and each setting's folder those of one setting (``setting.json``): resuming with
-other parameters is an error, not a silent mix.
+other parameters is an error, not a silent mix. A folder shared by sweeps of other sample counts
+reads only the seeds asked for (a shard that an earlier, shorter sweep left short is made again);
+one written with a larger ``shard`` is refused.
 
 Example:
     >>> unit_range(np.array([0, 255], dtype=np.uint8))  # saved 8-bit samples as the metrics read them
@@ -188,7 +190,7 @@ class Sweep:
         folder = self.folder(setting)
         owned = self.starts(rank, world) if starts is None else starts
         pending = {s: folder / f"samples_{s:06d}.npy" for s in owned}
-        pending = {s: path for s, path in pending.items() if not path.exists()}
+        pending = {s: path for s, path in pending.items() if not self._holds(path, s)}
         if progress and 0 < len(pending) < len(owned):
             tqdm.write(
                 f"{setting.name}: resuming, {len(owned) - len(pending)} of {len(owned)} shards already made"
@@ -196,7 +198,7 @@ class Sweep:
         bar = tqdm(total=len(pending), desc=setting.name, disable=not progress, leave=False)
         while pending:
             for start, samples in list(pending.items()):
-                if not samples.exists():
+                if not self._holds(samples, start):
                     if not claim(samples):
                         continue  # another sweep is generating it
                     try:
@@ -209,8 +211,30 @@ class Sweep:
                 time.sleep(poll)
         bar.close()
 
+    def _seeds(self, start: int) -> range:
+        """The seeds of the shard that starts at ``start``."""
+        return range(start, min(start + self.shard, self.first_seed + self.n))
+
+    def _holds(self, path: Path, start: int) -> bool:
+        """Whether the shard file ``path`` holds this sweep's seeds from ``start``: ``False`` where it is
+        missing or short (an earlier sweep of fewer samples); an error where it holds more than a
+        shard (written with a larger ``shard``, so its neighbours hold other seeds)."""
+        if not path.exists():
+            return False
+        count = len(np.load(path, mmap_mode="r"))
+        if count > self.shard:
+            raise ValueError(
+                f"{path} holds {count} images, more than a shard of {self.shard}: its folder was written "
+                f"with --shard {count}; give that --shard or another --out"
+            )
+        return count >= len(self._seeds(start))
+
+    def _load(self, folder: Path, kind: str, start: int) -> np.ndarray:
+        """The ``kind`` ("samples", "features") of the shard at ``start``, cut to this sweep's seeds."""
+        return np.load(folder / f"{kind}_{start:06d}.npy")[: len(self._seeds(start))]
+
     def _save_shard(self, setting: Setting, start: int, samples: Path) -> None:
-        seeds = range(start, min(start + self.shard, self.first_seed + self.n))
+        seeds = self._seeds(start)
         images = torch.cat([self._generate_recorded(setting, chunk) for chunk in _chunks(seeds, self.batch)])
         save_npy(samples, ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy())
 
@@ -221,11 +245,10 @@ class Sweep:
         self.generate_missing(setting, progress=progress)
         folder, feats = self.folder(setting), []
         for start in self.starts():
-            path = folder / f"features_{start:06d}.npy"
-            if not path.exists():
-                images = unit_range(np.load(folder / f"samples_{start:06d}.npy"))
-                save_npy(path, np.asarray(self.featurize(images)))
-            feats.append(np.load(path))
+            path, samples = folder / f"features_{start:06d}.npy", folder / f"samples_{start:06d}.npy"
+            if not path.exists() or len(np.load(path, mmap_mode="r")) != len(np.load(samples, mmap_mode="r")):
+                save_npy(path, np.asarray(self.featurize(unit_range(np.load(samples)))))  # of these samples
+            feats.append(self._load(folder, "features", start))
         return np.concatenate(feats)
 
     def _generate_recorded(self, setting: Setting, seeds: range) -> torch.Tensor:
@@ -282,12 +305,12 @@ class Sweep:
         starts = self.starts()[: -(-k // self.shard)]
         self.generate_missing(setting, progress=len(starts) > 1, starts=starts)  # a bar on long work
         folder = self.folder(setting)
-        return unit_range(np.concatenate([np.load(folder / f"samples_{s:06d}.npy") for s in starts]))[:k]
+        return unit_range(np.concatenate([self._load(folder, "samples", s) for s in starts]))[:k]
 
     def samples(self, setting: Setting) -> np.ndarray:
         """The setting's saved samples, uint8 ``(N, C, H, W)``."""
         folder = self.out / setting.name
-        return np.concatenate([np.load(folder / f"samples_{s:06d}.npy") for s in self.starts()])
+        return np.concatenate([self._load(folder, "samples", s) for s in self.starts()])
 
     def images(self, setting: Setting) -> torch.Tensor:
         """The setting's saved samples as floats in [-1, 1], ``(N, C, H, W)``."""

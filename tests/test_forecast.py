@@ -3,6 +3,7 @@ last k full calls. Exact on analytic models whose deep feature is a polynomial i
 
 from __future__ import annotations
 
+import math
 from types import SimpleNamespace
 
 import diffusers
@@ -13,7 +14,7 @@ from torch import nn
 import cachediff
 from cachediff import DeepCacheConfig
 from cachediff.acts import Forecast
-from cachediff.clock import StepClock
+from cachediff.clock import StepClock, noise_time
 from cachediff.core import PRODUCE, Group, Session
 from cachediff.policy import Static
 from cachediff.testing import sample, tiny_pipe
@@ -228,3 +229,87 @@ def test_the_fallback_is_a_forecast_option_and_keeps_its_probes():
         _ = [net(x, t) for t in TIMES]
         probe = torch.zeros(2, dtype=torch.float64)
         assert session.cache_nbytes == 2 * (x.nbytes + probe.nbytes) + probe.nbytes  # + the last probe
+
+
+# ----------------------------------------------------------------------------- the solver's variable
+def test_noise_time_is_the_timesteps_sigma_or_minus_its_log_between_discrete_timesteps():
+    sigmas = [0.5, 2.0, 8.0]
+    assert noise_time("sigma", 1, sigmas) == 2.0
+    assert noise_time("sigma", 0.5, sigmas) == pytest.approx(1.0)  # geometric mean: log sigma is linear
+    assert noise_time("lambda", 1.25, sigmas) == pytest.approx(-math.log(2.0 * 4.0**0.25))
+    assert noise_time("sigma", 2, sigmas) == 8.0 and noise_time("sigma", 5, sigmas) == 8.0  # clamped
+    with pytest.raises(ValueError, match="'sigma' or 'lambda'"):
+        noise_time("timestep", 1, sigmas)
+
+
+def test_the_clock_reads_noise_levels_from_the_schedulers_alphas_cumprod():
+    scheduler = diffusers.DPMSolverMultistepScheduler()
+    clock = StepClock(SimpleNamespace(scheduler=scheduler))
+    clock.start()
+    alphas = scheduler.alphas_cumprod.double()
+    assert clock.sigmas() == pytest.approx(((1 - alphas) / alphas).sqrt().tolist(), rel=1e-12)
+    clock.detach()
+    assert StepClock().sigmas() is None  # a bare model's: unknown
+
+
+#: A VP noise schedule (SD's scaled-linear betas) and 12 trailing timesteps of it
+SCALED_LINEAR = diffusers.DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+LEVELS = ((1 - SCALED_LINEAR.alphas_cumprod.double()) / SCALED_LINEAR.alphas_cumprod.double()).sqrt()
+TRAILING = [round(999 - 1000 * s / STEPS) for s in range(STEPS)]
+
+
+class InVariable(nn.Module):
+    """A shallow path around a deep module that is linear in ``variable`` of the call's timestep."""
+
+    def __init__(self, variable: str):
+        super().__init__()
+        self.variable, self.v = variable, torch.linspace(-1, 1, 5, dtype=torch.float64)
+        self.deep = nn.Identity()
+
+    def forward(self, x: torch.Tensor, timestep: float) -> torch.Tensor:
+        return x + self.deep(self.v * noise_time(self.variable, timestep, LEVELS.tolist()))
+
+
+def errors_in(variable: str, time: str) -> float:
+    """Max error of the settled cached calls (every 3rd call full, order 2) of a timed run."""
+    net, x = InVariable(variable), torch.zeros(5, dtype=torch.float64)
+    exact = [net(x, t) for t in TRAILING]
+    group = Group({"deep": PRODUCE}, Static(lambda n: lambda step: step % 3 == 0))
+    session = Session(net, [group], act=Forecast(2, time))
+    with session, cachediff.sampling_run(session, TRAILING, noise_levels=LEVELS):
+        got = [net(x, t) for t in TRAILING]
+    assert session.stats.pattern == "FCC" * 4
+    return max(float((g - e).abs().max() / e.abs().max()) for g, e in zip(got[3:], exact[3:], strict=True))
+
+
+@pytest.mark.parametrize("variable", ["sigma", "lambda"])
+def test_a_forecast_in_the_noise_level_is_exact_for_a_feature_linear_in_it(variable):
+    """Trailing timesteps are evenly spaced in t, not in sigma or lambda: only the forecast in the
+    feature's own variable extrapolates it exactly."""
+    assert errors_in(variable, variable) < 1e-12
+    assert errors_in(variable, "timestep") > 1e-3
+    other = {"sigma": "lambda", "lambda": "sigma"}[variable]
+    assert errors_in(variable, other) > 1e-3
+
+
+def test_a_forecast_in_the_noise_level_needs_noise_levels():
+    net, x = InVariable("sigma"), torch.zeros(5, dtype=torch.float64)
+    group = Group({"deep": PRODUCE}, Static(lambda n: lambda step: step % 3 == 0))
+    with Session(net, [group], act=Forecast(2, "sigma")), pytest.raises(ValueError, match="noise level"):
+        net(x, 999)
+    with pytest.raises(ValueError, match="time must be one of"):
+        DeepCacheConfig(interval=3, reuse="forecast", time="log")
+
+
+@pytest.mark.parametrize("time", ["sigma", "lambda"])
+def test_a_pipeline_forecasts_in_the_noise_level_of_its_scheduler(time):
+    pipe, cond = forecast_pipe("DPMSolverMultistepScheduler")
+    base = sample(pipe, cond, steps=8)
+    with cachediff.deepcache(pipe, interval=1, branch=1, reuse="forecast", time=time):
+        assert torch.equal(sample(pipe, cond, steps=8), base)
+    outs = {}
+    for variable in ("timestep", time):
+        with cachediff.deepcache(pipe, interval=3, branch=1, reuse="forecast", time=variable) as engine:
+            outs[variable] = sample(pipe, cond, steps=8)
+        assert engine.stats.pattern == "FCCFCCFC"
+    assert torch.isfinite(outs[time]).all() and not torch.equal(outs[time], outs["timestep"])

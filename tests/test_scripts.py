@@ -31,6 +31,7 @@ SCRIPTS = [
     "scripts/schedule_proxy.py",
     "scripts/validate_plan.py",
     "scripts/report_fidelity.py",
+    "scripts/report_solvers.py",
     "experiments/ddpm/train_mnist.py",
     "experiments/ddpm/training_report.py",
     "experiments/ddpm/sample_stats.py",
@@ -299,3 +300,41 @@ def test_report_fidelity_tabulates_each_sampler_and_spacing(tmp_path):
     table = (tmp_path / "fidelity.md").read_text()
     assert "| PLMS | leading | 10 | 25.0 [24.0, 26.0] | 22.0 [21.0, 23.0] | 200 |" in table
     assert "| PLMS | trailing | 10 | 30.0 [29.0, 31.0] |" in table and (tmp_path / "fidelity.png").exists()
+
+
+def test_report_solvers_pairs_each_setting_with_fewer_steps_and_its_timestep_twin(tmp_path):
+    """Every image of a setting lies d grey levels off the converged one, so each paired difference
+    is 20 log10 of a ratio of offsets: 2 levels against 4 is +6.02 dB, exactly, on every seed."""
+    converged = np.full((4, 1, 2, 2), 100, dtype=np.uint8)
+    (tmp_path / "conv").mkdir()
+    np.save(tmp_path / "conv" / "samples_000000.npy", converged)
+    rows = []
+    for name, offset, speedup, extra in [
+        ("dpmpp-25", 0, 1.0, dict(method="uncached")),
+        ("dpmpp-14", 4, 1.8, dict(method="uncached")),
+        ("dpmpp-7", 8, 3.6, dict(method="uncached")),
+        ("N2-b0", 8, 1.82, dict(method="uniform", reuse="cache", interval=2)),
+        ("N2-b0-f2-timestep", 2, 1.82, dict(method="uniform + forecast 2", reuse="forecast", order=2,
+                                            time="timestep", interval=2)),
+        ("N2-b0-f2-lambda", 1, 1.82, dict(method="uniform + forecast 2", reuse="forecast", order=2,
+                                          time="lambda", interval=2)),
+    ]:  # fmt: skip
+        (tmp_path / "sweep" / name).mkdir(parents=True)
+        np.save(tmp_path / "sweep" / name / "samples_000000.npy", converged + offset)
+        db = 100.0 if offset == 0 else 20 * np.log10(2 / (offset / 127.5))
+        row = dict(setting=name, sampler="DPMSolverMultistepScheduler", spacing="trailing", steps=25, **extra)
+        row |= dict(mac_speedup=speedup, fidelity_images=4, converged="DPM-Solver++ 2M")
+        rows.append(
+            row | dict(psnr_conv_mean_db=db, psnr_conv_mean_db_lo=db - 1, psnr_conv_mean_db_hi=db + 1)
+        )
+    pd.DataFrame(rows).to_csv(tmp_path / "sweep.csv", index=False)
+    out = tmp_path / "report"
+    run("scripts/report_solvers.py", str(tmp_path / "sweep.csv"), "--samples", str(tmp_path / "sweep"),
+        "--converged", str(tmp_path / "conv"), "--out", str(out))  # fmt: skip
+    table = (out / "solver.md").read_text()
+    assert "| 2 | N2-b0-f2-timestep | forecast 2 in timestep | 1.82x |" in table
+    assert "| dpmpp-14 (1.80x) | 6.02 [6.02, 6.02] | better |" in table  # 2 levels against 4
+    assert "| N2-b0 | replay |" in table and "| dpmpp-14 (1.80x) | -6.02 [-6.02, -6.02] | worse |" in table
+    assert "| N2-b0-f2-lambda | N2-b0-f2-timestep | 6.02 [6.02, 6.02] | better |" in table
+    paired = pd.read_csv(out / "paired.csv")
+    assert len(paired) == 4 and (out / "solver.png").exists()

@@ -13,7 +13,7 @@ from cachediff import DeepCacheConfig
 from cachediff.files import read_csv, write_csv
 from cachediff.rows import Setting
 from cachediff.rows import params as sweep_params
-from cachediff.sweep import Sweep
+from cachediff.sweep import Sweep, unit_range
 from cachediff.testing import tiny_unet
 
 
@@ -206,3 +206,32 @@ def test_two_sweeps_on_one_folder_share_the_shards(pipe, tmp_path, monkeypatch):
     timer.join()
     assert generated == [[0, 1], [4, 5]] and np.array_equal(np.load(shard), theirs)
     assert claim(shard)  # nothing of this sweep's is left claimed
+
+
+def test_sweeps_of_other_sample_counts_share_a_folder_seed_for_seed(pipe, tmp_path):
+    """A folder written by a sweep of 3 samples (shards of 2: seeds 0-1, 2) serves one of 1 sample and
+    one of 4 (whose seed-2 shard the first left short: made again), each reading exactly its seeds."""
+
+    def sweep(folder: str, n: int) -> Sweep:
+        return Sweep(pipe, tmp_path / folder, n_samples=n, shard=2, featurize=mean_features)
+
+    fresh = sweep("fresh", 4)
+    fresh.generate_missing(SETTING, progress=False)
+    expected = fresh.samples(SETTING)
+    sweep("shared", 3).features(SETTING, progress=False)
+    one = sweep("shared", 1)
+    assert one.features(SETTING, progress=False).shape == (1, 1)  # not the shard's 2
+    assert np.array_equal(one.samples(SETTING), expected[:1])
+    four = sweep("shared", 4)
+    features = four.features(SETTING, progress=False)  # remakes the short shard and its features
+    assert np.array_equal(four.samples(SETTING), expected)
+    assert np.allclose(features, mean_features(unit_range(expected)))
+
+
+def test_a_folder_of_a_larger_shard_is_refused_before_anything_is_read(pipe, tmp_path):
+    Sweep(pipe, tmp_path, n_samples=4, shard=4).generate_missing(SETTING, progress=False)
+    small = Sweep(pipe, tmp_path, n_samples=4, shard=2)
+    with pytest.raises(ValueError, match=r"holds 4 images, more than a shard of 2: .* --shard 4"):
+        small.generate_missing(SETTING, progress=False)
+    with pytest.raises(ValueError, match="more than a shard of 2"):
+        small.first(SETTING, 2)

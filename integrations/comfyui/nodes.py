@@ -115,9 +115,10 @@ class Sampling:
             return executor(guider, sigmas, *args, **kwargs)
         model = guider.inner_model
         times = model.model_sampling.timestep(sigmas[:-1])  # the last sigma is where the run ends
+        levels = getattr(model.model_sampling, "sigmas", None)  # each discrete timestep's noise level
         with (
             cachediff.DeepCacheEngine(model.diffusion_model, self.config) as engine,
-            cachediff.sampling_run(engine, times, sampler, self.unit),
+            cachediff.sampling_run(engine, times, sampler, self.unit, levels),
         ):
             self.last = engine
             return executor(guider, sigmas, *args, **kwargs)

@@ -1,0 +1,200 @@
+"""Caching against fewer steps on one solver (issue 27): the sweep's rows, paired image by image.
+
+Every caching setting of a sweep (``scripts/sweep.py --suites steps interval times``) is set against
+the fewer-steps run of the same solver whose MAC speedup is nearest to its own, and every forecast in
+the noise level (sigma, lambda) against the same forecast in the timestep. Differences are of the
+mean per-image PSNR to the converged solution of the same noise, *paired* over the same seeds (a 95%
+bootstrap interval of the per-seed differences): far sharper than two separate intervals. The
+samples and the converged reference are read from the sweep's folders (the CSV alone holds no
+per-image values).
+
+Writes ``<out>/solver.md`` (both tables), ``paired.csv`` and ``solver.png`` (fidelity against MAC
+speedup, fewer steps as a line, every caching act and variable as a marker).
+
+Example:
+    python scripts/report_solvers.py docs/results/solvers/dpmpp-25.csv --samples runs/solvers/dpmpp-25 \\
+        --converged runs/converged/converged-dpmpp2m-trailing/dpmpp2m-trailing-100 \\
+        --out docs/results/solvers/dpmpp-25
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from cachediff import metrics  # noqa: E402
+from cachediff.files import save_figure, write_csv  # noqa: E402
+from cachediff.sweep import unit_range  # noqa: E402
+
+NAMES = {
+    "DPMSolverMultistepScheduler": "DPM-Solver++ 2M",
+    "EulerDiscreteScheduler": "Euler",
+    "UniPCMultistepScheduler": "UniPC",
+    "DDIMScheduler": "DDIM",
+    "PNDMScheduler": "PLMS",
+}
+
+
+def read_samples(folder: Path, n: int) -> np.ndarray:
+    """The first ``n`` samples (by seed, from 0) of a sweep setting's folder, uint8 ``(n, C, H, W)``."""
+    files = sorted(folder.glob("samples_[0-9]*.npy"), key=lambda p: int(re.findall(r"\d+", p.name)[0]))
+    arrays, seen = [], 0
+    for path in files:
+        if seen >= n:
+            break
+        start = int(re.findall(r"\d+", path.name)[0])
+        if start != seen:
+            raise ValueError(f"{path}: expected the shard of seed {seen}, found one from seed {start}")
+        arrays.append(np.load(path))
+        seen += len(arrays[-1])
+    if seen < n:
+        raise ValueError(f"{folder} holds {seen} samples, fewer than the {n} scored")
+    return np.concatenate(arrays)[:n]
+
+
+def psnr_per_image(samples: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Per-image PSNR (dB, capped as the sweep caps it) of uint8 samples to uint8 reference images."""
+    mse = metrics.mse_per_image(unit_range(samples), unit_range(reference))
+    return metrics.psnr_per_image(mse)
+
+
+def nearest_fewer_steps(row: pd.Series, rows: pd.DataFrame) -> pd.Series:
+    """The uncached run of fewer steps whose MAC speedup is nearest ``row``'s (on a log scale)."""
+    fewer = rows[(rows.method == "uncached") & (rows.mac_speedup > 1)]
+    return fewer.loc[(np.log(fewer.mac_speedup) - math.log(row.mac_speedup)).abs().idxmin()]
+
+
+def act(row: pd.Series) -> str:
+    """A row's act, e.g. ``replay`` or ``forecast 2 in lambda``."""
+    if row.method == "uncached":
+        return "fewer steps"
+    return "replay" if row.reuse == "cache" else f"forecast {int(row.order)} in {row.time}"
+
+
+def paired_rows(rows: pd.DataFrame, psnr: dict[str, np.ndarray]) -> list[dict]:
+    """Each caching setting against its fewer-steps run and, for a forecast in sigma or lambda,
+    against the same forecast in the timestep: paired differences of mean per-image PSNR."""
+    out = []
+    by_name = rows.set_index("setting")
+    for _, r in rows[rows.method != "uncached"].iterrows():
+        against = [nearest_fewer_steps(r, rows)]
+        twin = r.setting.rsplit("-", 1)[0] + "-timestep"
+        if r.reuse == "forecast" and r.time in ("sigma", "lambda") and twin in by_name.index:
+            against.append(by_name.loc[twin].rename(twin))
+        for other in against:
+            name = other.name if other.name in psnr else other.setting
+            diff = metrics.mean_interval(psnr[r.setting] - psnr[name])
+            out.append(
+                dict(setting=r.setting, act=act(r), interval=int(r.interval), mac_speedup=r.mac_speedup)
+                | dict(against=name, against_mac_speedup=by_name.loc[name].mac_speedup)
+                | diff.columns("difference_db")
+            )
+    return out
+
+
+def verdict(lo: float, hi: float) -> str:
+    return "better" if lo > 0 else "worse" if hi < 0 else "within the interval"
+
+
+def cell(r, column: str, digits: int = 2) -> str:
+    return f"{r[column]:.{digits}f} [{r[column + '_lo']:.{digits}f}, {r[column + '_hi']:.{digits}f}]"
+
+
+def tables(rows: pd.DataFrame, pairs: pd.DataFrame) -> str:
+    """Markdown: every setting by budget with its difference to fewer steps; then the variables."""
+    fewer = pairs[pairs.against.isin(rows[rows.method == "uncached"].setting)]
+    lines = [
+        "| N | setting | act | MAC speedup | PSNR to converged, dB [95% CI] | fewer steps (MAC speedup) "
+        "| difference, dB [95% CI] | |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for _, p in fewer.sort_values(["interval", "difference_db"], ascending=[True, False]).iterrows():
+        r = rows.set_index("setting").loc[p.setting]
+        lines.append(
+            f"| {p.interval} | {p.setting} | {p.act} | {p.mac_speedup:.2f}x | "
+            f"{cell(r, 'psnr_conv_mean_db')} | {p.against} ({p.against_mac_speedup:.2f}x) | "
+            f"{cell(p, 'difference_db')} | {verdict(p.difference_db_lo, p.difference_db_hi)} |"
+        )
+    variables = pairs[~pairs.index.isin(fewer.index)]
+    if len(variables):
+        lines += [
+            "",
+            "The forecast in the solver's variable against the same forecast in the timestep (paired):",
+            "",
+            "| setting | against | difference, dB [95% CI] | |",
+            "|---|---|---|---|",
+        ]
+        for _, p in variables.iterrows():
+            lines.append(
+                f"| {p.setting} | {p.against} | {cell(p, 'difference_db')} | "
+                f"{verdict(p.difference_db_lo, p.difference_db_hi)} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+MARKERS = {"replay": "s", "timestep": "o", "sigma": "^", "lambda": "D"}
+
+
+def plot(rows: pd.DataFrame, title: str, path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    fewer = rows[rows.method == "uncached"].sort_values("mac_speedup")
+    ax.plot(fewer.mac_speedup, fewer.psnr_conv_mean_db, "k-", marker=".", label="fewer steps")
+    for label, group in rows[rows.method != "uncached"].groupby(rows.apply(act, axis=1)):
+        key = "replay" if label == "replay" else label.rsplit(" ", 1)[-1]
+        face = "none" if " 3 " in label else None
+        ax.errorbar(group.mac_speedup, group.psnr_conv_mean_db, capsize=2, linestyle="none",
+                    yerr=[group.psnr_conv_mean_db - group.psnr_conv_mean_db_lo,
+                          group.psnr_conv_mean_db_hi - group.psnr_conv_mean_db],
+                    marker=MARKERS[key], mfc=face, label=label)  # fmt: skip
+    ax.set(
+        xlabel="MAC speedup over the uncached run",
+        ylabel="PSNR to the converged solution (dB, mean per image)",
+    )
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("csv", type=Path, help="the sweep's CSV (psnr_conv_mean_db columns: --converged-steps)")
+    p.add_argument("--samples", type=Path, required=True, help="the sweep's --out folder (its samples)")
+    p.add_argument("--converged", type=Path, required=True, help="the converged reference's sample folder")
+    p.add_argument("--out", type=Path, required=True, help="folder for solver.md, paired.csv, solver.png")
+    p.add_argument("--model-name", default="tiny SD", help="the model, as the title names it")
+    args = p.parse_args(argv)
+    rows = pd.read_csv(args.csv)
+    if "psnr_conv_mean_db" not in rows or rows.psnr_conv_mean_db.isna().any():
+        raise SystemExit(
+            f"error: {args.csv} has rows without psnr_conv_mean_db (sweep with --converged-steps)"
+        )
+    n = int(rows.fidelity_images.min())
+    reference = read_samples(args.converged, n)
+    psnr = {s: psnr_per_image(read_samples(args.samples / s, n), reference) for s in rows.setting}
+    pairs = pd.DataFrame(paired_rows(rows, psnr))
+    base = rows[rows.mac_speedup == 1].iloc[0]
+    sampler = NAMES.get(base.sampler, base.sampler)
+    title = f"{args.model_name}, {sampler} {base.steps} steps, {base.spacing} spacing: {n} seeds"
+    title += f", to {base.converged}"
+    args.out.mkdir(parents=True, exist_ok=True)
+    text = f"{title}\n\n" + tables(rows, pairs)
+    (args.out / "solver.md").write_text(text)
+    write_csv(pairs.to_dict("records"), args.out / "paired.csv")
+    plot(rows, title, args.out / "solver.png")
+    print(text)
+    print(f"wrote {args.out / 'solver.md'}, paired.csv and solver.png")
+
+
+if __name__ == "__main__":
+    main()
