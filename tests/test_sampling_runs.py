@@ -276,3 +276,19 @@ def test_churn_evaluates_off_the_step_times_and_runs_uncached_with_one_warning(s
         assert torch.equal(out, base) and engine.stats.n_cached == 0  # no call placed: none cached
     else:
         assert 0 < engine.stats.n_cached and (out - base).abs().max() < 0.5 * base.abs().max()
+
+
+def test_a_k_diffusion_run_forecasts_in_sigma_from_the_denoisers_noise_levels():
+    K = k_diffusion()
+    ldm, x, context = tiny_model()
+    unet = ldm.model.diffusion_model
+    denoiser = K.external.CompVisDenoiser(ldm)
+    sigmas = denoiser.get_sigmas(STEPS)
+    outs = {}
+    for time in ("timestep", "sigma"):
+        with cachediff.deepcache(unet, interval=3, branch=1, reuse="forecast", time=time) as engine:
+            with cachediff.k_diffusion_run(engine, denoiser, sigmas, "sample_euler"):
+                assert engine.clock.sigmas() == pytest.approx(denoiser.sigmas.double().tolist(), rel=1e-6)
+                outs[time] = k_sample(K, denoiser, x, context, "sample_euler", sigmas, False)
+        assert engine.stats.n_cached > 0
+    assert torch.isfinite(outs["sigma"]).all() and not torch.equal(outs["sigma"], outs["timestep"])
