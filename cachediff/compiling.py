@@ -19,14 +19,19 @@ from __future__ import annotations
 
 import torch
 
+from .core import CUDA_GRAPHS
 from .modules import denoiser
+
+#: ``torch.compile`` modes that capture CUDA graphs (on CUDA tensors).
+GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
 def compile_denoiser(target, **options) -> torch.nn.Module:
     """Compile the denoiser of ``target`` (a pipeline or the module) in place; return the module.
 
     ``options`` go to ``torch.compile`` (``backend``, ``mode``, ``fullgraph``, ``dynamic``). Undo with
-    ``uncompile(model)``.
+    ``uncompile(model)``. A mode that captures CUDA graphs marks the model, so that caching copies
+    what outlives a call out of the graphs' memory pool (``cachediff.core.Session``).
 
     Raises:
         RuntimeError: the forward is already wrapped (caching enabled, or compiled): compile first.
@@ -38,6 +43,7 @@ def compile_denoiser(target, **options) -> torch.nn.Module:
             "call compile_denoiser before enabling caching"
         )
     model.forward = torch.compile(model.forward, **options)
+    setattr(model, CUDA_GRAPHS, options.get("mode") in GRAPH_MODES)
     return model
 
 
@@ -45,4 +51,5 @@ def uncompile(target) -> torch.nn.Module:
     """Restore the eager forward of a denoiser compiled by ``compile_denoiser``."""
     model = denoiser(target)
     vars(model).pop("forward", None)
+    vars(model).pop(CUDA_GRAPHS, None)
     return model

@@ -178,6 +178,7 @@ class _Active:
     change: torch.Tensor | float | None = None
     reused: list = field(default_factory=list)  # names of the modules that reused their kept result
     occurrence: dict = field(default_factory=dict)
+    fresh: list = field(default_factory=list)  # what this call kept (_Kept) or probed (_GroupState)
 
 
 def to_host(value: torch.Tensor) -> float:
@@ -202,13 +203,18 @@ class Session(Installed):
             one step and ``reset()`` starts a new run.
         track_change: record the shallow feature's per-call change in ``stats`` (the adaptive
             policy always does; it costs one stored feature).
+
+    A denoiser compiled into CUDA graphs (``cachediff.compile_denoiser`` with ``mode="reduce-overhead"``
+    or ``"max-autotune"``) hands out tensors of its graphs' memory pool, which the next replay of the
+    same graph overwrites: there, after each call and outside the graphs, the session copies what it
+    keeps (the act's features, the probe's input) and the call's output out of the pool.
     """
 
     def __init__(self, model: torch.nn.Module, groups: Sequence[Group], act=REPLAY, pipeline=None,
                  track_change: bool = False):  # fmt: skip
         super().__init__(model)
         self.pipeline, self.track_change = pipeline, track_change
-        self._skippable, self._local = Skippable(), threading.local()
+        self._skippable, self._local, self._graphs = Skippable(), threading.local(), False
         self.clock = StepClock(pipeline, on_new_run=self._new_run)
         self._set_plan(groups, act)
         self.reset()
@@ -223,6 +229,7 @@ class Session(Installed):
 
     # ----------------------------------------------------------------- lifecycle (``hooks.Installed``)
     def _install(self, hooks: Hooks) -> None:
+        self._graphs = runs_as_cuda_graphs(self.model)
         hooks.wrap(self.model, self._wrap_root)
         for name, (g, role) in self._modules.items():
             hooks.wrap(self.model.get_submodule(name), self._wrap_module(g, role))
@@ -283,7 +290,8 @@ class Session(Installed):
                 # A call past the end of the scheduler's run is another pipeline's: the original's.
                 if not self.clock.beyond_run(step):
                     self._active = active = self._decide(step, slots, index, sample, args, kwargs)
-                return original(*args, **kwargs)  # the module hooks act on the decisions
+                out = original(*args, **kwargs)  # the module hooks act on the decisions
+                return self._out_of_graphs(out, active)
             finally:
                 if active is not None:  # record what was done
                     for state, decision in zip(active.slot.groups, active.decisions, strict=True):
@@ -296,6 +304,17 @@ class Session(Installed):
                 self.clock.end()
 
         return forward
+
+    def _out_of_graphs(self, out: Any, active: _Active | None) -> Any:
+        """Under CUDA graphs, copies of the call's output and of what the call kept (see the class)."""
+        if not self._graphs:
+            return out
+        for item in active.fresh if active is not None else ():
+            if isinstance(item, _Kept):
+                item.value = clone(item.value)
+            else:
+                item.shallow = clone(item.shallow)
+        return clone(out)
 
     def _decide(self, step: int, slots: dict, index: int, sample, args: tuple, kwargs: dict) -> _Active:
         """Each group's decision for this call: its policy's, but FULL wherever the slot is new or its
@@ -335,6 +354,7 @@ class Session(Installed):
                 change = to_host(change)
                 state.history.observe(change)
         state.shallow, active.change, active.probed[g] = x.clone(), change, True
+        active.fresh.append(state)
         if active.decisions[g] is UNDECIDED:
             active.decisions[g] = _decision(policy.resolve(active.step, state.history))
 
@@ -363,11 +383,21 @@ class Session(Installed):
                 out = original(*args, **kwargs)
                 value, returned = role.full(kept.value if kept else None, out, x, active.time, probe)
                 state.kept[(role.name, n)] = _Kept(key, layout(out), value)
+                active.fresh.append(state.kept[(role.name, n)])
                 return returned
 
             return forward
 
         return factory
+
+
+#: Set on a denoiser by ``cachediff.compile_denoiser`` when its mode captures CUDA graphs.
+CUDA_GRAPHS = "_cachediff_cuda_graphs"
+
+
+def runs_as_cuda_graphs(model: torch.nn.Module) -> bool:
+    """Whether ``model``'s forward was compiled (``cachediff.compile_denoiser``) into CUDA graphs."""
+    return bool(getattr(model, CUDA_GRAPHS, False))
 
 
 def _decision(value) -> bool | None:

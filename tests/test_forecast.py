@@ -15,7 +15,7 @@ import cachediff
 from cachediff import DeepCacheConfig
 from cachediff.acts import Forecast
 from cachediff.clock import StepClock, noise_time
-from cachediff.core import PRODUCE, Group, Session
+from cachediff.core import CUDA_GRAPHS, PRODUCE, Group, Session, runs_as_cuda_graphs
 from cachediff.policy import Static
 from cachediff.testing import sample, tiny_pipe
 
@@ -313,3 +313,59 @@ def test_a_pipeline_forecasts_in_the_noise_level_of_its_scheduler(time):
             outs[variable] = sample(pipe, cond, steps=8)
         assert engine.stats.pattern == "FCCFCCFC"
     assert torch.isfinite(outs[time]).all() and not torch.equal(outs[time], outs["timestep"])
+
+
+# ----------------------------------------------------------------------------- CUDA graphs' memory pool
+class Pooled(nn.Module):
+    """As a CUDA graph's replay does: results written into one buffer that the next call overwrites."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module, self.pool = module, None
+
+    def forward(self, *args):
+        out = self.module(*args)
+        self.pool = torch.empty_like(out) if self.pool is None else self.pool
+        return self.pool.copy_(out)
+
+
+class PooledNet(Net):
+    """``Net`` whose deep feature and output live in pools, as in a denoiser run as CUDA graphs."""
+
+    def __init__(self, degree: int):
+        super().__init__(degree)
+        self.deep, self.out = Pooled(self.deep), Pooled(nn.Identity())
+
+    def forward(self, x: torch.Tensor, timestep: float) -> torch.Tensor:
+        return self.out(super().forward(x, timestep))
+
+
+def pooled_outputs(graphs: bool) -> list[torch.Tensor]:
+    net, x = PooledNet(1), torch.zeros(5, dtype=torch.float64)
+    if graphs:
+        setattr(net, CUDA_GRAPHS, True)  # as compile_denoiser(mode="reduce-overhead") marks it
+    group = Group({"deep": PRODUCE}, Static(lambda n: lambda step: step % 4 == 0))
+    with Session(net, [group], act=Forecast(2)):
+        return [net(x, t) for t in TIMES]
+
+
+def test_under_cuda_graphs_what_outlives_a_call_is_copied_out_of_the_pool():
+    """The forecast reads the feature of the full call before last, which the last full call's replay
+    overwrote in the pool; a scheduler keeps outputs of earlier calls (PLMS: four)."""
+    net, x = Net(1), torch.zeros(5, dtype=torch.float64)
+    with Session(
+        net, [Group({"deep": PRODUCE}, Static(lambda n: lambda step: step % 4 == 0))], act=Forecast(2)
+    ):
+        expected = [net(x, t) for t in TIMES]
+    assert same(pooled_outputs(graphs=True), expected)
+    unsafe = pooled_outputs(graphs=False)
+    assert all(out is unsafe[0] for out in unsafe)  # every output is the pool: the last call's value
+    assert not same(unsafe, expected)
+
+
+def test_compiling_into_cuda_graphs_marks_the_denoiser_and_uncompiling_clears_it():
+    net = Net(1)
+    assert not runs_as_cuda_graphs(cachediff.compile_denoiser(net, backend="eager"))
+    cachediff.uncompile(net)
+    assert runs_as_cuda_graphs(cachediff.compile_denoiser(net, mode="reduce-overhead"))  # compiles lazily
+    assert not runs_as_cuda_graphs(cachediff.uncompile(net))
