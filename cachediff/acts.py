@@ -14,7 +14,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 from typing import Any, NamedTuple
 
 import torch
@@ -90,11 +89,7 @@ class Forecast:
         return tuple(points + [_Point(t, value, probe if self.fallback else None)])[-self.order :]
 
     def give(self, kept: Any, layout: tuple, t: float, probe: torch.Tensor | None = None) -> Any:
-        times = [p.t for p in kept]
-        weights = [
-            math.prod((t - tj) / (ti - tj) for j, tj in enumerate(times) if j != i)
-            for i, ti in enumerate(times)
-        ]
+        weights = lagrange_weights([p.t for p in kept], t)
         out = pytree.tree_map(lambda *leaves: _weighted_sum(leaves, weights), *[p.value for p in kept])
         probes = tuple(p.probe for p in kept)
         if not self.fallback or len(kept) < 2 or probe is None or any(p is None for p in probes):
@@ -107,6 +102,24 @@ class Forecast:
             out,
             kept[-1].value,
         )
+
+
+def lagrange_weights(times: list[float], t: float) -> list[float]:
+    """w_i = prod_{j != i} (t - t_j) / (t_i - t_j): the weights of the polynomial through values at
+    ``times``, evaluated at ``t`` (plain loops: dynamo traces them into a compiled graph).
+
+    Example:
+        >>> lagrange_weights([0.0, 1.0], 3.0)  # the line through f(0), f(1) at 3: 3 f(1) - 2 f(0)
+        [-2.0, 3.0]
+    """
+    weights = []
+    for i, ti in enumerate(times):
+        w = 1.0
+        for j, tj in enumerate(times):
+            if j != i:
+                w *= (t - tj) / (ti - tj)
+        weights.append(w)
+    return weights
 
 
 class _Point(NamedTuple):

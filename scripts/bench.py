@@ -11,13 +11,23 @@ Example:
     python scripts/bench.py --out docs/results/bench            # the full table (slow on a CPU)
     python scripts/bench.py --quick                             # tiny models, one repeat (CI smoke test)
     python scripts/bench.py --compile --archs ddpm-cifar10 --out docs/results/bench   # eager vs compiled
-    python scripts/bench.py --gpu                               # on one GPU: SD 1.5 512 px, SDXL 1024 px
+    python scripts/bench.py --gpu                               # the GPU table (scripts/gpu_check.sh)
     python scripts/bench.py --gpu --quick                       # the same code on tiny CPU models
+
+The GPU table (``--gpu``): per case (SD 1.5 at 512 px with U-Net batch 2, one image with CFG, and 16;
+SDXL at 1024 px, batch 2) and per mode (eager; ``torch.compile``; ``mode="reduce-overhead"``, CUDA
+graphs), the uncached U-Net and cachediff at I = 3/B = 0, I = 5/B = 0, I = 5/B = 1 and the forecast at
+I = 5/B = 0 (and the official helper, eager), timed interleaved after a warm-up round that compiles.
+Per row: seconds per image, speedup over the same mode's uncached run and over eager uncached, MAC
+bound, efficiency, the median full and cached U-Net call (CUDA events), peak memory, cache bytes, the
+largest difference from the same setting in eager mode, graphs compiled after the warm-up, the device,
+torch and CUDA versions. Each (case, mode)'s rows are written as it finishes (``docs/results/gpu``).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import statistics
 from pathlib import Path
 from types import SimpleNamespace
@@ -33,6 +43,7 @@ from cachediff import DeepCacheConfig, DeepCacheSDHelper, metrics
 from cachediff.accelerators import call_macs
 from cachediff.architectures import CPU_SIZES, build, example_inputs
 from cachediff.cli import DTYPES
+from cachediff.core import CUDA_GRAPHS
 from cachediff.files import output_folder, read_csv, update_csv
 from cachediff.launch import check_device
 from cachediff.metrics import average_macs
@@ -40,8 +51,22 @@ from cachediff.testing import denoise_example, tiny_unet
 from cachediff.trees import tree_nbytes
 
 CONFIGS = [(3, 0), (5, 0), (5, 1)]  # (interval, branch id)
-#: The GPU benchmark's architectures and latent sides: SD 1.5 at 512 px, SDXL at 1024 px.
-GPU_SIZES = {"sd1.5": 64, "sdxl": 128}
+#: The GPU table's cases: (architecture, latent side, U-Net batch; 2 = one image with CFG), in the
+#: order they run (a run cut short keeps the first ones).
+GPU_CASES = [("sd1.5", 64, 2), ("sdxl", 128, 2), ("sd1.5", 64, 16)]
+#: Its modes: name -> torch.compile options (None: eager).
+GPU_MODES = {
+    "eager": None,
+    "compile": dict(fullgraph=True),
+    "reduce-overhead": dict(fullgraph=True, mode="reduce-overhead"),
+}
+#: Its cachediff settings.
+GPU_SETTINGS = {
+    "I3-B0": DeepCacheConfig(3, 0),
+    "I5-B0": DeepCacheConfig(5, 0),
+    "I5-B1": DeepCacheConfig(5, 1),
+    "I5-B0-forecast": DeepCacheConfig(5, 0, reuse="forecast", order=2),
+}
 
 
 def bench_config(pipe, inputs, steps, interval, branch, repeats, compiled=None) -> dict:
@@ -156,23 +181,164 @@ def bench_compile(pipe, inputs, steps, interval, branch, repeats) -> dict:
     )
 
 
-def model_and_inputs(arch: str, quick: bool, size: int | None = None, device="cpu", dtype=torch.float32):
-    """The U-Net of ``arch`` (tiny with ``quick``) and inputs of one CFG step, on ``device`` in ``dtype``."""
-    unet, inputs = _model_and_inputs(arch, quick, size)
+def gpu_mode(
+    pipe, inputs, mode: str, steps: int, repeats: int, quick: bool, eager: dict, bounds: dict
+) -> list[dict]:
+    """The GPU table's rows of one case in one mode (see the module's docstring). ``eager`` maps each
+    setting to its eager output (filled in eager mode, compared against in the compiled ones);
+    ``bounds`` each setting to its MAC bound (counted eagerly: MACs are not counted in a graph)."""
+    options = GPU_MODES[mode]
+    torch._dynamo.reset()
+    if options is not None:
+        # quick: dynamo only (inductor compiles for minutes on a CPU); the CUDA-graph copies still run
+        cachediff.compile_denoiser(pipe, **(dict(fullgraph=True, backend="eager") if quick else options))
+        setattr(pipe.unet, CUDA_GRAPHS, options.get("mode") == "reduce-overhead")
+    engines = {name: cachediff.engine_for(pipe, config) for name, config in GPU_SETTINGS.items()}
+    outputs: dict[str, torch.Tensor] = {}
+    held: dict[str, int] = {}
+
+    def run(name: str, engine=None):
+        def fn():
+            if engine is not None:
+                engine.enable()
+            try:
+                outputs[name] = denoise_example(pipe, inputs, steps)
+            finally:
+                if engine is not None:
+                    held[name] = engine.cache_nbytes  # before disable drops it
+                    engine.disable()
+
+        return fn
+
+    runs = {"uncached": run("uncached"), **{name: run(name, e) for name, e in engines.items()}}
+    if options is None and importlib.util.find_spec("DeepCache") is not None:
+        runs["official I3-B0"] = official_run(pipe, inputs, steps, outputs)
+    counters.clear()
+    metrics.interleaved(runs, repeats=0, warmup=1)  # compiles (and captures) every graph
+    graphs = counters["stats"]["unique_graphs"]
+    times = metrics.interleaved(runs, repeats, warmup=0)
+    recompiled = counters["stats"]["unique_graphs"] - graphs
+    device = inputs["sample"].device
+    peaks = {name: metrics.peak_memory(fn, device) for name, fn in runs.items()}
+    images = inputs["sample"].shape[0] // 2  # CFG: two U-Net rows per image
+    median = {name: statistics.median(t) for name, t in times.items()}
+    eager_uncached = eager.get("uncached_s", median["uncached"])
+    rows = []
+    for name in runs:
+        engine, bound = engines.get(name), bounds.get(name, 1.0)
+        speedup = median["uncached"] / median[name]
+        if options is None:
+            eager[name] = outputs[name]
+        row = dict(mode=mode, setting=name, seconds_per_image=median[name] / images, speedup=speedup)
+        row.update(
+            speedup_over_eager_uncached=eager_uncached / median[name],
+            mac_bound=bound,
+            efficiency=speedup / bound,
+            **call_ms(engine, median["uncached"] / steps if name == "uncached" else None),
+            peak_mib=peaks[name] / 2**20 if peaks[name] is not None else float("nan"),
+            cache_mib=held.get(name, 0) / 2**20,
+            max_abs_diff_vs_eager=(outputs[name] - eager[name]).abs().max().item() if name in eager else None,
+            graphs_after_warmup=recompiled,
+        )
+        rows.append(row)
+    eager.setdefault("uncached_s", median["uncached"])
+    cachediff.uncompile(pipe)
+    return rows
+
+
+def official_run(pipe, inputs, steps: int, outputs: dict):
+    """The official DeepCache helper at I = 3/B = 0, eager."""
+    from DeepCache import DeepCacheSDHelper as Official
+
+    helper = Official(pipe)
+    helper.set_params(cache_interval=3, cache_branch_id=0)
+
+    def fn():
+        helper.enable()
+        try:
+            outputs["official I3-B0"] = denoise_example(pipe, inputs, steps)
+        finally:
+            helper.disable()
+
+    return fn
+
+
+def mac_bounds(pipe, inputs, steps: int) -> dict[str, float]:
+    """Each cachediff setting's (and the official helper's) uncached MACs over its average MACs."""
+    configs = {**GPU_SETTINGS, "official I3-B0": DeepCacheConfig(3, 0)}
+    bounds = {}
+    for name, config in configs.items():
+        full, cached = call_macs(
+            cachediff.engine_for(pipe.unet, DeepCacheConfig(branch=config.branch)), inputs
+        )
+        bounds[name] = full / average_macs(full, cached, config.budget(steps), steps)
+    return bounds
+
+
+def call_ms(engine, uncached_call_s: float | None) -> dict:
+    """Median full and cached U-Net call of the engine's last run, in ms (CUDA events on a GPU); an
+    uncached run's mean call; nothing for the official helper."""
+    if engine is None:
+        full = None if uncached_call_s is None else uncached_call_s * 1e3
+        return dict(full_call_ms=full, cached_call_ms=None)
+    calls = engine.stats.calls
+    full = [c.seconds for c in calls if c.full]
+    cached = [c.seconds for c in calls if not c.full]
+    return dict(
+        full_call_ms=statistics.median(full) * 1e3,
+        cached_call_ms=statistics.median(cached) * 1e3 if cached else None,
+    )
+
+
+def gpu_table(args, device, dtype) -> None:
+    """The GPU table: every case and mode, rows written as each (case, mode) finishes."""
+    torch._dynamo.config.cache_size_limit = 64  # every setting's graphs stay compiled side by side
+    about = dict(device=device_name(device), torch=torch.__version__, cuda=torch.version.cuda or "none")
+    cases = [(a, 8, 2) for a in dict.fromkeys(c[0] for c in GPU_CASES)] if args.quick else GPU_CASES
+    for arch, side, batch in [c for c in cases if c[0] in args.archs]:
+        unet, inputs = model_and_inputs(arch, args.quick, side, device, dtype, batch)
+        pipe, eager = SimpleNamespace(unet=unet, scheduler=DDIMScheduler()), {}
+        bounds = mac_bounds(pipe, inputs, args.steps)
+        for mode in [m for m in GPU_MODES if m in args.modes]:  # eager first: the others compare with it
+            rows = gpu_mode(pipe, inputs, mode, args.steps, args.repeats, args.quick, eager, bounds)
+            for row in rows:
+                key = f"{arch}-{side}-b{batch}-{mode}-{row['setting']}"
+                row = dict(arch=arch, latent=side, unet_batch=batch, **row, **about)
+                update_csv(args.out / "results.csv", dict(config=key, **row), key="config")
+                print(f"{key}: {row['seconds_per_image'] * 1e3:.1f} ms per image, {row['speedup']:.2f}x "
+                      f"(MAC bound {row['mac_bound']:.2f}x)", flush=True)  # fmt: skip
+            table = pd.DataFrame(read_csv(args.out / "results.csv")).drop(columns="config")
+            (args.out / "table.md").write_text(table.to_markdown(index=False, floatfmt=".3g") + "\n")
+
+
+def device_name(device: torch.device) -> str:
+    return (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"cpu ({torch.get_num_threads()} threads)"
+    )
+
+
+def model_and_inputs(
+    arch: str, quick: bool, size: int | None = None, device="cpu", dtype=torch.float32, batch: int = 2
+):
+    """The U-Net of ``arch`` (tiny with ``quick``) and inputs of one step at U-Net ``batch`` (2: one
+    image with CFG), on ``device`` in ``dtype``."""
+    unet, inputs = _model_and_inputs(arch, quick, size, batch)
     to = lambda t: t.to(device, dtype) if t.is_floating_point() else t.to(device)  # noqa: E731
     return unet.to(device, dtype), pytree.tree_map(lambda t: to(t) if torch.is_tensor(t) else t, inputs)
 
 
-def _model_and_inputs(arch: str, quick: bool, size: int | None = None):
+def _model_and_inputs(arch: str, quick: bool, size: int | None = None, batch: int = 2):
     if quick:
         kind = {"sd1.5": "sd", "sdxl": "sdxl", "svd": "svd", "ddpm-cifar10": "ddpm"}[arch]
-        unet, cond = tiny_unet(kind, batch=2)
+        unet, cond = tiny_unet(kind, batch=batch)
         cond.pop("concat", None)
         size, frames = 8, 2
     else:
         unet = build(arch)
         size, frames = size or CPU_SIZES[arch][0], CPU_SIZES[arch][1]
-    inputs = example_inputs(unet, batch=2, size=size, frames=frames)
+    inputs = example_inputs(unet, batch=batch, size=size, frames=frames)
     if quick:
         inputs.update({k: v for k, v in cond.items()})
     return unet, inputs
@@ -181,7 +347,7 @@ def _model_and_inputs(arch: str, quick: bool, size: int | None = None):
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
-        "--archs", nargs="+", default=list(CPU_SIZES), choices=list(CPU_SIZES), help="architectures"
+        "--archs", nargs="+", choices=list(CPU_SIZES), help="architectures (default: all; --gpu: sd1.5 sdxl)"
     )
     p.add_argument("--steps", type=int, default=20, help="DDIM steps per timed run")
     p.add_argument("--repeats", type=int, default=3, help="timed repeats after one warm-up round")
@@ -190,9 +356,13 @@ def main() -> None:
     p.add_argument("--size", type=int, help="latent side for every architecture (default: per arch)")
     p.add_argument("--compile", action="store_true", help="eager vs torch.compile instead (I=3/B=0 only)")
     p.add_argument(
-        "--gpu", action="store_true", help="the prepared GPU benchmark: SD 1.5 at 512 px and SDXL at 1024 "
-        "px, fp16, CFG batch 2, 50 steps, also cachediff compiled; into docs/results/gpu (with --quick: tiny "
-        "models on the CPU, to check that it runs)",
+        "--gpu", action="store_true", help="the GPU table: SD 1.5 at 512 px (U-Net batch 2 and 16) and SDXL "
+        "at 1024 px (batch 2), fp16, 50 DDIM steps, eager / compiled / CUDA graphs, into docs/results/gpu "
+        "(with --quick: tiny models on the CPU, to check that it runs)",
+    )  # fmt: skip
+    p.add_argument(
+        "--modes", nargs="+", default=list(GPU_MODES), choices=list(GPU_MODES), help="--gpu: the modes "
+        "timed, eager first (the compiled outputs are compared with its)",
     )  # fmt: skip
     p.add_argument("--device", help="torch device (default: cuda with --gpu, else cpu)")
     p.add_argument("--dtype", choices=list(DTYPES), help="weights and compute (default: float16 with --gpu)")
@@ -206,10 +376,14 @@ def main() -> None:
     if min(args.steps, args.repeats, args.threads) < 1 or (args.size is not None and args.size < 8):
         p.error("--steps, --repeats and --threads must be >= 1, --size >= 8")
     if args.gpu:
-        args.archs, args.compiled = [a for a in args.archs if a in GPU_SIZES] or list(GPU_SIZES), True
+        gpu_archs = list(dict.fromkeys(case[0] for case in GPU_CASES))
+        args.archs = [a for a in args.archs or gpu_archs if a in gpu_archs]
+        if not args.archs:
+            p.error(f"--gpu times {' and '.join(gpu_archs)}; pick among them with --archs")
         args.steps, args.repeats, args.out = 50, min(args.repeats, 2), args.out or Path("docs/results/gpu")
         args.device = args.device or ("cpu" if args.quick else "cuda")
         args.dtype = args.dtype or ("float32" if args.quick else "float16")
+    args.archs = args.archs or list(CPU_SIZES)
     if args.quick:
         args.steps, args.repeats = 6, 1
     try:
@@ -221,10 +395,11 @@ def main() -> None:
     dtype = DTYPES[args.dtype or "float32"]
     torch.set_num_threads(args.threads)
     metrics.return_freed_memory()  # so that each run's peak memory is its own
+    if args.gpu:
+        return gpu_table(args, device, dtype)
     rows = []
     for arch in args.archs:
-        size = args.size or (GPU_SIZES[arch] if args.gpu else None)
-        unet, inputs = model_and_inputs(arch, args.quick, size, device, dtype)
+        unet, inputs = model_and_inputs(arch, args.quick, args.size, device, dtype)
         latent = inputs["sample"].shape[-1]
         pipe = SimpleNamespace(unet=unet, scheduler=DDIMScheduler())
         options = dict(fullgraph=True, **({"backend": "eager"} if args.quick else {}))

@@ -67,9 +67,11 @@ def psnr_per_image(samples: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return metrics.psnr_per_image(mse)
 
 
-def nearest_fewer_steps(row: pd.Series, rows: pd.DataFrame) -> pd.Series:
-    """The uncached run of fewer steps whose MAC speedup is nearest ``row``'s (on a log scale)."""
+def nearest_fewer_steps(row: pd.Series, rows: pd.DataFrame) -> pd.Series | None:
+    """The uncached run of fewer steps whose MAC speedup is nearest ``row``'s (on a log scale), if any."""
     fewer = rows[(rows.method == "uncached") & (rows.mac_speedup > 1)]
+    if fewer.empty:
+        return None
     return fewer.loc[(np.log(fewer.mac_speedup) - math.log(row.mac_speedup)).abs().idxmin()]
 
 
@@ -86,7 +88,7 @@ def paired_rows(rows: pd.DataFrame, psnr: dict[str, np.ndarray]) -> list[dict]:
     out = []
     by_name = rows.set_index("setting")
     for _, r in rows[rows.method != "uncached"].iterrows():
-        against = [nearest_fewer_steps(r, rows)]
+        against = [f for f in [nearest_fewer_steps(r, rows)] if f is not None]
         twin = r.setting.rsplit("-", 1)[0] + "-timestep"
         if r.reuse == "forecast" and r.time in ("sigma", "lambda") and twin in by_name.index:
             against.append(by_name.loc[twin].rename(twin))

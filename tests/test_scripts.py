@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -149,14 +150,27 @@ def test_bench_quick_smoke(tmp_path):
     assert rows.official_peak_mib.max() > 0  # measured: the official helper holds every block's output
 
 
-def test_the_gpu_benchmark_runs_in_its_quick_mode(tmp_path):
-    run("scripts/bench.py", "--gpu", "--quick", "--archs", "sd1.5", "--threads", "1", "--out", str(tmp_path))
+def test_the_gpu_check_runs_in_its_quick_mode(tmp_path):
+    """scripts/gpu_check.sh --quick: the GPU table's code on a tiny SD 1.5-shaped U-Net on the CPU, eager
+    and in the CUDA-graph mode (dynamo only here, with the session's copies out of the graphs' pool)."""
+    env = dict(os.environ, GPU_CHECK_OUT=str(tmp_path), PYTHON=sys.executable)
+    command = ["bash", "scripts/gpu_check.sh", "--quick", "--archs", "sd1.5", "--threads", "1"]
+    proc = subprocess.run([*command, "--modes", "reduce-overhead", "eager"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
     rows = pd.read_csv(tmp_path / "results.csv")
-    assert list(zip(rows.interval, rows.branch, strict=True)) == [(3, 0), (5, 0), (5, 1)]
-    assert (
-        (rows.compiled_speedup > 0).all() and set(rows.device) == {"cpu"} and set(rows.dtype) == {"float32"}
-    )
-    assert "compiled_speedup" in (tmp_path / "table.md").read_text()
+    settings = ["uncached", "I3-B0", "I5-B0", "I5-B1", "I5-B0-forecast"]
+    assert list(zip(rows["mode"], rows.setting, strict=True)) == [
+        *(("eager", s) for s in [*settings, "official I3-B0"]),
+        *(("reduce-overhead", s) for s in settings),
+    ]  # eager first, whatever the order asked
+    graphs = rows[rows["mode"] == "reduce-overhead"]
+    assert (graphs.max_abs_diff_vs_eager == 0).all() and (graphs.graphs_after_warmup == 0).all()
+    cached = rows[rows.setting.str.startswith("I")]
+    assert (cached.cached_call_ms < cached.full_call_ms).all() and (cached.mac_bound > 1).all()
+    replay, forecast = (rows[rows.setting == s].cache_mib.iloc[0] for s in ("I5-B0", "I5-B0-forecast"))
+    assert replay > 0 and forecast == 2 * replay  # the forecast keeps two features
+    assert set(rows.device) == {"cpu (1 threads)"} and "| reduce-overhead |" in proc.stdout  # the table
 
 
 def test_both_helpers_run_the_same_convolutions_and_matmuls():
