@@ -5,7 +5,7 @@ VENV := .venv
 LATEST := .venv-latest
 FASHION := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test test-fast test-slow lint clean mnist-results tiny-sd-results fidelity-results comfyui-results
+.PHONY: gpu-wheels solvers-results demo test test-fast test-slow lint clean mnist-results tiny-sd-results fidelity-results comfyui-results
 
 demo: $(VENV)/.installed  ## set up, then run the main job on the shipped default model
 	$(VENV)/bin/python main.py
@@ -86,6 +86,18 @@ fidelity-results: $(VENV)/.installed  ## docs/PLANNING.md's instrument: fidelity
 
 comfyui-results: $(LATEST)/.installed  ## docs/COMFYUI.md's table: the DeepCache ports per sampler, on ComfyUI's KSampler
 	$(LATEST)/bin/python integrations/comfyui/compare_ports.py --out docs/results/comfyui
+
+gpu-wheels: $(VENV)/.installed  ## .whl/: what scripts/gpu_check.sh needs on a GPU machine that has torch but cannot fetch packages
+	$(VENV)/bin/python -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	    --platform manylinux_2_28_x86_64 -d .whl diffusers==0.42.1 DeepCache==0.1.1 importlib_metadata==8.7.0
+
+solvers-results: $(VENV)/.installed  ## docs/SOLVERS.md: the forecast in each solver variable against fewer steps (issue 27)
+	$(VENV)/bin/python scripts/sweep.py --model_type tiny-sd --scheduler DPMSolverMultistepScheduler \
+	    --timestep-spacing trailing --steps 25 --branch 0 --intervals 2 3 5 --suites steps interval times \
+	    --samples 500 --shard 100 --batch 16 --fidelity-images 500 --converged-steps 100 \
+	    --converged-out runs/converged --repeats 0 --out runs/solvers/dpmpp-25 --results docs/results/solvers/dpmpp-25.csv
+	$(VENV)/bin/python scripts/report_solvers.py docs/results/solvers/dpmpp-25.csv --samples runs/solvers/dpmpp-25 \
+	    --converged runs/converged/converged-dpmpp2m-trailing/dpmpp2m-trailing-100 --out docs/results/solvers/dpmpp-25
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff format cachediff tests scripts experiments integrations *.py
