@@ -68,7 +68,9 @@ def test_cache_holds_one_feature_not_every_block_output(kind):
     assert ours.engine.cache_nbytes == 0
 
 
-@pytest.mark.parametrize("scheduler", ["DPMSolverMultistepScheduler", "EulerDiscreteScheduler"])
+@pytest.mark.parametrize(
+    "scheduler", ["DPMSolverMultistepScheduler", "EulerDiscreteScheduler", "UniPCMultistepScheduler"]
+)
 @pytest.mark.parametrize("branch", [0, 5, 11])
 def test_bit_exact_with_official_helper_on_other_schedulers(scheduler, branch):
     pipe, cond = tiny_pipe("sd", scheduler=scheduler)

@@ -22,6 +22,7 @@ SCHEDULERS = {
     "HeunDiscreteScheduler": {},  # two evaluations per timestep
     "DPMSolverMultistepScheduler": {},
     "EulerDiscreteScheduler": {},
+    "UniPCMultistepScheduler": {},  # its corrector reuses the previous step's output
     "LMSDiscreteScheduler": {},  # needs scipy (a requirement)
 }
 
