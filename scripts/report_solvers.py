@@ -157,7 +157,7 @@ def plot(rows: pd.DataFrame, title: str, path: Path) -> Path:
     groups = list(rows[rows.method != "uncached"].groupby(rows.apply(act, axis=1)))
     for i, (label, group) in enumerate(groups):
         key = "replay" if label == "replay" else label.rsplit(" ", 1)[-1]
-        nudge = 1 + 0.012 * (i - (len(groups) - 1) / 2)
+        nudge = 1 + 0.006 * (i - (len(groups) - 1) / 2)  # +-2% at most
         ax.errorbar(group.mac_speedup * nudge, group.psnr_conv_mean_db, capsize=2, linestyle="none",
                     yerr=[group.psnr_conv_mean_db - group.psnr_conv_mean_db_lo,
                           group.psnr_conv_mean_db_hi - group.psnr_conv_mean_db],
