@@ -134,8 +134,8 @@ class StepClock:
         with self.lock:
             self.detach()
             self.timed = TimedRun(times, evaluations, unit)
-            levels = noise_levels
-            self._sigmas = None if levels is None else torch.as_tensor(levels, dtype=torch.float64).tolist()
+            levels = None if noise_levels is None else torch.as_tensor(noise_levels, dtype=torch.float64)
+            self._sigmas = None if levels is None else levels.tolist()
             self.reset(self.timed.length)
 
     def unfollow(self) -> None:

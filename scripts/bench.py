@@ -52,8 +52,8 @@ from cachediff.testing import denoise_example, tiny_unet
 from cachediff.trees import tree_nbytes
 
 CONFIGS = [(3, 0), (5, 0), (5, 1)]  # (interval, branch id)
-#: The GPU table's cases: (architecture, latent side, U-Net batch; 2 = one image with CFG), in the
-#: order they run (a run cut short keeps the first ones).
+#: The GPU table's cases: (architecture, latent side, U-Net batch; 2 = one image with CFG), within each
+#: mode in the order they run (a run cut short keeps the first ones).
 GPU_CASES = [("sd1.5", 64, 2), ("sdxl", 128, 2), ("sd1.5", 64, 16)]
 #: Its modes: name -> torch.compile options (None: eager).
 GPU_MODES = {
