@@ -191,9 +191,11 @@ def gpu_mode(
     options = GPU_MODES[mode]
     torch._dynamo.reset()
     if options is not None:
-        # quick: dynamo only (inductor compiles for minutes on a CPU); the CUDA-graph copies still run
+        # quick: dynamo only (inductor compiles for minutes on a CPU), marked as compile_denoiser marks a
+        # CUDA-graph mode so that the session's copies out of the pool still run
         cachediff.compile_denoiser(pipe, **(dict(fullgraph=True, backend="eager") if quick else options))
-        setattr(pipe.unet, CUDA_GRAPHS, options.get("mode") == "reduce-overhead")
+        if quick:
+            setattr(pipe.unet, CUDA_GRAPHS, options.get("mode") == "reduce-overhead")
     engines = {name: cachediff.engine_for(pipe, config) for name, config in GPU_SETTINGS.items()}
     outputs: dict[str, torch.Tensor] = {}
     held: dict[str, int] = {}
