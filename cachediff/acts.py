@@ -81,17 +81,23 @@ class Forecast:
     name = "forecast"
 
     def __init__(self, order: int = 2, time: str = "timestep", fallback: bool = False):
-        self.order, self.time, self.fallback = order, time, fallback
-        self.probes = fallback
+        self.order, self.fallback, self.fitted = order, fallback, time == "shallow"
+        self.time = "timestep" if self.fitted else time  # "shallow": the timestep only orders the points
+        self.probes = fallback or self.fitted
 
     def keep(self, kept: Any, value: Any, t: float, probe: torch.Tensor | None = None) -> Any:
         points = [p for p in kept or () if p.t != t]  # a repeated time (PLMS) replaces its point
-        return tuple(points + [_Point(t, value, probe if self.fallback else None)])[-self.order :]
+        return tuple(points + [_Point(t, value, probe if self.probes else None)])[-self.order :]
 
     def give(self, kept: Any, layout: tuple, t: float, probe: torch.Tensor | None = None) -> Any:
+        probes = tuple(p.probe for p in kept)
+        if self.fitted:
+            if len(kept) < 2 or probe is None or any(p is None for p in probes):
+                return kept[-1].value  # nothing to fit on (one full call so far, no tensor input): replay
+            weights = fitted_weights(probes, probe)
+            return pytree.tree_map(lambda *leaves: _weighted_sum(leaves, weights), *[p.value for p in kept])
         weights = lagrange_weights([p.t for p in kept], t)
         out = pytree.tree_map(lambda *leaves: _weighted_sum(leaves, weights), *[p.value for p in kept])
-        probes = tuple(p.probe for p in kept)
         if not self.fallback or len(kept) < 2 or probe is None or any(p is None for p in probes):
             return out
         missed = (probe - _weighted_sum(probes, weights)).square().sum()
@@ -131,11 +137,46 @@ class _Point(NamedTuple):
     probe: torch.Tensor | None
 
 
-def _weighted_sum(leaves: tuple, weights: list[float]) -> Any:
-    """sum_i w_i leaf_i for tensors, in their dtype; the newest leaf for anything else."""
-    if not isinstance(leaves[-1], torch.Tensor):
-        return leaves[-1]
-    out = leaves[-1] * weights[-1]
+def fitted_weights(probes: tuple[torch.Tensor, ...], probe: torch.Tensor) -> list[torch.Tensor]:
+    """Per sample (the first dimension), the affine weights w_i (summing to 1) of the kept ``probes``
+    whose combination sum_i w_i p_i is nearest the fresh ``probe`` in least squares: the shallow
+    feature, computed afresh on the cached call, tells how far along the kept points' trajectory the
+    call has moved. Each weight has the shape (batch, 1, ...); solved on the
+    device (``solve_ex``: no host synchronisation) in at least float32, with a ridge of a few rounding
+    errors for coincident points.
+
+    Example:
+        >>> p0, p1 = torch.zeros(2, 3), torch.tensor([[1.0, 1, 1], [2, 2, 2]])
+        >>> w0, w1 = fitted_weights((p0, p1), torch.full((2, 3), 1.5))  # 1.5 = -0.5 p0 + 1.5 p1, ...
+        >>> w0.flatten().round(decimals=4).tolist(), w1.flatten().round(decimals=4).tolist()
+        ([-0.5, 0.25], [1.5, 0.75])
+    """
+    dtype, n = torch.promote_types(probe.dtype, torch.float32), probe.shape[0]
+    last = probes[-1].to(dtype)
+    diffs = torch.stack([(p.to(dtype) - last).reshape(n, -1) for p in probes[:-1]], 1)  # (n, k - 1, m)
+    gram = diffs @ diffs.transpose(1, 2)
+    scale = gram.diagonal(dim1=1, dim2=2).mean(-1).clamp_min(torch.finfo(dtype).tiny)[:, None, None]
+    ridge = 10 * torch.finfo(dtype).eps * scale * torch.eye(gram.shape[-1], dtype=dtype, device=gram.device)
+    rhs = diffs @ (probe.to(dtype) - last).reshape(n, -1, 1)
+    c = torch.linalg.solve_ex(gram + ridge, rhs)[0][..., 0]  # (n, k - 1)
+    shape = (n,) + (1,) * (probe.dim() - 1)
+    return [c[:, j].reshape(shape) for j in range(c.shape[1])] + [(1 - c.sum(1)).reshape(shape)]
+
+
+def _weighted_sum(leaves: tuple, weights: list) -> Any:
+    """sum_i w_i leaf_i for tensors, in their dtype; the newest leaf for anything else. Weights are
+    floats, or per-sample tensors (``fitted_weights``) where the leaves have the probe's batch."""
+    last = leaves[-1]
+    if not isinstance(last, torch.Tensor):
+        return last
+    if isinstance(weights[-1], torch.Tensor):
+        if last.shape[0] != weights[-1].shape[0]:
+            return last  # not batched like the probe: replay
+        out = sum(
+            leaf * w.reshape(-1, *[1] * (leaf.dim() - 1)) for leaf, w in zip(leaves, weights, strict=True)
+        )
+        return out.to(last.dtype)
+    out = last * weights[-1]
     for leaf, w in zip(leaves[:-1], weights[:-1], strict=True):
         out.add_(leaf, alpha=w)
     return out

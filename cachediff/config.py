@@ -40,7 +40,7 @@ SCHEDULES = ("uniform", "non-uniform", "explicit", "adaptive")
 #: What a cached step hands the shallow branch (``cachediff.acts.act_for``).
 REUSE = ("cache", "forecast", "zeros")
 #: The variables a forecast extrapolates in (``cachediff.clock.StepClock.call_time``).
-FORECAST_TIMES = ("timestep", "step", "sigma", "lambda")
+FORECAST_TIMES = ("timestep", "step", "sigma", "lambda", "shallow")
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,10 @@ class DeepCacheConfig:
             scheduler's timesteps, which need not be evenly spaced; a bare model's numeric timestep
             argument), "step" (the step index), or the timestep's noise level: "sigma" (Euler's and
             the k-diffusion samplers' variable) or "lambda" (log(alpha / sigma), DPM-Solver's); these
-            two need the scheduler's ``alphas_cumprod`` (or ``noise_levels`` given to ``sampling_run``).
+            two need the scheduler's ``alphas_cumprod`` (or ``noise_levels`` given to ``sampling_run``);
+            or "shallow": the shallow feature itself, computed afresh on the cached call; per sample,
+            the affine weights of the kept features are those whose combination of the kept shallow
+            features is nearest the fresh one (``cachediff.acts.fitted_weights``).
         fallback: forecast only: check the forecast on the shallow feature each cached step and
             replay where extrapolating the shallow feature the same way misses it by more than
             replaying it does (``cachediff.acts.Forecast``); default False.

@@ -11,6 +11,8 @@ Suites (the paper's tables, and beyond):
              and adaptive, at the budgets of the plan (issue 15)
   times      the forecast of orders 2 and 3 in each variable a solver steps in (timestep, sigma, lambda),
              uniform at each interval of the plan (issue 27)
+  fit        the forecast of orders 2 and 3 in the timestep and fitted on the shallow feature (its
+             weights per sample from the fresh shallow feature), uniform at each interval of the plan
   branch     every branch at N = 5 (Table 12)
   grid       every interval x branch x schedule of the plan, and the plan's extra step counts
 
@@ -29,7 +31,7 @@ import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .config import FORECAST_TIMES, DeepCacheConfig
+from .config import DeepCacheConfig
 from .metrics import average_macs
 from .rows import Setting
 
@@ -134,8 +136,13 @@ SUITES: dict[str, Callable[[Plan, float, float, int], list[Setting]]] = {
         p.deepcache(f"N{n}-b{p.branch}-f{k}-{time}", n, reuse="forecast", order=k, time=time)
         for n in p.intervals
         for k in FORECAST_ORDERS
-        for time in FORECAST_TIMES
-        if time != "step"  # the step index: the timestep's poorer twin on evenly spaced steps
+        for time in ("timestep", "sigma", "lambda")  # not "step": the timestep's poorer twin on even steps
+    ],
+    "fit": lambda p, f, c, nb: [
+        p.deepcache(f"N{n}-b{p.branch}-f{k}-{time}", n, reuse="forecast", order=k, time=time)
+        for n in p.intervals
+        for k in FORECAST_ORDERS
+        for time in ("timestep", "shallow")
     ],
     "branch": lambda p, f, c, nb: [p.deepcache(f"N5-b{i}", 5, i) for i in range(nb)],
     "grid": lambda p, f, c, nb: _grid(p),

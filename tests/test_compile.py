@@ -43,7 +43,7 @@ def test_static_schedule_compiles_once_without_graph_breaks():
     assert torch.equal(first, eager) and torch.equal(second, eager)
 
 
-@pytest.mark.parametrize("time", ["timestep", "lambda"])
+@pytest.mark.parametrize("time", ["timestep", "shallow"])
 def test_the_forecast_compiles_without_graph_breaks_and_later_runs_reuse_its_graphs(time):
     """Its weights are host floats of the call's time: dynamo specialises on the first values, then
     makes them inputs, so the first run compiles a few more graphs (7 here) and later runs none."""

@@ -315,6 +315,81 @@ def test_a_pipeline_forecasts_in_the_noise_level_of_its_scheduler(time):
     assert torch.isfinite(outs[time]).all() and not torch.equal(outs[time], outs["timestep"])
 
 
+# ----------------------------------------------------------------------------- the shallow feature's fit
+class Affine(nn.Module):
+    """A deep module affine in its input h (the group's probe): A h + b."""
+
+    def __init__(self):
+        super().__init__()
+        gen = torch.Generator().manual_seed(0)
+        self.a, self.b = (
+            torch.randn(6, 6, generator=gen, dtype=torch.float64),
+            torch.ones(6, dtype=torch.float64),
+        )
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h @ self.a.T + self.b
+
+
+class Curved(nn.Module):
+    """The deep module's input moves along ``directions`` curves of the timestep no polynomial follows
+    (sin, exp), at a per-sample rate: in a plane (two directions) or along a line (one)."""
+
+    def __init__(self, directions: int):
+        super().__init__()
+        self.deep, self.directions = Affine(), directions
+        self.w = torch.eye(6, dtype=torch.float64)[:2]
+        self.rate = torch.tensor([[1.0], [2.5]], dtype=torch.float64)  # two samples
+
+    def forward(self, x: torch.Tensor, timestep: float) -> torch.Tensor:
+        s = self.rate * timestep / 1000
+        h = x + torch.sin(3 * s) * self.w[0]
+        if self.directions == 2:
+            h = h + torch.exp(s) * self.w[1]
+        return x + self.deep(h)
+
+
+def fitted_errors(directions: int, order: int, time: str, interval: int = 3) -> float:
+    """Max relative error of the settled cached calls against the uncached model."""
+    net, x = (
+        Curved(directions),
+        torch.randn(2, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1)),
+    )
+    exact = [net(x, t) for t in TIMES]
+    group = Group({"deep": PRODUCE}, Static(lambda n: lambda step: step % interval == 0))
+    with Session(net, [group], act=Forecast(order, time)) as session:
+        got = [net(x, t) for t in TIMES]
+    assert session.stats.n_full == len(range(0, STEPS, interval))
+    settled = range((order - 1) * interval, STEPS)
+    return max(float((got[i] - exact[i]).abs().max() / exact[i].abs().max()) for i in settled)
+
+
+@pytest.mark.parametrize("directions", [1, 2])
+def test_the_shallow_fit_is_exact_where_the_deep_feature_is_affine_in_the_shallow_one(directions):
+    """The deep feature is affine in the probe, whose path is a curve of the timestep: k kept features
+    span the probe's path through k - 1 directions, so the fit of order directions + 1 forecasts
+    exactly, per sample at its own rate; extrapolating in the timestep does not."""
+    order = directions + 1
+    assert fitted_errors(directions, order, "shallow") < 1e-9
+    assert fitted_errors(directions, order, "timestep") > 1e-3
+    if directions == 2:
+        assert fitted_errors(directions, 2, "shallow") > 1e-3  # one direction of a plane: not enough
+
+
+def test_the_shallow_fit_replays_before_two_full_calls_and_keeps_its_probes():
+    net, x = Curved(1), torch.zeros(2, 6, dtype=torch.float64)
+    group = Group({"deep": PRODUCE}, Static(lambda n: lambda step: step % 4 == 0))
+    with Session(net, [group], act=Forecast(2, "shallow")) as session:
+        got = [net(x, t) for t in TIMES]
+        assert session.cache_nbytes == 2 * (2 * x.nbytes) + x.nbytes  # features and probes; + the last
+    assert all(torch.equal(got[i], got[0]) for i in (1, 2, 3))  # one full call kept: a replay
+    assert not torch.equal(got[5], got[4])
+    exact = [net(x, t) for t in TIMES]
+    every = Group({"deep": PRODUCE}, Static(lambda n: lambda step: True))
+    with Session(net, [every], act=Forecast(2, "shallow")):  # interval 1: bit-exact
+        assert all(torch.equal(net(x, t), e) for t, e in zip(TIMES, exact, strict=True))
+
+
 # ----------------------------------------------------------------------------- CUDA graphs' memory pool
 class Pooled(nn.Module):
     """As a CUDA graph's replay does: results written into one buffer that the next call overwrites."""

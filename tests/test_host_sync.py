@@ -21,6 +21,7 @@ STATIC = {
     "forecast": DeepCacheConfig(interval=3, branch=1, reuse="forecast", order=3),
     "forecast-fallback": DeepCacheConfig(interval=3, branch=1, reuse="forecast", order=2, fallback=True),
     "forecast-in-steps": DeepCacheConfig(interval=3, branch=1, reuse="forecast", order=2, time="step"),
+    "forecast-shallow": DeepCacheConfig(interval=3, branch=1, reuse="forecast", order=3, time="shallow"),
 }
 
 
