@@ -4,7 +4,8 @@ Every user of DeepCache makes one decision: fewer steps, or interval x branch x 
 steps they run? ``plan`` answers it with evidence, in four phases (docs/PLANNING.md):
 
 1. *Candidates*: fewer steps without caching, and interval N x branch b x schedule (uniform,
-   non-uniform, adaptive) x act (replay, forecast of order 2, 3) at the user's steps (``Space``).
+   non-uniform, adaptive) x act (replay, forecast of order 2, 3 in the timestep or fitted on the
+   shallow feature) at the user's steps (``Space``).
 2. *Prune by MACs*: a candidate's MAC speedup bound comes from the MACs of a full and a cached call
    at its branch and its ceil(T / N) full steps; of each family (branch, schedule, act) only the
    smallest N that reaches the budget is kept (a larger N caches more and is no closer), and of the
@@ -59,8 +60,10 @@ CALIBRATION_SEED = 1_000_000
 #: What a cached step hands the shallow branch, by name.
 ACTS = {
     "replay": dict(reuse="cache"),
-    "forecast2": dict(reuse="forecast", order=2),
-    "forecast3": dict(reuse="forecast", order=3),
+    "forecast2": dict(reuse="forecast", order=2, time="timestep"),
+    "forecast3": dict(reuse="forecast", order=3, time="timestep"),
+    "forecast2-shallow": dict(reuse="forecast", order=2, time="shallow"),
+    "forecast3-shallow": dict(reuse="forecast", order=3, time="shallow"),
 }
 #: Schedules, by name (non-uniform: the paper's centre 15 and power 1.4).
 SCHEDULES = {
@@ -120,7 +123,7 @@ def prune(settings: Sequence[Setting], macs: dict, steps: int, budget: float) ->
         if bound < budget - 1e-9:
             continue
         c = s.cache
-        family = ("fewer",) if c is None else (c.branch, c.schedule, c.reuse, c.order)
+        family = ("fewer",) if c is None else (c.branch, c.schedule, c.reuse, c.order, c.time)
         if family not in kept or _cost_rank(s) < _cost_rank(kept[family][0]):
             kept[family] = (s, bound)
     return list(kept.values())
