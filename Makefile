@@ -91,13 +91,25 @@ gpu-wheels: $(VENV)/.installed  ## .whl/: what scripts/gpu_check.sh needs on a G
 	$(VENV)/bin/python -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 	    --platform manylinux_2_28_x86_64 -d .whl diffusers==0.42.1 DeepCache==0.1.1 importlib_metadata==8.7.0
 
-solvers-results: $(VENV)/.installed  ## docs/SOLVERS.md: the forecast in each solver variable against fewer steps (issue 27)
-	$(VENV)/bin/python scripts/sweep.py --model_type tiny-sd --scheduler DPMSolverMultistepScheduler \
-	    --timestep-spacing trailing --steps 25 --branch 0 --intervals 2 3 5 --suites steps interval times \
-	    --samples 500 --shard 100 --batch 16 --fidelity-images 500 --converged-steps 100 \
-	    --converged-out runs/converged --repeats 0 --out runs/solvers/dpmpp-25 --results docs/results/solvers/dpmpp-25.csv
-	$(VENV)/bin/python scripts/report_solvers.py docs/results/solvers/dpmpp-25.csv --samples runs/solvers/dpmpp-25 \
-	    --converged runs/converged/converged-dpmpp2m-trailing/dpmpp2m-trailing-100 --out docs/results/solvers/dpmpp-25
+SOLVER_SWEEP = $(VENV)/bin/python scripts/sweep.py --model_type tiny-sd --timestep-spacing trailing --branch 0 \
+	--intervals 2 3 5 --suites steps interval fit --samples 500 --shard 100 --batch 16 --fidelity-images 500 \
+	--converged-steps 100 --converged-out runs/converged --repeats 0
+SOLVER_REPORT = $(VENV)/bin/python scripts/report_solvers.py \
+	--converged runs/converged/converged-dpmpp2m-trailing/dpmpp2m-trailing-100
+
+solvers-results: $(VENV)/.installed  ## docs/SOLVERS.md: caching against fewer steps per solver, 500 seeds each (issue 27)
+	$(SOLVER_SWEEP) --scheduler DPMSolverMultistepScheduler --steps 25 --out runs/solvers/dpmpp-25 \
+	    --results docs/results/solvers/dpmpp-25.csv
+	$(SOLVER_REPORT) docs/results/solvers/dpmpp-25.csv --samples runs/solvers/dpmpp-25 --out docs/results/solvers/dpmpp-25
+	$(SOLVER_SWEEP) --scheduler EulerDiscreteScheduler --steps 30 --out runs/solvers/euler-30 \
+	    --results docs/results/solvers/euler-30.csv
+	$(SOLVER_REPORT) docs/results/solvers/euler-30.csv --samples runs/solvers/euler-30 --out docs/results/solvers/euler-30
+	$(SOLVER_SWEEP) --scheduler UniPCMultistepScheduler --steps 20 --out runs/solvers/unipc-20 \
+	    --results docs/results/solvers/unipc-20.csv
+	$(SOLVER_REPORT) docs/results/solvers/unipc-20.csv --samples runs/solvers/unipc-20 --out docs/results/solvers/unipc-20
+	$(SOLVER_SWEEP) --scheduler DPMSolverMultistepScheduler --steps 20 --out runs/solvers/dpmpp-20 \
+	    --results docs/results/solvers/dpmpp-20.csv
+	$(SOLVER_REPORT) docs/results/solvers/dpmpp-20.csv --samples runs/solvers/dpmpp-20 --out docs/results/solvers/dpmpp-20
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff format cachediff tests scripts experiments integrations *.py
