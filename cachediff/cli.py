@@ -19,7 +19,7 @@ import torch
 from . import files, generation, launch, loading, plan
 from .accelerators import accelerator
 from .comparison import Comparison, compare
-from .config import DeepCacheConfig
+from .config import FORECAST_TIMES, DeepCacheConfig
 from .metrics.class_score import class_score_of_prompts, load_classifier
 from .modules import ModuleCache, denoiser
 from .pipelines import PRESETS, get_preset
@@ -59,6 +59,11 @@ def parse_args(
         "--order full steps, or zeros (the paper's ablation)",
     )  # fmt: skip
     p.add_argument("--order", type=int, help="--reuse forecast: full steps it extrapolates from (default 2)")
+    p.add_argument(
+        "--forecast_time", choices=FORECAST_TIMES, help="--reuse forecast: the variable it extrapolates in "
+        "(default timestep), or 'shallow': weights fitted per image to the cached step's shallow feature "
+        "(docs/SOLVERS.md)",
+    )  # fmt: skip
     p.add_argument(
         "--fallback", action="store_true", help="--reuse forecast: replay where the shallow feature "
         "extrapolates worse than it replays (docs/SCHEDULES.md)",
@@ -188,6 +193,7 @@ def run(args: argparse.Namespace) -> int:
         schedule=args.schedule,
         reuse=args.reuse,
         order=args.order,
+        time=args.forecast_time,
         fallback=True if args.fallback else None,
     )
     shallow = preset.shallow_blocks if args.shallow_blocks is None else args.shallow_blocks
@@ -303,8 +309,12 @@ def act_name(config: DeepCacheConfig) -> str:
     Example:
         >>> act_name(DeepCacheConfig(5)), act_name(DeepCacheConfig(5, reuse="forecast", order=3))
         ('replay', 'forecast 3')
+        >>> act_name(DeepCacheConfig(5, reuse="forecast", time="lambda"))
+        'forecast 2 in lambda'
     """
-    return {"cache": "replay", "zeros": "zeros (ablation)"}.get(config.reuse, f"forecast {config.order}")
+    if config.reuse != "forecast":
+        return {"cache": "replay", "zeros": "zeros (ablation)"}[config.reuse]
+    return f"forecast {config.order}" + ("" if config.time == "timestep" else f" in {config.time}")
 
 
 def setting_label(config: DeepCacheConfig, cache, psnr_db: float) -> str:

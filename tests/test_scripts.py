@@ -97,6 +97,8 @@ VALIDATION = ["--out", "runs-never-made", "--results", "results-never-made"]  # 
         (["scripts/sweep.py", "--device", "cuda:7"], "device 'cuda:7'"),
         (["main.py", "--reuse", "cache", "--order", "3"], "order is only used with reuse='forecast'"),
         (["main.py", "--fallback"], "fallback is only used with reuse='forecast'"),
+        (["main.py", "--forecast_time", "shallow"], "time is only used with reuse='forecast'"),
+        (["main.py", "--reuse", "forecast", "--forecast_time", "t"], "invalid choice: 't'"),
         (["scripts/schedule_proxy.py", "--budgets", "1"], "every budget N >= 2"),
         (["experiments/ldm/sample_ldm.py", "--ckpt", "x", "--shard", "0"], "must be >= 1"),
         (["scripts/macs.py", "--interval", "0"], "must be >= 1"),

@@ -26,8 +26,12 @@ from cachediff.unets import SPECS, SequentialSpec, branch_plan
 
 #: The node's schedule choices -> cachediff's schedule names.
 SCHEDULES = ("uniform", "non-uniform", "adaptive")
-#: The node's act choices -> ``DeepCacheConfig.reuse``.
-ACTS = {"replay": "cache", "forecast": "forecast"}
+#: The node's act choices -> ``DeepCacheConfig`` fields (the forecast's order is the node's own input).
+ACTS = {
+    "replay": dict(reuse="cache"),
+    "forecast": dict(reuse="forecast"),
+    "forecast (shallow fit)": dict(reuse="forecast", time="shallow"),
+}
 #: What the schedule counts: the sampler's steps, or its model evaluations (``cachediff.sampling_run``).
 COUNTS = {"steps": "step", "evaluations": "evaluation"}
 #: The sampler wrapper's key on the model patcher (one DeepCache per model: a later node replaces it).
@@ -65,12 +69,12 @@ def configure(
                 f"start_percent and end_percent must satisfy 0 <= start < end <= 1, got {start_percent}, "
                 f"{end_percent}"
             )
-        forecast = dict(order=forecast_order) if act == "forecast" else {}
+        forecast = dict(order=forecast_order) if ACTS[act]["reuse"] == "forecast" else {}
         window = (
             None if (start_percent, end_percent) == (0.0, 1.0) else (float(start_percent), float(end_percent))
         )
         config = cachediff.DeepCacheConfig(
-            interval=interval, branch=branch, schedule=schedule, reuse=ACTS[act], window=window, **forecast
+            interval=interval, branch=branch, schedule=schedule, window=window, **ACTS[act], **forecast
         )
         if diffusion_model is not None:
             _check_model(diffusion_model, branch)
@@ -173,8 +177,9 @@ class DeepCache:
                     list(ACTS),
                     {
                         "default": "replay",
-                        "tooltip": "what a cached step uses: the last full step's feature (DeepCache), or a "
-                        "forecast through the last full steps' features",
+                        "tooltip": "what a cached step uses: the last full step's feature (DeepCache), a "
+                        "forecast through the last full steps' features in the timestep, or one whose "
+                        "weights are fitted to the cached step's own shallow feature",
                     },
                 ),
                 "forecast_order": (
