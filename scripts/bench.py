@@ -17,8 +17,8 @@ Example:
 The GPU table (``--gpu``): per case (SD 1.5 at 512 px with U-Net batch 2, one image with CFG, and 16;
 SDXL at 1024 px, batch 2) and per mode (eager; ``torch.compile``; ``mode="reduce-overhead"``, CUDA
 graphs), the uncached U-Net and cachediff at I = 3/B = 0, I = 5/B = 0, I = 5/B = 1 and the forecast at
-I = 5/B = 0 (and the official helper, eager), timed interleaved after a warm-up round that compiles;
-eager across every case first, then each compiled mode.
+I = 5/B = 0, in the timestep and fitted on the shallow feature (and the official helper, eager), timed
+interleaved after a warm-up round that compiles; eager across every case first, then each compiled mode.
 Per row: seconds per image, speedup over the same mode's uncached run and over eager uncached, MAC
 bound, efficiency, the median full and cached U-Net call (CUDA events), peak memory, cache bytes, the
 largest difference from the same setting in eager mode, graphs compiled after the warm-up, the device,
@@ -67,6 +67,7 @@ GPU_SETTINGS = {
     "I5-B0": DeepCacheConfig(5, 0),
     "I5-B1": DeepCacheConfig(5, 1),
     "I5-B0-forecast": DeepCacheConfig(5, 0, reuse="forecast", order=2),
+    "I5-B0-forecast-shallow": DeepCacheConfig(5, 0, reuse="forecast", order=2, time="shallow"),
 }
 
 

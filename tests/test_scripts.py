@@ -166,7 +166,7 @@ def test_the_gpu_check_runs_in_its_quick_mode(tmp_path):
                           capture_output=True, text=True, timeout=900)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = pd.read_csv(tmp_path / "results.csv")
-    settings = ["uncached", "I3-B0", "I5-B0", "I5-B1", "I5-B0-forecast"]
+    settings = ["uncached", "I3-B0", "I5-B0", "I5-B1", "I5-B0-forecast", "I5-B0-forecast-shallow"]
     assert list(zip(rows["mode"], rows.setting, strict=True)) == [
         *(("eager", s) for s in [*settings, "official I3-B0"]),
         *(("reduce-overhead", s) for s in settings),
@@ -175,8 +175,11 @@ def test_the_gpu_check_runs_in_its_quick_mode(tmp_path):
     assert (graphs.max_abs_diff_vs_eager == 0).all() and (graphs.graphs_after_warmup == 0).all()
     cached = rows[rows.setting.str.startswith("I")]
     assert (cached.cached_call_ms < cached.full_call_ms).all() and (cached.mac_bound > 1).all()
-    replay, forecast = (rows[rows.setting == s].cache_mib.iloc[0] for s in ("I5-B0", "I5-B0-forecast"))
-    assert replay > 0 and forecast == 2 * replay  # the forecast keeps two features
+    replay, forecast, fit = (
+        rows[rows.setting == s].cache_mib.iloc[0]
+        for s in ("I5-B0", "I5-B0-forecast", "I5-B0-forecast-shallow")
+    )
+    assert replay > 0 and forecast == 2 * replay and fit > forecast  # two features; the fit, their probes too
     assert set(rows.device) == {"cpu (1 threads)"} and "| reduce-overhead |" in proc.stdout  # the table
 
 
