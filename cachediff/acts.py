@@ -60,6 +60,11 @@ class Forecast:
     The weights are Python floats of host times, so the forecast costs ``order`` multiply-adds of the
     feature and no synchronisation; ``order`` results are kept.
 
+    With ``time="shallow"`` the weights are not a polynomial's but fitted per sample to the group's
+    probe (the shallow feature, computed afresh on every call): those whose combination of the probes
+    kept at the full calls is nearest the cached call's own probe (``fitted_weights``); the timestep
+    then only orders the kept points.
+
     With ``fallback``, the shallow feature checks the forecast on every cached call: the same weights
     extrapolate the group's probe (the shallow feature, computed afresh on every call) from its values
     at the full calls, and where that extrapolation misses the probe's actual value by more than the
@@ -141,14 +146,13 @@ def fitted_weights(probes: tuple[torch.Tensor, ...], probe: torch.Tensor) -> lis
     """Per sample (the first dimension), the affine weights w_i (summing to 1) of the kept ``probes``
     whose combination sum_i w_i p_i is nearest the fresh ``probe`` in least squares: the shallow
     feature, computed afresh on the cached call, tells how far along the kept points' trajectory the
-    call has moved. Each weight has the shape (batch, 1, ...); solved on the
-    device (``solve_ex``: no host synchronisation) in at least float32, with a ridge of a few rounding
-    errors for coincident points.
+    call has moved. Each weight is a tensor of shape (batch,); solved on the device (``solve_ex``: no
+    host synchronisation) in at least float32, with a ridge of a few rounding errors for coincident points.
 
     Example:
         >>> p0, p1 = torch.zeros(2, 3), torch.tensor([[1.0, 1, 1], [2, 2, 2]])
         >>> w0, w1 = fitted_weights((p0, p1), torch.full((2, 3), 1.5))  # 1.5 = -0.5 p0 + 1.5 p1, ...
-        >>> w0.flatten().round(decimals=4).tolist(), w1.flatten().round(decimals=4).tolist()
+        >>> w0.round(decimals=4).tolist(), w1.round(decimals=4).tolist()
         ([-0.5, 0.25], [1.5, 0.75])
     """
     dtype, n = torch.promote_types(probe.dtype, torch.float32), probe.shape[0]
@@ -159,13 +163,12 @@ def fitted_weights(probes: tuple[torch.Tensor, ...], probe: torch.Tensor) -> lis
     ridge = 10 * torch.finfo(dtype).eps * scale * torch.eye(gram.shape[-1], dtype=dtype, device=gram.device)
     rhs = diffs @ (probe.to(dtype) - last).reshape(n, -1, 1)
     c = torch.linalg.solve_ex(gram + ridge, rhs)[0][..., 0]  # (n, k - 1)
-    shape = (n,) + (1,) * (probe.dim() - 1)
-    return [c[:, j].reshape(shape) for j in range(c.shape[1])] + [(1 - c.sum(1)).reshape(shape)]
+    return [c[:, j] for j in range(c.shape[1])] + [1 - c.sum(1)]
 
 
 def _weighted_sum(leaves: tuple, weights: list) -> Any:
     """sum_i w_i leaf_i for tensors, in their dtype; the newest leaf for anything else. Weights are
-    floats, or per-sample tensors (``fitted_weights``) where the leaves have the probe's batch."""
+    floats, or per-sample tensors (``fitted_weights``): then a leaf not batched like them is replayed."""
     last = leaves[-1]
     if not isinstance(last, torch.Tensor):
         return last
