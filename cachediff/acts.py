@@ -63,7 +63,8 @@ class Forecast:
     With ``time="shallow"`` the weights are not a polynomial's but fitted per sample to the group's
     probe (the shallow feature, computed afresh on every call): those whose combination of the probes
     kept at the full calls is nearest the cached call's own probe (``fitted_weights``); the timestep
-    then only orders the kept points.
+    then only orders the kept points. With ``time="anchored"`` they also reproduce the call's timestep
+    (the line through the last two full calls, plus what a third and fourth point leave free, fitted).
 
     With ``fallback``, the shallow feature checks the forecast on every cached call: the same weights
     extrapolate the group's probe (the shallow feature, computed afresh on every call) from its values
@@ -86,7 +87,8 @@ class Forecast:
     name = "forecast"
 
     def __init__(self, order: int = 2, time: str = "timestep", fallback: bool = False):
-        self.order, self.fallback, self.fitted = order, fallback, time == "shallow"
+        self.order, self.fallback, self.fitted = order, fallback, time in ("shallow", "anchored")
+        self.anchored = time == "anchored"
         self.time = "timestep" if self.fitted else time  # "shallow": the timestep only orders the points
         self.probes = fallback or self.fitted
 
@@ -99,7 +101,8 @@ class Forecast:
         if self.fitted:
             if len(kept) < 2 or probe is None or any(p is None for p in probes):
                 return kept[-1].value  # nothing to fit on (one full call so far, no tensor input): replay
-            weights = fitted_weights(probes, probe)
+            times = [p.t for p in kept] if self.anchored else None
+            weights = fitted_weights(probes, probe, times, t)
             return pytree.tree_map(lambda *leaves: _weighted_sum(leaves, weights), *[p.value for p in kept])
         weights = lagrange_weights([p.t for p in kept], t)
         out = pytree.tree_map(lambda *leaves: _weighted_sum(leaves, weights), *[p.value for p in kept])
@@ -142,28 +145,49 @@ class _Point(NamedTuple):
     probe: torch.Tensor | None
 
 
-def fitted_weights(probes: tuple[torch.Tensor, ...], probe: torch.Tensor) -> list[torch.Tensor]:
+def fitted_weights(
+    probes: tuple[torch.Tensor, ...], probe: torch.Tensor, times: list[float] | None = None, t: float = 0.0
+) -> list:
     """Per sample (the first dimension), the affine weights w_i (summing to 1) of the kept ``probes``
     whose combination sum_i w_i p_i is nearest the fresh ``probe`` in least squares: the shallow
     feature, computed afresh on the cached call, tells how far along the kept points' trajectory the
-    call has moved. Each weight is a tensor of shape (batch,); solved on the device (``solve_ex``: no
-    host synchronisation) in at least float32, with a ridge of a few rounding errors for coincident points.
+    call has moved. With ``times`` (the kept points' times) and the call's ``t``, the weights are
+    anchored to the timestep: they also reproduce t (sum_i w_i t_i = t), so two points give the line
+    through them and only the freedom left by a third or fourth point is fitted.
+
+    The weights are w = base + B s: ``base`` meets the constraints (replay, or the line through the
+    last two points), the columns of B span what keeps them (e_j - base_j, with base_j the constraint
+    weights that give point j's own time), and s is solved per sample on the device (``solve_ex``: no
+    host synchronisation) in at least float32, with a ridge of a few rounding errors for coincident
+    points. Each weight is a tensor of shape (batch,), or a float where nothing is left to fit.
 
     Example:
         >>> p0, p1 = torch.zeros(2, 3), torch.tensor([[1.0, 1, 1], [2, 2, 2]])
         >>> w0, w1 = fitted_weights((p0, p1), torch.full((2, 3), 1.5))  # 1.5 = -0.5 p0 + 1.5 p1, ...
         >>> w0.round(decimals=4).tolist(), w1.round(decimals=4).tolist()
         ([-0.5, 0.25], [1.5, 0.75])
+        >>> fitted_weights((p0, p1), torch.full((2, 3), 1.5), times=[0.0, 1.0], t=2.0)  # the line
+        [-1.0, 2.0]
     """
+    k = len(probes)
+    if times is None:
+        base = [0.0] * (k - 1) + [1.0]
+        own = [base] * (k - 1)  # point j's own weights under the constraint: replay too
+    else:
+        base = [0.0] * (k - 2) + lagrange_weights(times[-2:], t)
+        own = [[0.0] * (k - 2) + lagrange_weights(times[-2:], tj) for tj in times[: k - 2]]
+    if not own:
+        return base
+    columns = [[float(i == j) - w for i, w in enumerate(weights)] for j, weights in enumerate(own)]
     dtype, n = torch.promote_types(probe.dtype, torch.float32), probe.shape[0]
-    last = probes[-1].to(dtype)
-    diffs = torch.stack([(p.to(dtype) - last).reshape(n, -1) for p in probes[:-1]], 1)  # (n, k - 1, m)
-    gram = diffs @ diffs.transpose(1, 2)
+    flat = [p.to(dtype).reshape(n, -1) for p in probes]
+    dirs = torch.stack([sum(c * f for c, f in zip(col, flat, strict=True) if c) for col in columns], 1)
+    rest = probe.to(dtype).reshape(n, -1) - sum(b * f for b, f in zip(base, flat, strict=True) if b)
+    gram = dirs @ dirs.transpose(1, 2)  # (n, d, d)
     scale = gram.diagonal(dim1=1, dim2=2).mean(-1).clamp_min(torch.finfo(dtype).tiny)[:, None, None]
     ridge = 10 * torch.finfo(dtype).eps * scale * torch.eye(gram.shape[-1], dtype=dtype, device=gram.device)
-    rhs = diffs @ (probe.to(dtype) - last).reshape(n, -1, 1)
-    c = torch.linalg.solve_ex(gram + ridge, rhs)[0][..., 0]  # (n, k - 1)
-    return [c[:, j] for j in range(c.shape[1])] + [1 - c.sum(1)]
+    s = torch.linalg.solve_ex(gram + ridge, dirs @ rest.unsqueeze(-1))[0][..., 0]  # (n, d)
+    return [b + sum(s[:, j] * col[i] for j, col in enumerate(columns)) for i, b in enumerate(base)]
 
 
 def _weighted_sum(leaves: tuple, weights: list) -> Any:

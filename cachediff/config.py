@@ -40,7 +40,7 @@ SCHEDULES = ("uniform", "non-uniform", "explicit", "adaptive")
 #: What a cached step hands the shallow branch (``cachediff.acts.act_for``).
 REUSE = ("cache", "forecast", "zeros")
 #: The variables a forecast extrapolates in (``cachediff.clock.StepClock.call_time``).
-FORECAST_TIMES = ("timestep", "step", "sigma", "lambda", "shallow")
+FORECAST_TIMES = ("timestep", "step", "sigma", "lambda", "shallow", "anchored")
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,9 @@ class DeepCacheConfig:
             two need the scheduler's ``alphas_cumprod`` (or ``noise_levels`` given to ``sampling_run``);
             or "shallow": the shallow feature itself, computed afresh on the cached call; per sample,
             the affine weights of the kept features are those whose combination of the kept shallow
-            features is nearest the fresh one (``cachediff.acts.fitted_weights``).
+            features is nearest the fresh one (``cachediff.acts.fitted_weights``); or "anchored": the
+            same fit constrained to reproduce the timestep (order 2: the timestep's line; order 3 and
+            4: the freedom left, fitted).
         fallback: forecast only: check the forecast on the shallow feature each cached step and
             replay where extrapolating the shallow feature the same way misses it by more than
             replaying it does (``cachediff.acts.Forecast``); default False.

@@ -2,8 +2,8 @@
 
 Every caching setting of a sweep (``scripts/sweep.py --suites steps interval times``) is set against
 the fewer-steps run of the same solver whose MAC speedup is nearest to its own, and every forecast in
-the noise level (sigma, lambda) or fitted on the shallow feature against the same forecast in the
-timestep. Differences are of the
+the noise level (sigma, lambda) or fitted on the shallow feature (pure or anchored) against the same
+forecast in the timestep. Differences are of the
 mean per-image PSNR to the converged solution of the same noise, *paired* over the same seeds (a 95%
 bootstrap interval of the per-seed differences): far sharper than two separate intervals. The
 samples and the converged reference are read from the sweep's folders (the CSV alone holds no
@@ -84,14 +84,19 @@ def act(row: pd.Series) -> str:
 
 
 def paired_rows(rows: pd.DataFrame, psnr: dict[str, np.ndarray]) -> list[dict]:
-    """Each caching setting against its fewer-steps run and, for a forecast in sigma, lambda or the
-    shallow feature, against the same forecast in the timestep: paired differences of mean per-image PSNR."""
+    """Each caching setting against its fewer-steps run and, for a forecast in sigma, lambda or fitted
+    on the shallow feature, against the same forecast in the timestep: paired differences of mean
+    per-image PSNR."""
     out = []
     by_name = rows.set_index("setting")
     for _, r in rows[rows.method != "uncached"].iterrows():
         against = [f for f in [nearest_fewer_steps(r, rows)] if f is not None]
         twin = r.setting.rsplit("-", 1)[0] + "-timestep"
-        if r.reuse == "forecast" and r.time in ("sigma", "lambda", "shallow") and twin in by_name.index:
+        if (
+            r.reuse == "forecast"
+            and r.time in ("sigma", "lambda", "shallow", "anchored")
+            and twin in by_name.index
+        ):
             against.append(by_name.loc[twin].rename(twin))
         for other in against:
             name = other.name if other.name in psnr else other.setting
@@ -146,7 +151,7 @@ def tables(rows: pd.DataFrame, pairs: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-MARKERS = {"replay": "s", "timestep": "o", "sigma": "^", "lambda": "D", "shallow": "*"}
+MARKERS = {"replay": "s", "timestep": "o", "sigma": "^", "lambda": "D", "shallow": "*", "anchored": "P"}
 
 
 def plot(rows: pd.DataFrame, title: str, path: Path) -> Path:

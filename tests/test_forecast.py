@@ -331,13 +331,22 @@ class Affine(nn.Module):
         return h @ self.a.T + self.b
 
 
+class Clocked(Affine):
+    """An affine deep module whose output also moves linearly in the timestep, which its input (the
+    probe) does not show: A h + b + (t / 1000) v."""
+
+    def forward(self, h: torch.Tensor, t: float = 0.0) -> torch.Tensor:
+        return super().forward(h) + t / 1000 * torch.linspace(1, 2, 6, dtype=torch.float64)
+
+
 class Curved(nn.Module):
     """The deep module's input moves along ``directions`` curves of the timestep no polynomial follows
-    (sin, exp), at a per-sample rate: in a plane (two directions) or along a line (one)."""
+    (sin, exp), at a per-sample rate: in a plane (two directions) or along a line (one). With
+    ``clocked``, the deep module's output also moves linearly in the timestep."""
 
-    def __init__(self, directions: int):
+    def __init__(self, directions: int, clocked: bool = False):
         super().__init__()
-        self.deep, self.directions = Affine(), directions
+        self.deep, self.directions, self.clocked = (Clocked() if clocked else Affine()), directions, clocked
         self.w = torch.eye(6, dtype=torch.float64)[:2]
         self.rate = torch.tensor([[1.0], [2.5]], dtype=torch.float64)  # two samples
 
@@ -346,13 +355,13 @@ class Curved(nn.Module):
         h = x + torch.sin(3 * s) * self.w[0]
         if self.directions == 2:
             h = h + torch.exp(s) * self.w[1]
-        return x + self.deep(h)
+        return x + (self.deep(h, timestep) if self.clocked else self.deep(h))
 
 
-def fitted_errors(directions: int, order: int, time: str, interval: int = 3) -> float:
+def fitted_errors(directions: int, order: int, time: str, interval: int = 3, clocked: bool = False) -> float:
     """Max relative error of the settled cached calls against the uncached model."""
     net, x = (
-        Curved(directions),
+        Curved(directions, clocked),
         torch.randn(2, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1)),
     )
     exact = [net(x, t) for t in TIMES]
@@ -374,6 +383,16 @@ def test_the_shallow_fit_is_exact_where_the_deep_feature_is_affine_in_the_shallo
     assert fitted_errors(directions, order, "timestep") > 1e-3
     if directions == 2:
         assert fitted_errors(directions, 2, "shallow") > 1e-3  # one direction of a plane: not enough
+
+
+def test_the_anchored_fit_is_exact_where_the_deep_feature_also_moves_linearly_in_time():
+    """Affine in the probe plus linear in t (which the probe does not show): three kept points, one
+    constraint for t, one fitted direction of the probe: exact; the pure fit matches the probe but
+    not t, the timestep's parabola neither; at order 2 the anchored fit is the timestep's line."""
+    assert fitted_errors(1, 3, "anchored", clocked=True) < 1e-9
+    assert fitted_errors(1, 3, "shallow", clocked=True) > 1e-3
+    assert fitted_errors(1, 3, "timestep", clocked=True) > 1e-3
+    assert fitted_errors(1, 2, "anchored") == fitted_errors(1, 2, "timestep")
 
 
 def test_the_shallow_fit_replays_before_two_full_calls_and_keeps_its_probes():
