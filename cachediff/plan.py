@@ -5,7 +5,7 @@ steps they run? ``plan`` answers it with evidence, in four phases (docs/PLANNING
 
 1. *Candidates*: fewer steps without caching, and interval N x branch b x schedule (uniform,
    non-uniform, adaptive) x act (replay, forecast of order 2, 3 in the timestep or fitted on the
-   shallow feature) at the user's steps (``Space``).
+   shallow feature, and of order 3 anchored to the timestep) at the user's steps (``Space``).
 2. *Prune by MACs*: a candidate's MAC speedup bound comes from the MACs of a full and a cached call
    at its branch and its ceil(T / N) full steps; of each family (branch, schedule, act) only the
    smallest N that reaches the budget is kept (a larger N caches more and is no closer), and of the
@@ -64,6 +64,7 @@ ACTS = {
     "forecast3": dict(reuse="forecast", order=3, time="timestep"),
     "forecast2-shallow": dict(reuse="forecast", order=2, time="shallow"),
     "forecast3-shallow": dict(reuse="forecast", order=3, time="shallow"),
+    "forecast3-anchored": dict(reuse="forecast", order=3, time="anchored"),
 }
 #: Schedules, by name (non-uniform: the paper's centre 15 and power 1.4).
 SCHEDULES = {
