@@ -34,6 +34,7 @@ SCRIPTS = [
     "scripts/validate_plan.py",
     "scripts/report_fidelity.py",
     "scripts/report_solvers.py",
+    "scripts/fit_weights.py",
     "experiments/ddpm/train_mnist.py",
     "experiments/ddpm/training_report.py",
     "experiments/ddpm/sample_stats.py",
@@ -324,6 +325,25 @@ def test_report_fidelity_tabulates_each_sampler_and_spacing(tmp_path):
     table = (tmp_path / "fidelity.md").read_text()
     assert "| PLMS | leading | 10 | 25.0 [24.0, 26.0] | 22.0 [21.0, 23.0] | 200 |" in table
     assert "| PLMS | trailing | 10 | 30.0 [29.0, 31.0] |" in table and (tmp_path / "fidelity.png").exists()
+
+
+def test_fit_weights_lists_each_cached_step_with_the_timesteps_weights_and_the_fitted_ones():
+    """9 steps at N = 3: cached steps 1, 2, 4, 5, 7, 8, the first two with one full step kept (replay,
+    nothing fitted); the fitted weights of each row sum to 1, as the timestep's do."""
+    out = run(
+        "scripts/fit_weights.py", "--steps", "9", "--interval", "3", "--scheduler", "DDIMScheduler"
+    ).stdout
+    assert "pattern FCCFCCFCC" in out
+    rows = [line.split(" | ") for line in out.splitlines() if re.match(r"^\| \d", line)]
+    assert len(rows) == 4
+    for _, clock, fitted in rows:
+        weights = [float(w) for w in fitted.rstrip(" |").split(", ")]
+        assert len(weights) == 2 and abs(sum(weights) - 1) < 2e-3
+        oldest = float(clock.split(", ")[0])  # one or two steps past the last of two full steps 3 apart
+        assert min(abs(oldest + 1 / 3), abs(oldest + 2 / 3)) < 0.02
+    assert run("scripts/fit_weights.py", "--interval", "1", check=False).stderr.endswith(
+        "--interval must be >= 2 (1 caches nothing), got 1\n"
+    )
 
 
 def test_report_solvers_pairs_each_setting_with_fewer_steps_and_its_timestep_twin(tmp_path):
