@@ -96,20 +96,17 @@ SOLVER_SWEEP = $(VENV)/bin/python scripts/sweep.py --model_type tiny-sd --timest
 	--converged-steps 100 --converged-out runs/converged --repeats 0
 SOLVER_REPORT = $(VENV)/bin/python scripts/report_solvers.py \
 	--converged runs/converged/converged-dpmpp2m-trailing/dpmpp2m-trailing-100
+# $(call solver,scheduler class,steps,name): one solver's sweep and its report
+define solver
+	$(SOLVER_SWEEP) --scheduler $(1) --steps $(2) --out runs/solvers/$(3) --results docs/results/solvers/$(3).csv
+	$(SOLVER_REPORT) docs/results/solvers/$(3).csv --samples runs/solvers/$(3) --out docs/results/solvers/$(3)
+endef
 
 solvers-results: $(VENV)/.installed  ## docs/SOLVERS.md: caching against fewer steps per solver, 500 seeds each (issue 27)
-	$(SOLVER_SWEEP) --scheduler DPMSolverMultistepScheduler --steps 25 --out runs/solvers/dpmpp-25 \
-	    --results docs/results/solvers/dpmpp-25.csv
-	$(SOLVER_REPORT) docs/results/solvers/dpmpp-25.csv --samples runs/solvers/dpmpp-25 --out docs/results/solvers/dpmpp-25
-	$(SOLVER_SWEEP) --scheduler EulerDiscreteScheduler --steps 30 --out runs/solvers/euler-30 \
-	    --results docs/results/solvers/euler-30.csv
-	$(SOLVER_REPORT) docs/results/solvers/euler-30.csv --samples runs/solvers/euler-30 --out docs/results/solvers/euler-30
-	$(SOLVER_SWEEP) --scheduler UniPCMultistepScheduler --steps 20 --out runs/solvers/unipc-20 \
-	    --results docs/results/solvers/unipc-20.csv
-	$(SOLVER_REPORT) docs/results/solvers/unipc-20.csv --samples runs/solvers/unipc-20 --out docs/results/solvers/unipc-20
-	$(SOLVER_SWEEP) --scheduler DPMSolverMultistepScheduler --steps 20 --out runs/solvers/dpmpp-20 \
-	    --results docs/results/solvers/dpmpp-20.csv
-	$(SOLVER_REPORT) docs/results/solvers/dpmpp-20.csv --samples runs/solvers/dpmpp-20 --out docs/results/solvers/dpmpp-20
+	$(call solver,DPMSolverMultistepScheduler,25,dpmpp-25)
+	$(call solver,EulerDiscreteScheduler,30,euler-30)
+	$(call solver,UniPCMultistepScheduler,20,unipc-20)
+	$(call solver,DPMSolverMultistepScheduler,20,dpmpp-20)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff format cachediff tests scripts experiments integrations *.py
