@@ -89,7 +89,7 @@ class Forecast:
     def __init__(self, order: int = 2, time: str = "timestep", fallback: bool = False):
         self.order, self.fallback, self.fitted = order, fallback, time in ("shallow", "anchored")
         self.anchored = time == "anchored"
-        self.time = "timestep" if self.fitted else time  # "shallow": the timestep only orders the points
+        self.time = "timestep" if self.fitted else time  # a fit: the timestep orders (and anchors) the points
         self.probes = fallback or self.fitted
 
     def keep(self, kept: Any, value: Any, t: float, probe: torch.Tensor | None = None) -> Any:

@@ -61,8 +61,8 @@ def parse_args(
     p.add_argument("--order", type=int, help="--reuse forecast: full steps it extrapolates from (default 2)")
     p.add_argument(
         "--forecast_time", choices=FORECAST_TIMES, help="--reuse forecast: the variable it extrapolates in "
-        "(default timestep), or 'shallow': weights fitted per image to the cached step's shallow feature "
-        "(docs/SOLVERS.md)",
+        "(default timestep), or 'shallow': weights fitted per image to the cached step's shallow feature, "
+        "or 'anchored': that fit, reproducing the timestep (docs/SOLVERS.md)",
     )  # fmt: skip
     p.add_argument(
         "--fallback", action="store_true", help="--reuse forecast: replay where the shallow feature "

@@ -22,6 +22,7 @@ STATIC = {
     "forecast-fallback": DeepCacheConfig(interval=3, branch=1, reuse="forecast", order=2, fallback=True),
     "forecast-in-steps": DeepCacheConfig(interval=3, branch=1, reuse="forecast", order=2, time="step"),
     "forecast-shallow": DeepCacheConfig(interval=3, branch=1, reuse="forecast", order=3, time="shallow"),
+    "forecast-anchored": DeepCacheConfig(interval=3, branch=1, reuse="forecast", order=3, time="anchored"),
 }
 
 
