@@ -104,9 +104,10 @@ def test_the_node_caches_as_cachediffs_sampling_run_does(family, sampler):
         dict(schedule="adaptive"),
         dict(act="forecast", forecast_order=3),
         dict(act="forecast (shallow fit)", forecast_order=2),
+        dict(act="forecast (anchored fit)", forecast_order=3),
         dict(start_percent=0.5, end_percent=1.0),
     ],
-    ids=["non-uniform", "adaptive", "forecast", "shallow-fit", "window"],
+    ids=["non-uniform", "adaptive", "forecast", "shallow-fit", "anchored-fit", "window"],
 )
 def test_every_option_runs_as_the_library_configured_alike(options):
     """Schedules, acts and the window: the node's Heun run equals the library's own with the

@@ -31,6 +31,7 @@ ACTS = {
     "replay": dict(reuse="cache"),
     "forecast": dict(reuse="forecast"),
     "forecast (shallow fit)": dict(reuse="forecast", time="shallow"),
+    "forecast (anchored fit)": dict(reuse="forecast", time="anchored"),
 }
 #: What the schedule counts: the sampler's steps, or its model evaluations (``cachediff.sampling_run``).
 COUNTS = {"steps": "step", "evaluations": "evaluation"}
@@ -179,7 +180,8 @@ class DeepCache:
                         "default": "replay",
                         "tooltip": "what a cached step uses: the last full step's feature (DeepCache), a "
                         "forecast through the last full steps' features in the timestep, or one whose "
-                        "weights are fitted to the cached step's own shallow feature",
+                        "weights are fitted to the cached step's own shallow feature (anchored: and "
+                        "reproduce its timestep)",
                     },
                 ),
                 "forecast_order": (
