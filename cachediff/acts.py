@@ -98,15 +98,15 @@ class Forecast:
 
     def give(self, kept: Any, layout: tuple, t: float, probe: torch.Tensor | None = None) -> Any:
         probes = tuple(p.probe for p in kept)
+        unprobed = len(kept) < 2 or probe is None or any(p is None for p in probes)
+        if self.fitted and unprobed:
+            return kept[-1].value  # nothing to fit on (one full call so far, no tensor input): replay
         if self.fitted:
-            if len(kept) < 2 or probe is None or any(p is None for p in probes):
-                return kept[-1].value  # nothing to fit on (one full call so far, no tensor input): replay
-            times = [p.t for p in kept] if self.anchored else None
-            weights = fitted_weights(probes, probe, times, t)
-            return pytree.tree_map(lambda *leaves: _weighted_sum(leaves, weights), *[p.value for p in kept])
-        weights = lagrange_weights([p.t for p in kept], t)
+            weights = fitted_weights(probes, probe, [p.t for p in kept] if self.anchored else None, t)
+        else:
+            weights = lagrange_weights([p.t for p in kept], t)
         out = pytree.tree_map(lambda *leaves: _weighted_sum(leaves, weights), *[p.value for p in kept])
-        if not self.fallback or len(kept) < 2 or probe is None or any(p is None for p in probes):
+        if self.fitted or not self.fallback or unprobed:
             return out
         missed = (probe - _weighted_sum(probes, weights)).square().sum()
         replay_missed = (probe - probes[-1]).square().sum()
