@@ -7,7 +7,8 @@ forecast in the timestep. Differences are of the
 mean per-image PSNR to the converged solution of the same noise, *paired* over the same seeds (a 95%
 bootstrap interval of the per-seed differences): far sharper than two separate intervals. The
 samples and the converged reference are read from the sweep's folders (the CSV alone holds no
-per-image values).
+per-image values). ``--seeds 500 1000`` scores a second seed set (seeds 500..999, sampled by a sweep
+with ``--samples 1000``): every value of the tables is then computed from those seeds' images.
 
 Writes ``<out>/solver.md`` (both tables), ``paired.csv`` and ``solver.png`` (fidelity against MAC
 speedup, fewer steps as a line, every caching act and variable as a marker).
@@ -43,6 +44,9 @@ NAMES = {
     "DDIMScheduler": "DDIM",
     "PNDMScheduler": "PLMS",
 }
+
+
+FIDELITY = "psnr_conv_mean_db"  # a setting's fidelity: mean per-image PSNR to the converged solution
 
 
 def read_samples(folder: Path, n: int) -> np.ndarray:
@@ -186,19 +190,29 @@ def main(argv=None) -> None:
     p.add_argument("--converged", type=Path, required=True, help="the converged reference's sample folder")
     p.add_argument("--out", type=Path, required=True, help="folder for solver.md, paired.csv, solver.png")
     p.add_argument("--model-name", default="tiny SD", help="the model, as the title names it")
+    p.add_argument(
+        "--seeds", type=int, nargs=2, metavar=("START", "STOP"),
+        help="score seeds START..STOP-1 instead of the CSV's (e.g. a second seed set)",
+    )  # fmt: skip
     args = p.parse_args(argv)
     rows = pd.read_csv(args.csv)
-    if "psnr_conv_mean_db" not in rows or rows.psnr_conv_mean_db.isna().any():
+    if FIDELITY not in rows or rows[FIDELITY].isna().any():
         raise SystemExit(
             f"error: {args.csv} has rows without psnr_conv_mean_db (sweep with --converged-steps)"
         )
-    n = int(rows.fidelity_images.min())
-    reference = read_samples(args.converged, n)
-    psnr = {s: psnr_per_image(read_samples(args.samples / s, n), reference) for s in rows.setting}
+    start, stop = args.seeds or (0, int(rows.fidelity_images.min()))
+    if not 0 <= start < stop:
+        p.error(f"--seeds needs 0 <= START < STOP, got {start} {stop}")
+    reference = read_samples(args.converged, stop)[start:]
+    psnr = {s: psnr_per_image(read_samples(args.samples / s, stop)[start:], reference) for s in rows.setting}
+    if args.seeds:  # the CSV's values are of its own seeds
+        cells = [metrics.mean_interval(psnr[s]).columns(FIDELITY) for s in rows.setting]
+        rows[list(cells[0])] = pd.DataFrame(cells, index=rows.index)
     pairs = pd.DataFrame(paired_rows(rows, psnr))
     base = rows[rows.mac_speedup == 1].iloc[0]
     sampler = NAMES.get(base.sampler, base.sampler)
-    title = f"{args.model_name}, {sampler} {base.steps} steps, {base.spacing} spacing: {n} seeds"
+    seeds = f"seeds {start}..{stop - 1}" if args.seeds else f"{stop} seeds"
+    title = f"{args.model_name}, {sampler} {base.steps} steps, {base.spacing} spacing: {seeds}"
     title += f", to {base.converged}"
     args.out.mkdir(parents=True, exist_ok=True)
     text = f"{title}\n\n" + tables(rows, pairs)

@@ -346,38 +346,51 @@ def test_fit_weights_lists_each_cached_step_with_the_timesteps_weights_and_the_f
     )
 
 
-def test_report_solvers_pairs_each_setting_with_fewer_steps_and_its_timestep_twin(tmp_path):
-    """Every image of a setting lies d grey levels off the converged one, so each paired difference
-    is 20 log10 of a ratio of offsets: 2 levels against 4 is +6.02 dB, exactly, on every seed."""
-    converged = np.full((4, 1, 2, 2), 100, dtype=np.uint8)
+SOLVER_SWEEP = [  # setting, grey levels off the converged image, MAC speedup, columns
+    ("dpmpp-25", 0, 1.0, dict(method="uncached")),
+    ("dpmpp-14", 4, 1.8, dict(method="uncached")),
+    ("dpmpp-7", 8, 3.6, dict(method="uncached")),
+    ("N2-b0", 8, 1.82, dict(method="uniform", reuse="cache", interval=2)),
+    ("N2-b0-f2-timestep", 2, 1.82, dict(method="uniform + forecast 2", reuse="forecast", order=2,
+                                        time="timestep", interval=2)),
+    ("N2-b0-f2-lambda", 1, 1.82, dict(method="uniform + forecast 2", reuse="forecast", order=2,
+                                      time="lambda", interval=2)),
+    ("N2-b0-f2-shallow", 1, 1.82, dict(method="uniform + forecast 2", reuse="forecast", order=2,
+                                       time="shallow", interval=2)),
+]  # fmt: skip
+
+
+def report_solvers(tmp_path, *extra, second_set: dict | None = None):
+    """A sweep of 4 seeds (8 with ``second_set``: setting -> its offset on seeds 4..7) whose every
+    image lies its setting's offset in grey levels off the converged one; the report's table."""
+    n = 8 if second_set else 4
+    converged = np.full((n, 1, 2, 2), 100, dtype=np.uint8)
     (tmp_path / "conv").mkdir()
     np.save(tmp_path / "conv" / "samples_000000.npy", converged)
     rows = []
-    for name, offset, speedup, extra in [
-        ("dpmpp-25", 0, 1.0, dict(method="uncached")),
-        ("dpmpp-14", 4, 1.8, dict(method="uncached")),
-        ("dpmpp-7", 8, 3.6, dict(method="uncached")),
-        ("N2-b0", 8, 1.82, dict(method="uniform", reuse="cache", interval=2)),
-        ("N2-b0-f2-timestep", 2, 1.82, dict(method="uniform + forecast 2", reuse="forecast", order=2,
-                                            time="timestep", interval=2)),
-        ("N2-b0-f2-lambda", 1, 1.82, dict(method="uniform + forecast 2", reuse="forecast", order=2,
-                                          time="lambda", interval=2)),
-        ("N2-b0-f2-shallow", 1, 1.82, dict(method="uniform + forecast 2", reuse="forecast", order=2,
-                                           time="shallow", interval=2)),
-    ]:  # fmt: skip
+    for name, offset, speedup, extra_columns in SOLVER_SWEEP:
         (tmp_path / "sweep" / name).mkdir(parents=True)
-        np.save(tmp_path / "sweep" / name / "samples_000000.npy", converged + offset)
+        offsets = np.full((n, 1, 1, 1), offset, dtype=np.uint8)
+        offsets[4:] = (second_set or {}).get(name, offset)
+        np.save(tmp_path / "sweep" / name / "samples_000000.npy", converged + offsets)
         db = 100.0 if offset == 0 else 20 * np.log10(2 / (offset / 127.5))
-        row = dict(setting=name, sampler="DPMSolverMultistepScheduler", spacing="trailing", steps=25, **extra)
-        row |= dict(mac_speedup=speedup, fidelity_images=4, converged="DPM-Solver++ 2M")
+        row = dict(setting=name, sampler="DPMSolverMultistepScheduler", spacing="trailing", steps=25)
+        row |= extra_columns | dict(mac_speedup=speedup, fidelity_images=4, converged="DPM-Solver++ 2M")
         rows.append(
             row | dict(psnr_conv_mean_db=db, psnr_conv_mean_db_lo=db - 1, psnr_conv_mean_db_hi=db + 1)
         )
     pd.DataFrame(rows).to_csv(tmp_path / "sweep.csv", index=False)
     out = tmp_path / "report"
     run("scripts/report_solvers.py", str(tmp_path / "sweep.csv"), "--samples", str(tmp_path / "sweep"),
-        "--converged", str(tmp_path / "conv"), "--out", str(out))  # fmt: skip
-    table = (out / "solver.md").read_text()
+        "--converged", str(tmp_path / "conv"), "--out", str(out), *extra)  # fmt: skip
+    return (out / "solver.md").read_text()
+
+
+def test_report_solvers_pairs_each_setting_with_fewer_steps_and_its_timestep_twin(tmp_path):
+    """Every image of a setting lies d grey levels off the converged one, so each paired difference
+    is 20 log10 of a ratio of offsets: 2 levels against 4 is +6.02 dB, exactly, on every seed."""
+    table = report_solvers(tmp_path)
+    out = tmp_path / "report"
     assert "| 2 | N2-b0-f2-timestep | forecast 2 in timestep | 1.82x |" in table
     assert "| dpmpp-14 (1.80x) | 6.02 [6.02, 6.02] | better |" in table  # 2 levels against 4
     assert "| N2-b0 | replay |" in table and "| dpmpp-14 (1.80x) | -6.02 [-6.02, -6.02] | worse |" in table
@@ -385,3 +398,16 @@ def test_report_solvers_pairs_each_setting_with_fewer_steps_and_its_timestep_twi
     assert "| N2-b0-f2-shallow | N2-b0-f2-timestep | 6.02 [6.02, 6.02] | better |" in table
     paired = pd.read_csv(out / "paired.csv")
     assert len(paired) == 6 and (out / "solver.png").exists()
+
+
+def test_report_solvers_scores_a_second_seed_set_from_its_images(tmp_path):
+    """On seeds 4..7 the timestep forecast lies 4 levels off, as 14 steps do: a difference of 0 there,
+    and its own cell is of those seeds (20 log10(2 / (4 / 127.5)) = 36.09 dB), not the CSV's."""
+    table = report_solvers(tmp_path, "--seeds", "4", "8", second_set={"N2-b0-f2-timestep": 4})
+    assert table.startswith("tiny SD, DPM-Solver++ 2M 25 steps, trailing spacing: seeds 4..7")
+    assert "| N2-b0-f2-timestep | forecast 2 in timestep | 1.82x | 36.09 [36.09, 36.09] |" in table
+    assert "| dpmpp-14 (1.80x) | 0.00 [0.00, 0.00] | within the interval |" in table
+    folders = ["--samples", str(tmp_path / "sweep"), "--converged", str(tmp_path / "conv")]
+    bad = run("scripts/report_solvers.py", str(tmp_path / "sweep.csv"), *folders, "--out", str(tmp_path),
+              "--seeds", "5", "5", check=False)  # fmt: skip
+    assert bad.returncode == 2 and "--seeds needs 0 <= START < STOP, got 5 5" in bad.stderr
