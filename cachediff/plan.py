@@ -4,8 +4,9 @@ Every user of DeepCache makes one decision: fewer steps, or interval x branch x 
 steps they run? ``plan`` answers it with evidence, in four phases (docs/PLANNING.md):
 
 1. *Candidates*: fewer steps without caching, and interval N x branch b x schedule (uniform,
-   non-uniform, adaptive) x act (replay, forecast of order 2, 3 in the timestep or fitted on the
-   shallow feature, and of order 3 anchored to the timestep) at the user's steps (``Space``).
+   non-uniform, adaptive) x act (replay, forecast of order 2, 3 in the timestep, in lambda = log(alpha
+   / sigma) or fitted on the shallow feature, and of order 3 anchored to the timestep) at the user's
+   steps (``Space``; lambda only where the scheduler has ``alphas_cumprod``).
 2. *Prune by MACs*: a candidate's MAC speedup bound comes from the MACs of a full and a cached call
    at its branch and its ceil(T / N) full steps; of each family (branch, schedule, act) only the
    smallest N that reaches the budget is kept (a larger N caches more and is no closer), and of the
@@ -65,6 +66,8 @@ ACTS = {
     "forecast2-shallow": dict(reuse="forecast", order=2, time="shallow"),
     "forecast3-shallow": dict(reuse="forecast", order=3, time="shallow"),
     "forecast3-anchored": dict(reuse="forecast", order=3, time="anchored"),
+    "forecast2-lambda": dict(reuse="forecast", order=2, time="lambda"),
+    "forecast3-lambda": dict(reuse="forecast", order=3, time="lambda"),
 }
 #: Schedules, by name (non-uniform: the paper's centre 15 and power 1.4).
 SCHEDULES = {
@@ -195,6 +198,10 @@ class Planner:
     def __init__(self, pipe, out: Path, steps: int, task: str, prompts=None, calibration: int = 32,
                  converged_steps: int | None = None, space: Space = Space(), timing_images: int = 2,
                  repeats: int = 2, batch: int | None = None, **inputs):  # fmt: skip
+        if getattr(pipe.scheduler, "alphas_cumprod", None) is None:  # no noise levels: no forecast in lambda
+            space = dataclasses.replace(
+                space, acts=tuple(a for a in space.acts if not _needs_noise_levels(a))
+            )
         self.pipe, self.out, self.steps, self.space = pipe, Path(out), steps, space
         self.timing_images, self.repeats = timing_images, repeats
         common = dict(task=task, prompts=prompts, batch=batch, first_seed=CALIBRATION_SEED, **inputs)
@@ -265,6 +272,11 @@ class Planner:
             )
         pick = max(reach, key=lambda r: r[RANK])["candidate"]
         return Plan(budget, by, rows, front, pick, by_name)
+
+
+def _needs_noise_levels(act: str) -> bool:
+    """Whether ``act`` forecasts in a noise level (which the scheduler's ``alphas_cumprod`` gives)."""
+    return ACTS[act].get("time") in ("sigma", "lambda")
 
 
 def _config_columns(config: DeepCacheConfig | None) -> dict:

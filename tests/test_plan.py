@@ -3,6 +3,7 @@ timed, a planted best candidate found, bad budgets refused; ``main.py --plan`` e
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -66,6 +67,21 @@ def test_the_planner_finds_a_planted_best_candidate_on_calibration_seeds_only(pl
     assert all(("measured_speedup" in r) == r["front"] for r in result.rows)  # only the front is timed
     assert seeds and min(seeds) >= CALIBRATION_SEED  # never an evaluation seed (0, 1, ...)
     assert planted in result.table() and f"**{planted}**" in result.table()
+
+
+def test_the_forecast_in_lambda_is_searched_where_the_scheduler_has_noise_levels(tmp_path):
+    """DDIM has alphas_cumprod: its lambda candidates are searched; a scheduler without them
+    (a sampler that gives no noise levels) leaves them out rather than failing on them."""
+    unet, _ = tiny_unet("ddpm")
+    space = dataclasses.replace(SPACE, acts=("replay", "forecast2-lambda"))
+    pipe = DDIMPipeline(unet=unet, scheduler=DDIMScheduler(clip_sample=False))
+    names = [
+        s.name for s in plan.candidates(6, Planner(pipe, tmp_path, 6, "unconditional", space=space).space)
+    ]
+    assert "N2-b0-uniform-forecast2-lambda" in names
+    del pipe.scheduler.alphas_cumprod
+    planner = Planner(pipe, tmp_path, 6, "unconditional", space=space)
+    assert planner.space.acts == ("replay",)
 
 
 def test_bad_budgets_are_refused(planner):
