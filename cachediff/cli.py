@@ -68,6 +68,11 @@ def parse_args(
         "--fallback", action="store_true", help="--reuse forecast: replay where the shallow feature "
         "extrapolates worse than it replays (docs/SCHEDULES.md)",
     )  # fmt: skip
+    p.add_argument(
+        "--cache_phases", nargs="+", type=phase, metavar="START:BRANCH", help="per-phase cuts: from step "
+        "START (an int, or a fraction of the run such as 0.5) cached steps cut at BRANCH instead of "
+        "--cache_branch_id (docs/SOLVERS.md)",
+    )  # fmt: skip
     p.add_argument("--scheduler", help="diffusers scheduler class, e.g. DDIMScheduler (default: preset's)")
     p.add_argument(
         "--timestep_spacing", choices=SPACINGS, help="the scheduler's timestep spacing (default: the "
@@ -181,6 +186,20 @@ def exit_status(run, args, errors=(ValueError, TypeError, FileNotFoundError)) ->
         return 2
 
 
+def phase(text: str) -> tuple[float | int, int]:
+    """``START:BRANCH`` as ``(start, branch)``: an int start is a step, one with a point a fraction.
+
+    Example:
+        >>> phase("0.5:2"), phase("12:0")
+        ((0.5, 2), (12, 0))
+    """
+    start, sep, branch = text.partition(":")
+    try:
+        return (float(start) if "." in start else int(start)), int(branch)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected START:BRANCH such as 0.5:2, got {text!r}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     launch.check_device(args.device)
     files.output_folder(args.output)  # fails now, not after the runs
@@ -195,6 +214,7 @@ def run(args: argparse.Namespace) -> int:
         order=args.order,
         time=args.forecast_time,
         fallback=True if args.fallback else None,
+        phases=args.cache_phases and tuple(args.cache_phases),
     )
     shallow = preset.shallow_blocks if args.shallow_blocks is None else args.shallow_blocks
     dtype = DTYPES[args.dtype]

@@ -87,6 +87,13 @@ class DeepCacheConfig:
         threshold: adaptive only: the accumulated relative change of the shallow feature (mean
             absolute change over mean absolute value, summed over steps since the last full step) that
             triggers a full step. ``None`` uses the calibration-free budget rule of ``interval``.
+        phases: per-phase cuts: ``((start, branch), ...)``: from step ``start`` on (an int step, or
+            a float fraction of the run) a cached step skips from that branch
+            (``cachediff.schedule.cuts``); e.g. ``branch=0, phases=((0.5, 2),)``: cached steps of the
+            first half cut at branch 0, of the second half at branch 2. Each branch's deep feature is
+            kept apart; a cached step cut at c runs what lies between c and any shallower cut, and
+            keeps those cuts' deep features afresh. Static schedules, and acts that need no probe
+            (replay, zeros, a forecast in a time variable without ``fallback``).
     """
 
     interval: int = 3
@@ -105,6 +112,7 @@ class DeepCacheConfig:
     cooldown: int = 0
     max_cached: int | None = None
     threshold: float | None = None
+    phases: tuple[tuple[float, int], ...] | None = None
 
     def __post_init__(self) -> None:
         for name in ("interval", "branch", "order", "center", "warmup", "cooldown", "max_cached"):
@@ -134,6 +142,47 @@ class DeepCacheConfig:
         elif self.full_steps is not None:
             raise ValueError(f"full_steps is only used with schedule='explicit', not {self.schedule!r}")
         self._check_refinements()
+        self._check_phases()
+
+    def _check_phases(self) -> None:
+        if self.phases is None:
+            return
+        phases = tuple(
+            (p[0], _plain_int(p[1])) for p in self.phases if isinstance(p, (tuple, list)) and len(p) == 2
+        )
+        starts = [s for s, _ in phases]
+        if (
+            not phases
+            or len(phases) != len(self.phases)
+            or not all(isinstance(s, (int, float)) and not isinstance(s, bool) and s >= 0 for s in starts)
+            or not all(_is_int(b) and b >= 0 for _, b in phases)
+        ):
+            raise ValueError(
+                f"phases must be ((start, branch), ...) with starts and branches >= 0, got {self.phases!r}"
+            )
+        if self.adaptive or self.time in ("shallow", "anchored") or self.fallback:
+            raise ValueError(
+                "phases take a static schedule and an act without the probe (replay, zeros, or a "
+                "forecast in the timestep, step, sigma or lambda without fallback)"
+            )
+        object.__setattr__(self, "phases", phases)
+
+    @property
+    def branches(self) -> tuple[int, ...]:
+        """The branches that cached steps cut at: ``branch`` and each phase's, deepest first."""
+        return tuple(sorted({self.branch, *(b for _, b in self.phases or ())}, reverse=True))
+
+    def cut_rule(self, num_steps: int | None = None) -> Callable[[int], int]:
+        """A map ``step -> the branch a cached step cuts at`` for a run of ``num_steps`` steps."""
+        branch, phases = self.branch, self.phases or ()
+        if num_steps is not None:
+            return schedule.cuts(num_steps, branch, phases).__getitem__
+        if any(isinstance(start, float) for start, _ in phases):
+            raise ValueError(
+                "phases that start at a fraction of the run need the number of steps; use a pipeline "
+                "(whose scheduler tells it) or call engine.reset(num_steps=...)"
+            )
+        return lambda step: next((b for start, b in reversed(phases) if step >= start), branch)
 
     def _check_forecast(self) -> None:
         if self.reuse != "forecast":

@@ -52,23 +52,28 @@ class DeepCacheEngine(Session):
         track_change: bool = False,
     ):
         self.config, self.plan = config, branch_plan(unet, config.branch)
-        super().__init__(unet, self._groups_for(config), _act(config), pipeline, track_change)
+        super().__init__(unet, self._groups_for(unet, config), _act(config), pipeline, track_change)
 
     @property
     def unet(self) -> torch.nn.Module:
         return self.model
 
-    def _groups_for(self, config: DeepCacheConfig) -> list[Group]:
-        return [Group(self.plan.roles, policy_for(config))]
+    def _groups_for(self, unet: torch.nn.Module, config: DeepCacheConfig) -> list[Group]:
+        """One group, or with per-phase cuts one per branch, the deepest first: a cached step cut at c
+        skips the groups of branches >= c (a module in several groups follows the deepest) and runs
+        the rest, above the deep feature of c."""
+        if not config.phases:
+            return [Group(branch_plan(unet, config.branch).roles, policy_for(config))]
+        return [Group(branch_plan(unet, b).roles, policy_for(config, b)) for b in config.branches]
 
     def configure(self, config: DeepCacheConfig) -> DeepCacheEngine:
         """Set a new config (re-installing the hooks if enabled); raises on an invalid branch."""
-        plan = branch_plan(self.unet, config.branch)
+        plan, groups = branch_plan(self.unet, config.branch), self._groups_for(self.unet, config)
         was_enabled = self.enabled
         if was_enabled:
             self.disable()
         self.config, self.plan = config, plan
-        self._set_plan(self._groups_for(config), _act(config))
+        self._set_plan(groups, _act(config))
         if was_enabled:
             self.enable()
         return self

@@ -160,11 +160,28 @@ class Adaptive:
         return mean * (n - step) / budget_left if budget_left > 0 else math.inf
 
 
-def policy_for(config: DeepCacheConfig) -> Static | Adaptive:
-    """The policy of a DeepCache configuration (interval 1: every call full, adaptive or not)."""
+def policy_for(config: DeepCacheConfig, branch: int | None = None) -> Static | Adaptive:
+    """The policy of a DeepCache configuration (interval 1: every call full, adaptive or not); with
+    ``config.phases``, of the group cut at ``branch``: full on full steps and on cached steps that cut
+    deeper than it (a larger branch id), which run its modules.
+
+    Example:
+        >>> config = DeepCacheConfig(interval=2, branch=0, phases=((0.5, 2),))
+        >>> shallow, deep = policy_for(config, 0), policy_for(config, 2)
+        >>> shallow.start(8); deep.start(8)
+        >>> "".join("FC"[not shallow.decide(s, None)] + "FC"[not deep.decide(s, None)] for s in range(8))
+        'FFCCFFCCFFFCFFFC'
+    """
     if config.adaptive:
         return Adaptive(config)
-    return Static(config.full_step_rule)
+    if not config.phases:
+        return Static(config.full_step_rule)
+
+    def rule_for(num_steps: int | None) -> Rule:
+        full, cut = config.full_step_rule(num_steps), config.cut_rule(num_steps)
+        return lambda step: full(step) or cut(step) > branch
+
+    return Static(rule_for)
 
 
 def relative_change(x: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:

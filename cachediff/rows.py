@@ -12,6 +12,9 @@ Example:
     ('adaptive + refinements', 3, 7)
     >>> setting_of(dict(setting="N5-b2-cap", **p)).cache.max_cached
     7
+    >>> p = params(Setting("N3-b0-late2", cache=DeepCacheConfig(3, 0, phases=((0.5, 2),))))
+    >>> p["method"], p["phases"], setting_of(dict(setting="N3-b0-late2", **p)).cache.phases
+    ('uniform + phases', '[(0.5, 2)]', ((0.5, 2),))
 """
 
 from __future__ import annotations
@@ -34,13 +37,18 @@ class Setting:
 
     def n_full(self) -> int:
         """Full steps of a run (static schedules; the adaptive one is recorded per shard instead)."""
-        return self.steps if self.cache is None else len(self.cache.full_steps_for(self.steps))
+        return self.pattern().count("F")
+
+    def pattern(self) -> str:
+        """The run's full (F) and cached (C) steps in order (static schedules)."""
+        full = range(self.steps) if self.cache is None else self.cache.full_steps_for(self.steps)
+        return "".join("F" if s in full else "C" for s in range(self.steps))
 
 
 #: Configuration fields that are columns of a row (with ``steps``); ``None`` where they do not apply.
 CONFIG_COLUMNS = ("interval", "branch", "schedule", "reuse", "order", "time", "center", "power", "symmetric")
 CONFIG_COLUMNS += ("full_steps",)
-CONFIG_COLUMNS += ("warmup", "cooldown", "max_cached", "window", "threshold")
+CONFIG_COLUMNS += ("warmup", "cooldown", "max_cached", "window", "threshold", "phases")
 #: The columns of a row, in order: the key, the parameters, the cost, the quality.
 #: Quality columns with an interval have ``_lo`` and ``_hi`` beside them (``metrics.Interval``).
 COLUMNS = (
@@ -52,18 +60,19 @@ COLUMNS = (
     "psnr_conv_mean_db", "psnr_conv_mean_db_lo", "psnr_conv_mean_db_hi", "fid", "fid_lo", "fid_hi",
     "clip_score", "class_score", "class_score_lo", "class_score_hi", "class_accuracy",
 )  # fmt: skip
-_SEQUENCES = ("full_steps", "window")  # tuple fields, written as "[0, 4, 9]"
+_SEQUENCES = ("full_steps", "window", "phases")  # tuple fields, written as "[0, 4, 9]"
 
 
 def method(config: DeepCacheConfig | None) -> str:
     """The curve a setting belongs to: "uncached", "cached feature -> zeros", or its schedule (with
-    " + refinements" where a window, warm-up, cool-down or cap refines it, and " + forecast k" where
-    an order-k forecast replaces the replay)."""
+    " + refinements" where a window, warm-up, cool-down or cap refines it, " + phases" where the cut
+    changes by phase, and " + forecast k" where an order-k forecast replaces the replay)."""
     if config is None or config.interval == 1 and config.schedule != "explicit":
         return "uncached"
     if config.reuse == "zeros":
         return "cached feature -> zeros"
     name = config.schedule + (" + refinements" if config.refined else "")
+    name += " + phases" if config.phases else ""
     return name + (f" + forecast {config.order}" if config.reuse == "forecast" else "")
 
 

@@ -200,6 +200,24 @@ def compose(
     return tuple(sorted(full))
 
 
+def cuts(num_steps: int, branch: int, phases: Sequence[tuple[float, int]] = ()) -> tuple[int, ...]:
+    """The branch each step of a run would cut at if cached: ``branch`` until the first phase starts,
+    then each phase's ``(start, branch)`` from its start on (ints are steps, floats fractions of T).
+
+    Example:
+        >>> cuts(8, 0, [(0.5, 2)])
+        (0, 0, 0, 0, 2, 2, 2, 2)
+        >>> cuts(6, 3, [(2, 1), (4, 0)])
+        (3, 3, 1, 1, 0, 0)
+    """
+    _check_positive(num_steps=num_steps)
+    out = [branch] * num_steps
+    for start, b in phases:
+        first = round(start * num_steps) if isinstance(start, float) else int(start)
+        out[first:] = [b] * max(num_steps - first, 0)
+    return tuple(out)
+
+
 def cap_cached_run(num_steps: int, full_steps: Iterable[int], max_cached: int) -> tuple[int, ...]:
     """Add full steps so that no more than ``max_cached`` cached steps follow each other.
 

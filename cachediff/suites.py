@@ -14,6 +14,10 @@ Suites (the paper's tables, and beyond):
   fit        the forecast of orders 2 and 3 in the timestep and fitted on the shallow feature (its
              weights per sample from the fresh shallow feature), and of order 3 anchored (fitted, and
              reproducing the timestep), uniform at each interval of the plan
+  phases     per-phase cuts: the plan's branch in the first half of the run and another in the
+             second, and the reverse, beside each branch alone; the forecast of order 3 in
+             the timestep, uniform at each interval of the plan (the other branches: the grid's,
+             else the plan's branch + 2)
   branch     every branch at N = 5 (Table 12)
   grid       every interval x branch x schedule of the plan, and the plan's extra step counts
 
@@ -146,6 +150,19 @@ SUITES: dict[str, Callable[[Plan, float, float, int], list[Setting]]] = {
         for time in ("timestep", "shallow", "anchored")
         if (k, time) != (2, "anchored")  # the timestep's line
     ],
+    "phases": lambda p, f, c, nb: [
+        p.deepcache(
+            f"N{n}-b{b}{f'-late{late}' if late is not None else ''}-f3-timestep",
+            n,
+            b,
+            phases=None if late is None else ((0.5, late),),
+            reuse="forecast",
+            order=3,
+        )
+        for n in p.intervals
+        for other in [o for o in p.branches or (min(p.branch + 2, nb - 1),) if o != p.branch]
+        for b, late in ((p.branch, other), (other, p.branch), (p.branch, None), (other, None))
+    ],  # fmt: skip
     "branch": lambda p, f, c, nb: [p.deepcache(f"N5-b{i}", 5, i) for i in range(nb)],
     "grid": lambda p, f, c, nb: _grid(p),
 }

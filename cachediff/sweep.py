@@ -271,25 +271,30 @@ class Sweep:
             return float(setting.n_full())
         return float(np.average([r["pattern"].count("F") for r in records], weights=_weights(records)))
 
-    def call_macs(self, setting: Setting) -> tuple[int, int]:
+    def call_macs(self, setting: Setting, branch: int | None = None) -> tuple[int, int]:
         """MACs of one full and one cached denoiser call for one image (``accelerators.call_macs``),
-        counted once per cut (the branch): the schedule and the step count do not change them."""
+        the cached call cut at ``branch`` (default: the setting's), counted once per cut: the
+        schedule, the act and the step count do not change them."""
         config = setting.cache or DeepCacheConfig(interval=1)
-        if config.branch not in self._macs:
-            self._macs[config.branch] = call_macs(
-                self.accelerator(dataclasses.replace(setting, cache=config))
-            )
-        return self._macs[config.branch]
+        branch = config.branch if branch is None else branch
+        if branch not in self._macs:
+            cut = dataclasses.replace(setting, cache=DeepCacheConfig(interval=config.interval, branch=branch))
+            self._macs[branch] = call_macs(self.accelerator(cut))
+        return self._macs[branch]
 
     def macs_per_image(self, setting: Setting) -> float:
         """Denoiser MACs of one image's run: full and cached calls as recorded (a CFG pipeline's
-        second pass per call not included, the same for every setting)."""
+        second pass per call not included, the same for every setting); with per-phase cuts, each
+        cached call at its own cut's MACs."""
         full, cached = self.call_macs(setting)
-        records = self._records(setting) or [
-            dict(pattern="F" * setting.n_full() + "C" * (setting.steps - setting.n_full()))
-        ]
-        runs = [(r["pattern"].count("F"), len(r["pattern"])) for r in records]
-        macs = [metrics.average_macs(full, cached, n_full, n) * n for n_full, n in runs]
+        records = self._records(setting) or [dict(pattern=setting.pattern())]
+        if setting.cache is not None and setting.cache.phases:
+            cut = setting.cache.cut_rule(setting.steps)
+            call = lambda s, c: full if c == "F" else self.call_macs(setting, cut(s))[1]  # noqa: E731
+            macs = [sum(call(s, c) for s, c in enumerate(r["pattern"])) for r in records]
+        else:
+            runs = [(r["pattern"].count("F"), len(r["pattern"])) for r in records]
+            macs = [metrics.average_macs(full, cached, n_full, n) * n for n_full, n in runs]
         return float(np.average(macs, weights=_weights(records)))
 
     def seconds(self, settings: Sequence[Setting], images: int, repeats: int) -> dict[str, list[float]]:

@@ -23,6 +23,7 @@ STATIC = {
     "forecast-in-steps": DeepCacheConfig(interval=3, branch=1, reuse="forecast", order=2, time="step"),
     "forecast-shallow": DeepCacheConfig(interval=3, branch=1, reuse="forecast", order=3, time="shallow"),
     "forecast-anchored": DeepCacheConfig(interval=3, branch=1, reuse="forecast", order=3, time="anchored"),
+    "phases": DeepCacheConfig(interval=3, branch=0, phases=((0.5, 2),), reuse="forecast", order=2),
 }
 
 

@@ -113,11 +113,26 @@ def test_config_rules():
         (dict(schedule="non-uniform", power=0.9), "power must be > 1"),
         (dict(schedule="explicit"), "needs full_steps"),
         (dict(full_steps=(0, 3)), "only used with schedule='explicit'"),
+        (dict(phases=((0.5,),)), r"phases must be \(\(start, branch\), ...\)"),
+        (dict(phases=((0.5, -1),)), "starts and branches >= 0"),
+        (dict(phases=()), "starts and branches >= 0"),
+        (dict(phases=((0.5, 2),), schedule="adaptive"), "phases take a static schedule"),
+        (dict(phases=((0.5, 2),), reuse="forecast", time="shallow"), "an act without the probe"),
+        (dict(phases=((0.5, 2),), reuse="forecast", fallback=True), "without fallback"),
     ],
 )
 def test_config_errors_say_what_is_valid(kwargs, message):
     with pytest.raises(ValueError, match=message):
         DeepCacheConfig(**kwargs)
+
+
+def test_cuts_by_phase():
+    config = DeepCacheConfig(branch=1, phases=((0.4, 3), (8, 0)))
+    assert config.branches == (3, 1, 0)
+    assert [config.cut_rule(10)(s) for s in range(10)] == [1] * 4 + [3] * 4 + [0] * 2
+    assert [DeepCacheConfig(branch=1, phases=((2, 3),)).cut_rule()(s) for s in range(4)] == [1, 1, 3, 3]
+    with pytest.raises(ValueError, match="start at a fraction of the run need the number of steps"):
+        config.cut_rule(None)
 
 
 def test_non_uniform_needs_the_run_length():

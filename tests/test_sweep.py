@@ -42,6 +42,17 @@ def test_samples_do_not_depend_on_the_shard_or_batch_size(pipe, tmp_path):
     assert c.mean_n_full(SETTING) == 2 and c.macs_per_image(SETTING) == b.macs_per_image(SETTING)
 
 
+def test_per_phase_cuts_count_each_cached_step_at_its_cut(pipe, tmp_path):
+    """6 steps, N = 3, branch 1 then, from step 3, branch 0: full 0, 3; cached 1, 2 at branch 1 and 4, 5
+    at branch 0; the samples are made by the phased engine (they differ from branch 1 alone)."""
+    sweep = Sweep(pipe, tmp_path, n_samples=1, shard=1)
+    phased = Setting("N3-b1-late0", 6, DeepCacheConfig(interval=3, branch=1, phases=((3, 0),)))
+    (full, at_1), (_, at_0) = sweep.call_macs(phased), sweep.call_macs(phased, branch=0)
+    assert full > at_1 > at_0
+    assert sweep.macs_per_image(phased) == 2 * full + 2 * at_1 + 2 * at_0
+    assert not torch.equal(sweep.generate(phased, [0]), sweep.generate(SETTING, [0]))
+
+
 def test_a_resumed_setting_says_so(pipe, tmp_path, capsys):
     sweep = Sweep(pipe, tmp_path, n_samples=6, shard=2)
     sweep.generate_missing(SETTING)

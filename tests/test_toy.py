@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from cachediff import DeepCacheConfig, DeepCacheEngine
+from cachediff import DeepCacheConfig, DeepCacheEngine, schedule
 from cachediff.unets import SPECS, UNetSpec, branch_plan, num_branches
 
 
@@ -94,24 +94,28 @@ def ordered_ops(unet: ToyUNet):
     return down, up
 
 
-def reference(unet: ToyUNet, inputs, branch: int, full_steps: set[int]):
-    """DeepCache by definition: cache the hidden state entering the up op that consumes skip ``branch``."""
+def reference(unet: ToyUNet, inputs, branch: int, full_steps: set[int], cuts=None):
+    """DeepCache by definition: cache the hidden state entering the up op that consumes skip ``branch``.
+    With ``cuts`` (a branch per step: per-phase cuts), a cached step cuts at its own branch, and every
+    step keeps, for each branch of ``cuts``, the state entering the up op it runs that consumes it."""
     down, up = ordered_ops(unet)
     a = lambda op, x: op.a * x + op.c  # noqa: E731 (no call counting here)
-    outputs, cached = [], None
+    cuts = cuts or [branch] * len(inputs)
+    outputs, kept = [], {}
     for step, (x, t) in enumerate(inputs):
+        full, cut = step in full_steps, cuts[step]
         h = a(unet.conv_in, x) + t
         skips = [h]
-        for op in down[: len(down) if step in full_steps else branch]:
+        for op in down[: len(down) if full else cut]:
             h = a(op, h)
             skips.append(h)
         start = 0
-        if step not in full_steps:
-            start = next(i for i, (_, s) in enumerate(up) if s == branch)
-            h = cached
+        if not full:
+            start = next(i for i, (_, s) in enumerate(up) if s == cut)
+            h = kept[cut]
         for op, s in up[start:]:
-            if s == branch and step in full_steps:
-                cached = h
+            if s in cuts and (full or s < cut):
+                kept[s] = h
             h = a(op, h if s is None else h + 10 * skips[s])
         outputs.append(h)
     return outputs
@@ -147,6 +151,40 @@ def test_output_equals_reference_definition(toy, branch, interval):
     for g, e in zip(got, expected, strict=False):
         torch.testing.assert_close(g, e, rtol=0, atol=1e-9)
     assert engine.stats.n_full == len(full)
+
+
+@pytest.mark.parametrize("branch,phases", [(0, ((0.5, 4),)), (4, ((0.5, 0),)), (8, ((3, 2), (7, 5)))])
+@pytest.mark.parametrize("interval", [2, 3])
+def test_per_phase_cuts_equal_the_reference_definition(toy, branch, phases, interval):
+    """Each cached step cuts at its phase's branch, above the deep feature kept for that branch."""
+    inputs = make_inputs(11)
+    full = {s for s in range(11) if s % interval == 0}
+    with DeepCacheEngine(toy, DeepCacheConfig(interval=interval, branch=branch, phases=phases)) as engine:
+        engine.reset(num_steps=11)
+        got = run(toy, inputs)
+    expected = reference(toy, inputs, branch, full, list(schedule.cuts(11, branch, phases)))
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e, rtol=0, atol=1e-9)
+    assert engine.stats.n_full == len(full)
+    assert not all(
+        torch.allclose(g, e) for g, e in zip(got, reference(toy, inputs, branch, full), strict=True)
+    )
+
+
+def test_per_phase_cuts_run_the_deep_ops_of_each_phase(toy):
+    """Steps 0..9, N = 2, branch 0 up to step 4, then 4: a down op that produces skip
+    1..4 runs on full steps and on the cached steps of the second half (5, 7, 9), a deeper one on full
+    steps only; at interval 1 the output is the model's own, bit for bit."""
+    inputs = make_inputs(10)
+    uncached = run(toy, inputs)
+    with DeepCacheEngine(toy, DeepCacheConfig(interval=1, branch=0, phases=((5, 4),))):
+        assert all(torch.equal(a, b) for a, b in zip(run(toy, inputs), uncached, strict=True))
+    for op in ordered_ops(toy)[0]:
+        op.calls = 0
+    with DeepCacheEngine(toy, DeepCacheConfig(interval=2, branch=0, phases=((5, 4),))) as engine:
+        run(toy, inputs)  # a phase that starts at a step needs no run length
+    assert [op.calls for op in ordered_ops(toy)[0]] == [8, 8, 8, 8, 5, 5, 5, 5]  # op i produces skip i + 1
+    assert engine.stats.pattern == "FCFCFCFCFC"
 
 
 @pytest.mark.parametrize("branch", range(9))
