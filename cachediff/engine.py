@@ -1,7 +1,9 @@
 """DeepCache on a U-Net: the caching core (``cachediff.core``) with the cut of a skip branch.
 
 The cut comes from ``cachediff.unets.branch_plan``: every module deeper than the branch is ``SKIP``,
-the last of them before the up-side layer that consumes skip b ``PRODUCE``s the deep feature. The
+the last of them before the up-side layer that consumes skip b ``PRODUCE``s the deep feature. With
+per-phase cuts (``DeepCacheConfig.phases``) there is one group per branch, the deepest first: a cached
+step cut at c skips the groups of branches >= c and runs the others above the deep feature of c. The
 policy comes from the configuration's schedule (``cachediff.policy.policy_for``), the act from its
 ``reuse`` field ("cache": replay the deep feature, "forecast": extrapolate it from the last full
 steps, "zeros": the ablation).
@@ -91,6 +93,10 @@ class DeepCacheEngine(Session):
         if num_steps is not None and not self.config.adaptive:
             full = self.config.full_steps_for(num_steps)
             lines.append(f"full steps ({len(full)} of {num_steps}): {ranges(full)}")
+            cut = self.config.cut_rule(num_steps)
+            for b in self.config.branches if self.config.phases else ():
+                steps = [s for s in range(num_steps) if s not in full and cut(s) == b]
+                lines.append(f"cached steps cut at branch {b}: {ranges(steps)}")
         return "\n".join(lines)
 
 

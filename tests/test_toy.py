@@ -185,6 +185,7 @@ def test_per_phase_cuts_run_the_deep_ops_of_each_phase(toy):
         run(toy, inputs)  # a phase that starts at a step needs no run length
     assert [op.calls for op in ordered_ops(toy)[0]] == [8, 8, 8, 8, 5, 5, 5, 5]  # op i produces skip i + 1
     assert engine.stats.pattern == "FCFCFCFCFC"
+    assert "cached steps cut at branch 4: 5, 7, 9\ncached steps cut at branch 0: 1, 3" in engine.describe(10)
 
 
 @pytest.mark.parametrize("branch", range(9))
