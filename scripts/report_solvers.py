@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import ast
 import math
 import re
 from pathlib import Path
@@ -35,6 +36,7 @@ import pandas as pd  # noqa: E402
 
 from cachediff import metrics  # noqa: E402
 from cachediff.files import save_figure, write_csv  # noqa: E402
+from cachediff.rows import is_missing  # noqa: E402
 from cachediff.sweep import unit_range  # noqa: E402
 
 NAMES = {
@@ -80,18 +82,44 @@ def nearest_fewer_steps(row: pd.Series, rows: pd.DataFrame) -> pd.Series | None:
     return fewer.loc[(np.log(fewer.mac_speedup) - math.log(row.mac_speedup)).abs().idxmin()]
 
 
-def act(row: pd.Series) -> str:
-    """A row's act, e.g. ``replay`` or ``forecast 2 in lambda``."""
+def act(row: pd.Series, cuts: bool = False) -> str:
+    """A row's act, e.g. ``replay`` or ``forecast 2 in lambda``; with ``cuts``, its branch and any
+    per-phase cuts too (``forecast 3 in timestep, b0, from 0.5 b2``)."""
     if row.method == "uncached":
         return "fewer steps"
-    return "replay" if row.reuse == "cache" else f"forecast {int(row.order)} in {row.time}"
+    name = "replay" if row.reuse == "cache" else f"forecast {int(row.order)} in {row.time}"
+    if not cuts:
+        return name
+    phases = "".join(f", from {s} b{b}" for s, b in phases_of(row))
+    return f"{name}, b{int(row.branch)}{phases}"
+
+
+def phases_of(row: pd.Series) -> list:
+    """A row's per-phase cuts ``[(start, branch), ...]`` (none: ``[]``)."""
+    return [] if is_missing(row.get("phases")) else list(ast.literal_eval(row.phases))
+
+
+def single_cuts(row: pd.Series, rows: pd.DataFrame) -> pd.DataFrame:
+    """For a row with per-phase cuts, the rows of the same act and interval that cut at one of its
+    branches throughout."""
+    branches = {int(row.branch), *(b for _, b in phases_of(row))}
+    same = (rows.interval == row.interval) & (rows.reuse == row.reuse) & (rows.branch.isin(branches))
+    for column in ("order", "time"):
+        same &= (rows[column] == row[column]) | (rows[column].isna() & pd.isna(row[column]))
+    return rows[same & rows.apply(lambda r: not phases_of(r), axis=1)]
+
+
+def varied_cuts(rows: pd.DataFrame) -> bool:
+    """Whether the caching rows cut at more than one branch (or by phase): then acts name their cuts."""
+    cached = rows[rows.method != "uncached"]
+    return cached.branch.nunique() > 1 or ("phases" in rows and cached.phases.notna().any())
 
 
 def paired_rows(rows: pd.DataFrame, psnr: dict[str, np.ndarray]) -> list[dict]:
     """Each caching setting against its fewer-steps run and, for a forecast in sigma, lambda or fitted
     on the shallow feature, against the same forecast in the timestep: paired differences of mean
-    per-image PSNR."""
-    out = []
+    per-image PSNR; with per-phase cuts, also against the same act at each of its branches alone."""
+    out, cuts = [], varied_cuts(rows)
     by_name = rows.set_index("setting")
     for _, r in rows[rows.method != "uncached"].iterrows():
         against = [f for f in [nearest_fewer_steps(r, rows)] if f is not None]
@@ -102,11 +130,12 @@ def paired_rows(rows: pd.DataFrame, psnr: dict[str, np.ndarray]) -> list[dict]:
             and twin in by_name.index
         ):
             against.append(by_name.loc[twin].rename(twin))
+        against += [o.rename(o.setting) for _, o in single_cuts(r, rows).iterrows()] if phases_of(r) else []
         for other in against:
             name = other.name if other.name in psnr else other.setting
             diff = metrics.mean_interval(psnr[r.setting] - psnr[name])
             out.append(
-                dict(setting=r.setting, act=act(r), interval=int(r.interval), mac_speedup=r.mac_speedup)
+                dict(setting=r.setting, act=act(r, cuts), interval=int(r.interval), mac_speedup=r.mac_speedup)
                 | dict(against=name, against_mac_speedup=by_name.loc[name].mac_speedup)
                 | diff.columns("difference_db")
             )
@@ -142,7 +171,8 @@ def tables(rows: pd.DataFrame, pairs: pd.DataFrame) -> str:
     if len(variables):
         lines += [
             "",
-            "The forecast in another variable against the same forecast in the timestep (paired):",
+            "Against its twin: the same forecast in the timestep; with per-phase cuts, the same act at "
+            "each of its branches alone (paired):",
             "",
             "| setting | against | difference, dB [95% CI] | |",
             "|---|---|---|---|",
@@ -164,9 +194,10 @@ def plot(rows: pd.DataFrame, title: str, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(9, 6))
     fewer = rows[rows.method == "uncached"].sort_values("mac_speedup")
     ax.plot(fewer.mac_speedup, fewer.psnr_conv_mean_db, "k-", marker="o", label="uncached, fewer steps")
-    groups = list(rows[rows.method != "uncached"].groupby(rows.apply(act, axis=1)))
+    cuts = varied_cuts(rows)
+    groups = list(rows[rows.method != "uncached"].groupby(rows.apply(act, axis=1, cuts=cuts)))
     for i, (label, group) in enumerate(groups):
-        key = "replay" if label == "replay" else label.rsplit(" ", 1)[-1]
+        key = "replay" if group.reuse.iloc[0] == "cache" else group.time.iloc[0]
         nudge = 1 + 0.006 * (i - (len(groups) - 1) / 2)  # +-2% at most
         ax.errorbar(group.mac_speedup * nudge, group.psnr_conv_mean_db, capsize=2, linestyle="none",
                     yerr=[group.psnr_conv_mean_db - group.psnr_conv_mean_db_lo,

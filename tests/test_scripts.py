@@ -365,7 +365,7 @@ SOLVER_SWEEP = [  # setting, grey levels off the converged image, MAC speedup, c
 ]  # fmt: skip
 
 
-def report_solvers(tmp_path, *extra, second_set: dict | None = None):
+def report_solvers(tmp_path, *extra, second_set: dict | None = None, sweep=SOLVER_SWEEP):
     """A sweep of 4 seeds (8 with ``second_set``: setting -> its offset on seeds 4..7) whose every
     image lies its setting's offset in grey levels off the converged one; the report's table."""
     n = 8 if second_set else 4
@@ -373,13 +373,15 @@ def report_solvers(tmp_path, *extra, second_set: dict | None = None):
     (tmp_path / "conv").mkdir()
     np.save(tmp_path / "conv" / "samples_000000.npy", converged)
     rows = []
-    for name, offset, speedup, extra_columns in SOLVER_SWEEP:
+    for name, offset, speedup, extra_columns in sweep:
         (tmp_path / "sweep" / name).mkdir(parents=True)
         offsets = np.full((n, 1, 1, 1), offset, dtype=np.uint8)
         offsets[4:] = (second_set or {}).get(name, offset)
         np.save(tmp_path / "sweep" / name / "samples_000000.npy", converged + offsets)
         db = 100.0 if offset == 0 else 20 * np.log10(2 / (offset / 127.5))
-        row = dict(setting=name, sampler="DPMSolverMultistepScheduler", spacing="trailing", steps=25)
+        row = dict(
+            setting=name, sampler="DPMSolverMultistepScheduler", spacing="trailing", steps=25, branch=0
+        )
         row |= extra_columns | dict(mac_speedup=speedup, fidelity_images=4, converged="DPM-Solver++ 2M")
         rows.append(
             row | dict(psnr_conv_mean_db=db, psnr_conv_mean_db_lo=db - 1, psnr_conv_mean_db_hi=db + 1)
@@ -403,6 +405,22 @@ def test_report_solvers_pairs_each_setting_with_fewer_steps_and_its_timestep_twi
     assert "| N2-b0-f2-shallow | N2-b0-f2-timestep | 6.02 [6.02, 6.02] | better |" in table
     paired = pd.read_csv(out / "paired.csv")
     assert len(paired) == 6 and (out / "solver.png").exists()
+
+
+def test_report_solvers_sets_per_phase_cuts_against_each_of_their_branches_alone(tmp_path):
+    """A forecast cut at branch 0, then 2, 4 levels off: -6.02 dB against branch 0 alone (2 levels),
+    -12.04 against branch 2 alone (1 level); the acts name their cuts."""
+    forecast = dict(method="uniform + forecast 2", reuse="forecast", order=2, time="timestep", interval=2)
+    sweep = [
+        *SOLVER_SWEEP[:2],
+        ("N2-b0-f2-timestep", 2, 1.82, forecast),
+        ("N2-b2-f2-timestep", 1, 1.4, forecast | dict(branch=2)),
+        ("N2-b0-late2-f2-timestep", 4, 1.6, forecast | dict(phases="[(0.5, 2)]")),
+    ]
+    table = report_solvers(tmp_path, sweep=sweep)
+    assert "| N2-b0-late2-f2-timestep | N2-b0-f2-timestep | -6.02 [-6.02, -6.02] | worse |" in table
+    assert "| N2-b0-late2-f2-timestep | N2-b2-f2-timestep | -12.04 [-12.04, -12.04] | worse |" in table
+    assert "| forecast 2 in timestep, b0, from 0.5 b2 |" in table
 
 
 def test_report_solvers_scores_a_second_seed_set_from_its_images(tmp_path):
