@@ -49,6 +49,9 @@ from .generation import TASKS
 from .modules import denoiser
 from .rows import Setting
 
+#: Configuration fields added after sample folders were first recorded (``Sweep.folder``).
+LATER_FIELDS = ("phases",)
+
 
 class Sweep:
     """Generate, featurise and score settings on one pipeline; samples addressable by seed.
@@ -127,6 +130,9 @@ class Sweep:
         folder = self.out / setting.name
         folder.mkdir(parents=True, exist_ok=True)
         record = dataclasses.asdict(setting)
+        for field in LATER_FIELDS if setting.cache is not None else ():
+            if record["cache"][field] is None:  # recorded only when set: older folders still match
+                del record["cache"][field]
         if setting.cache is not None and setting.cache.adaptive:
             record["batch"] = self.batch
         meta, params = folder / "setting.json", json.dumps(record, sort_keys=True)

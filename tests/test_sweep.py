@@ -104,6 +104,17 @@ def test_a_setting_name_cannot_be_reused_with_other_parameters(pipe, tmp_path):
         sweep.features(Setting("N3-b1", steps=6, cache=DeepCacheConfig(interval=3, branch=2)), progress=False)
 
 
+def test_folders_recorded_before_a_config_field_existed_still_resume(pipe, tmp_path):
+    """A setting.json without ``phases`` (written before the field existed) matches the setting; a
+    phased setting of the same name does not."""
+    sweep = Sweep(pipe, tmp_path, n_samples=2, shard=2)
+    meta = sweep.folder(SETTING) / "setting.json"
+    assert "phases" not in meta.read_text()
+    sweep.folder(SETTING)  # matches
+    with pytest.raises(ValueError, match="other parameters"):
+        sweep.folder(Setting("N3-b1", 6, DeepCacheConfig(interval=3, branch=1, phases=((3, 0),))))
+
+
 def test_a_sweep_folder_cannot_mix_samplers(pipe, tmp_path):
     Sweep(pipe, tmp_path, n_samples=2, shard=2)
     Sweep(pipe, tmp_path, n_samples=2, shard=2)  # the same sampler: resumes
