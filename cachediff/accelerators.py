@@ -35,9 +35,10 @@ def accelerator(pipe, config: DeepCacheConfig, steps: int, shallow_blocks: int =
     if getattr(pipe, "unet", None) is not None:
         return DeepCacheEngine(pipe.unet, config, pipeline=pipe)
     model = denoiser(pipe)
-    if config.branch:
+    if config.branch or config.phases:
         raise ValueError(
-            f"{type(model).__name__} is a transformer without skip branches (got branch {config.branch}); "
+            f"{type(model).__name__} is a transformer without skip branches (got branch {config.branch}"
+            f"{', phases ' + str(config.phases) if config.phases else ''}); "
             "choose the blocks kept at each end with shallow_blocks"
         )
     if config.adaptive or config.reuse != "cache":

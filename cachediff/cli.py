@@ -193,7 +193,7 @@ def phase(text: str) -> tuple[float | int, int]:
         >>> phase("0.5:2"), phase("12:0")
         ((0.5, 2), (12, 0))
     """
-    start, sep, branch = text.partition(":")
+    start, _, branch = text.partition(":")
     try:
         return (float(start) if "." in start else int(start)), int(branch)
     except ValueError:

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import cachediff
-from cachediff import testing
+from cachediff import DeepCacheConfig, testing
+from cachediff.accelerators import accelerator
 from cachediff.modules import CacheRule, ModuleCache, every
 from cachediff.testing import sample, tiny_pipe, tiny_transformer
 
@@ -136,3 +137,12 @@ def test_dit_rule_on_a_pipeline_like_object(dit):
     assert torch.equal(out, base) and list(cache.selected) == ["transformer_blocks.1", "transformer_blocks.2"]
     with pytest.raises(ValueError, match=r"shallow must be in \[0, 2.0\)"):
         cachediff.dit_rule(model, 2, shallow=2)
+
+
+def test_a_transformer_takes_no_skip_branch_and_no_phases(dit):
+    """``accelerators.accelerator`` on a DiT: branches and per-phase cuts are U-Net cuts."""
+    model, _, _ = dit
+    pipe = type("Pipe", (), {"transformer": model})()
+    for config in (DeepCacheConfig(branch=1), DeepCacheConfig(branch=0, phases=((0.5, 1),))):
+        with pytest.raises(ValueError, match="is a transformer without skip branches"):
+            accelerator(pipe, config, 10)
