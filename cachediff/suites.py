@@ -16,8 +16,8 @@ Suites (the paper's tables, and beyond):
              reproducing the timestep), uniform at each interval of the plan
   phases     per-phase cuts: the plan's branch in the first half of the run and another in the
              second, and the reverse, beside each branch alone; the forecast of order 3 in
-             the timestep, uniform at each interval of the plan (the other branches: the grid's,
-             else the plan's branch + 2)
+             the timestep and replay, uniform at each interval of the plan (the other branches: the
+             grid's, else the plan's branch + 2)
   branch     every branch at N = 5 (Table 12)
   grid       every interval x branch x schedule of the plan, and the plan's extra step counts
 
@@ -152,15 +152,15 @@ SUITES: dict[str, Callable[[Plan, float, float, int], list[Setting]]] = {
     ],
     "phases": lambda p, f, c, nb: [
         p.deepcache(
-            f"N{n}-b{b}{f'-late{late}' if late is not None else ''}-f3-timestep",
+            f"N{n}-b{b}{f'-late{late}' if late is not None else ''}{suffix}",
             n,
             b,
             phases=None if late is None else ((0.5, late),),
-            reuse="forecast",
-            order=3,
+            **act,
         )
         for n in p.intervals
         for other in [o for o in p.branches or (min(p.branch + 2, nb - 1),) if o != p.branch]
+        for suffix, act in (("-f3-timestep", dict(reuse="forecast", order=3)), ("", {}))
         for b, late in ((p.branch, other), (other, p.branch), (p.branch, None), (other, None))
     ],  # fmt: skip
     "branch": lambda p, f, c, nb: [p.deepcache(f"N5-b{i}", 5, i) for i in range(nb)],
