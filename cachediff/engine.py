@@ -64,8 +64,6 @@ class DeepCacheEngine(Session):
         """One group, or with per-phase cuts one per branch, the deepest first: a cached step cut at c
         skips the groups of branches >= c (a module in several groups follows the deepest) and runs
         the rest, above the deep feature of c."""
-        if not config.phases:
-            return [Group(branch_plan(unet, config.branch).roles, policy_for(config))]
         return [Group(branch_plan(unet, b).roles, policy_for(config, b)) for b in config.branches]
 
     def configure(self, config: DeepCacheConfig) -> DeepCacheEngine:

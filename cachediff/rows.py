@@ -41,7 +41,7 @@ class Setting:
 
     def pattern(self) -> str:
         """The run's full (F) and cached (C) steps in order (static schedules)."""
-        full = range(self.steps) if self.cache is None else self.cache.full_steps_for(self.steps)
+        full = set(range(self.steps) if self.cache is None else self.cache.full_steps_for(self.steps))
         return "".join("F" if s in full else "C" for s in range(self.steps))
 
 

@@ -290,18 +290,18 @@ class Sweep:
 
     def macs_per_image(self, setting: Setting) -> float:
         """Denoiser MACs of one image's run: full and cached calls as recorded (a CFG pipeline's
-        second pass per call not included, the same for every setting); with per-phase cuts, each
-        cached call at its own cut's MACs."""
-        full, cached = self.call_macs(setting)
+        second pass per call not included, the same for every setting), each cached call at its own
+        cut's MACs (per-phase cuts)."""
         records = self._records(setting) or [dict(pattern=setting.pattern())]
-        if setting.cache is not None and setting.cache.phases:
-            cut = setting.cache.cut_rule(setting.steps)
-            call = lambda s, c: full if c == "F" else self.call_macs(setting, cut(s))[1]  # noqa: E731
-            macs = [sum(call(s, c) for s, c in enumerate(r["pattern"])) for r in records]
-        else:
-            runs = [(r["pattern"].count("F"), len(r["pattern"])) for r in records]
-            macs = [metrics.average_macs(full, cached, n_full, n) * n for n_full, n in runs]
+        macs = [self._run_macs(setting, r["pattern"]) for r in records]
         return float(np.average(macs, weights=_weights(records)))
+
+    def _run_macs(self, setting: Setting, pattern: str) -> int:
+        """MACs of one recorded run: each full call at the full MACs, each cached one at its cut's (a
+        run as long as its pattern: PLMS makes one step more than it is asked for)."""
+        full, _ = self.call_macs(setting)
+        cut = (setting.cache or DeepCacheConfig(interval=1)).cut_rule(len(pattern))
+        return sum(full if c == "F" else self.call_macs(setting, cut(s))[1] for s, c in enumerate(pattern))
 
     def seconds(self, settings: Sequence[Setting], images: int, repeats: int) -> dict[str, list[float]]:
         """Wall times of generating ``images`` images under each setting, interleaved (A B A B ...)."""

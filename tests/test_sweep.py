@@ -51,6 +51,10 @@ def test_per_phase_cuts_count_each_cached_step_at_its_cut(pipe, tmp_path):
     assert full > at_1 > at_0
     assert sweep.macs_per_image(phased) == 2 * full + 2 * at_1 + 2 * at_0
     assert not torch.equal(sweep.generate(phased, [0]), sweep.generate(SETTING, [0]))
+    # a recorded run one step longer than asked (PLMS): its last cached step cuts at branch 0 too
+    (tmp_path / phased.name).mkdir(exist_ok=True)
+    (tmp_path / phased.name / "stats_000000.json").write_text('{"pattern": "FCCFCCC", "images": 1}')
+    assert sweep.macs_per_image(phased) == 2 * full + 2 * at_1 + 3 * at_0
 
 
 def test_a_resumed_setting_says_so(pipe, tmp_path, capsys):

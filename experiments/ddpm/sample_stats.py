@@ -3,7 +3,7 @@
 For each sweep setting (its first shard of samples, seeds 0..249 by default) and for the MNIST test
 images: the mean 8-bit intensity (how much ink), the number of isolated bright pixels per image
 (a pixel above 127 with no neighbour above 64: speckles no MNIST digit has) and the background level
-(the mean of the pixels below 64: faint grey speckle that costs PSNR little; MNIST's is 0.5).
+(the mean of the pixels below 64: faint grey speckle that costs PSNR little; MNIST's test images: 1.1).
 
 Example:
     python experiments/ddpm/sample_stats.py ddim-100 ddim-50 ddim-20 ddim-10 N5-b2
