@@ -73,6 +73,10 @@ def parse_args(
         "START (an int, or a fraction of the run such as 0.5) cached steps cut at BRANCH instead of "
         "--cache_branch_id (docs/SOLVERS.md)",
     )  # fmt: skip
+    p.add_argument(
+        "--no_refresh", action="store_true", help="--cache_phases: keep each cut's deep feature from full "
+        "steps only, not from cached steps cut deeper, which also run its modules (docs/SOLVERS.md)",
+    )  # fmt: skip
     p.add_argument("--scheduler", help="diffusers scheduler class, e.g. DDIMScheduler (default: preset's)")
     p.add_argument(
         "--timestep_spacing", choices=SPACINGS, help="the scheduler's timestep spacing (default: the "
@@ -215,6 +219,7 @@ def run(args: argparse.Namespace) -> int:
         time=args.forecast_time,
         fallback=True if args.fallback else None,
         phases=args.cache_phases and tuple(args.cache_phases),
+        refresh=False if args.no_refresh else None,
     )
     shallow = preset.shallow_blocks if args.shallow_blocks is None else args.shallow_blocks
     dtype = DTYPES[args.dtype]

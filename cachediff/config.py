@@ -94,6 +94,9 @@ class DeepCacheConfig:
             kept apart; a cached step cut at c runs what lies between c and any shallower cut, and
             keeps those cuts' deep features afresh. Static schedules, and acts that need no probe
             (replay, zeros, a forecast in a time variable without ``fallback``).
+        refresh: phases only: ``False`` keeps each cut's deep feature from full steps only, so that a
+            shallower cut's group, which also runs on cached steps cut deeper, hands its forecast only
+            points computed by the whole U-Net (default ``None``: kept afresh wherever it runs).
     """
 
     interval: int = 3
@@ -113,6 +116,7 @@ class DeepCacheConfig:
     max_cached: int | None = None
     threshold: float | None = None
     phases: tuple[tuple[float, int], ...] | None = None
+    refresh: bool | None = None
 
     def __post_init__(self) -> None:
         for name in ("interval", "branch", "order", "center", "warmup", "cooldown", "max_cached"):
@@ -145,6 +149,8 @@ class DeepCacheConfig:
         self._check_phases()
 
     def _check_phases(self) -> None:
+        if self.refresh is not None and (self.phases is None or not isinstance(self.refresh, bool)):
+            raise ValueError(f"refresh is True or False, with phases only; got {self.refresh!r}")
         if self.phases is None:
             return
         phases = tuple(

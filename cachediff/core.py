@@ -10,7 +10,8 @@ Every accelerator of this library is a *session* on one denoiser, built from thr
 - **decide**: per call, a ``cachediff.policy`` policy says ``FULL`` or ``CACHED``: a static rule of
   steps (uniform, non-uniform, explicit, windows, refinements), or ``UNDECIDED`` until the *probe*
   has read the change of the group's shallow feature (the input of its first module, computed afresh
-  on every call; the adaptive schedule).
+  on every call; the adaptive schedule). ``RUN`` runs a group without keeping anything new (per-phase
+  cuts that keep full steps' features only).
 - **act** (``cachediff.acts``): what a cached call hands out in place of a kept result: ``Replay``
   (DeepCache), ``Forecast`` (the polynomial through the results of the last k full calls), ``Zeros``
   (the paper's Table 5 ablation).
@@ -18,7 +19,7 @@ Every accelerator of this library is a *session* on one denoiser, built from thr
 Per denoiser call, for each group, top to bottom::
 
     step, slot = clock.begin()                  # which step of the run, which call within the step
-    decision = policy.decide(step)              # FULL, CACHED or UNDECIDED
+    decision = policy.decide(step)              # FULL, CACHED, RUN or UNDECIDED
     FULL if the slot is new or its input changed, or if something reads a skipped module (fail open)
     a call past the end of the scheduler's run  # another pipeline's: runs as the original, keeps nothing
     on reaching the group's first module:       # the probe (adaptive schedule, forecast fallback)
@@ -26,6 +27,7 @@ Per denoiser call, for each group, top to bottom::
     Skip:     FULL -> run, record the output layout;   CACHED -> an uninitialised tensor of it
     Produce:  FULL -> run, kept = act.keep(kept, out, t);      CACHED -> act.give(kept, t)
     Residual: FULL -> run, kept = act.keep(kept, out - x, t);  CACHED -> x + act.give(kept, t)
+    RUN -> run, keep what was kept (any role)
 
 where t is the call's time (``act.time``: the step index, or the scheduler's timestep).
 
@@ -65,7 +67,7 @@ from .acts import REPLAY
 from .clock import StepClock, call_timestep
 from .guard import Skippable
 from .hooks import Hooks, Installed, clean, held
-from .policy import History, Policy, Static, relative_change
+from .policy import CACHED, FULL, RUN, UNDECIDED, History, Policy, Static, relative_change
 from .stats import Call, RunStats, Stopwatch
 from .trees import clone, first_tensor, input_key, layout, placeholder, tree_nbytes
 
@@ -137,7 +139,7 @@ class Group:
 
 
 # ----------------------------------------------------------------------------- decide
-FULL, CACHED, UNDECIDED = True, False, None  # a group's decision for one call
+# (the decisions, FULL, CACHED, RUN and UNDECIDED, are ``cachediff.policy``'s)
 
 
 @dataclass
@@ -173,7 +175,7 @@ class _Active:
     step: int
     time: float  # in the act's variable (step index or timestep)
     slot: _Slot
-    decisions: list  # per group: FULL, CACHED, or UNDECIDED until the probe resolves it
+    decisions: list  # per group: FULL, CACHED, RUN, or UNDECIDED until the probe resolves it
     probed: list  # per group: whether the probe ran
     change: torch.Tensor | float | None = None
     reused: list = field(default_factory=list)  # names of the modules that reused their kept result
@@ -381,6 +383,8 @@ class Session(Installed):
                         active.reused.append(role.name)
                     return role.cached(kept, x, active.time, probe)
                 out = original(*args, **kwargs)
+                if active.decisions[g] is RUN and kept is not None:  # runs, keeps the last full call's
+                    return out
                 value, returned = role.full(kept.value if kept else None, out, x, active.time, probe)
                 state.kept[(role.name, n)] = _Kept(key, layout(out), value)
                 active.fresh.append(state.kept[(role.name, n)])
@@ -400,6 +404,6 @@ def runs_as_cuda_graphs(model: torch.nn.Module) -> bool:
     return bool(getattr(model, CUDA_GRAPHS, False))
 
 
-def _decision(value) -> bool | None:
-    """A policy's answer as ``FULL``, ``CACHED`` or ``UNDECIDED``."""
-    return UNDECIDED if value is None else bool(value)
+def _decision(value) -> bool | str | None:
+    """A policy's answer as ``FULL``, ``CACHED``, ``RUN`` or ``UNDECIDED``."""
+    return UNDECIDED if value is None else RUN if value is RUN else bool(value)

@@ -38,7 +38,10 @@ import torch
 
 from .config import DeepCacheConfig
 
-Rule = Callable[[int], bool]  # step -> full?
+#: A group's decision for one call: run and keep (FULL), hand out the act's result (CACHED), wait for
+#: the probe (UNDECIDED), or run and keep nothing new (RUN: per-phase cuts with ``refresh=False``).
+FULL, CACHED, UNDECIDED, RUN = True, False, None, "run"
+Rule = Callable[[int], bool | str]  # step -> its decision (FULL, CACHED or RUN)
 
 
 @dataclass
@@ -162,8 +165,9 @@ class Adaptive:
 
 def policy_for(config: DeepCacheConfig, branch: int | None = None) -> Static | Adaptive:
     """The policy of a DeepCache configuration (interval 1: every call full, adaptive or not); with
-    ``config.phases``, of the group cut at ``branch``: full on full steps and on cached steps that cut
-    deeper than it (a larger branch id), which run its modules.
+    ``config.phases``, of the group cut at ``branch``: full on full steps, and on cached steps that cut
+    deeper than it (a larger branch id) it runs its modules, ``FULL`` (keeping its feature afresh) or,
+    with ``refresh=False``, ``RUN`` (keeping the last full step's).
 
     Example:
         >>> config = DeepCacheConfig(interval=2, branch=0, phases=((0.5, 2),))
@@ -171,15 +175,19 @@ def policy_for(config: DeepCacheConfig, branch: int | None = None) -> Static | A
         >>> shallow.start(8); deep.start(8)
         >>> "".join("FC"[not shallow.decide(s, None)] + "FC"[not deep.decide(s, None)] for s in range(8))
         'FFCCFFCCFFFCFFFC'
+        >>> kept = policy_for(DeepCacheConfig(interval=2, branch=0, phases=((0.5, 2),), refresh=False), 0)
+        >>> kept.start(8); [kept.decide(s, None) for s in range(4, 8)]
+        [True, 'run', True, 'run']
     """
     if config.adaptive:
         return Adaptive(config)
     if not config.phases:
         return Static(config.full_step_rule)
+    deeper = FULL if config.refresh is not False else RUN
 
     def rule_for(num_steps: int | None) -> Rule:
         full, cut = config.full_step_rule(num_steps), config.cut_rule(num_steps)
-        return lambda step: full(step) or cut(step) > branch
+        return lambda step: FULL if full(step) else deeper if cut(step) > branch else CACHED
 
     return Static(rule_for)
 

@@ -15,6 +15,10 @@ Example:
     >>> p = params(Setting("N3-b0-late2", cache=DeepCacheConfig(3, 0, phases=((0.5, 2),))))
     >>> p["method"], p["phases"], setting_of(dict(setting="N3-b0-late2", **p)).cache.phases
     ('uniform + phases', '[(0.5, 2)]', ((0.5, 2),))
+    >>> kept = DeepCacheConfig(3, 0, phases=((0.5, 2),), refresh=False)
+    >>> p = params(Setting("N3-b0-late2-kept", cache=kept))
+    >>> p["refresh"], setting_of(dict(setting="N3-b0-late2-kept", **p)).cache.refresh
+    (False, False)
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ class Setting:
 #: Configuration fields that are columns of a row (with ``steps``); ``None`` where they do not apply.
 CONFIG_COLUMNS = ("interval", "branch", "schedule", "reuse", "order", "time", "center", "power", "symmetric")
 CONFIG_COLUMNS += ("full_steps",)
-CONFIG_COLUMNS += ("warmup", "cooldown", "max_cached", "window", "threshold", "phases")
+CONFIG_COLUMNS += ("warmup", "cooldown", "max_cached", "window", "threshold", "phases", "refresh")
 #: The columns of a row, in order: the key, the parameters, the cost, the quality.
 #: Quality columns with an interval have ``_lo`` and ``_hi`` beside them (``metrics.Interval``).
 COLUMNS = (
@@ -90,8 +94,7 @@ def setting_of(row: dict) -> Setting:
     """The setting that a row's parameter columns describe (the inverse of ``params``)."""
     given = {k: row[k] for k in CONFIG_COLUMNS if not is_missing(row.get(k))}
     given.update({k: tuple(ast.literal_eval(given[k])) for k in _SEQUENCES if k in given})
-    if "symmetric" in given:
-        given["symmetric"] = bool(given["symmetric"])
+    given.update({k: bool(given[k]) for k in ("symmetric", "refresh") if k in given})
     ints = ("interval", "branch", "order", "center", "warmup", "cooldown", "max_cached")
     given.update({k: int(given[k]) for k in ints if k in given})
     uncached = int(row["interval"]) == 1 and given.get("schedule") != "explicit"

@@ -17,7 +17,8 @@ Suites (the paper's tables, and beyond):
   phases     per-phase cuts: the plan's branch in the first half of the run and another in the
              second, and the reverse, beside each branch alone; the forecast of order 3 in
              the timestep and replay, uniform at each interval of the plan (the other branches: the
-             grid's, else the plan's branch + 2)
+             grid's, else the plan's branch + 2); and the phased forecast through full steps'
+             features only (``refresh=False``, named ``-kept``)
   branch     every branch at N = 5 (Table 12)
   grid       every interval x branch x schedule of the plan, and the plan's extra step counts
 
@@ -160,12 +161,22 @@ SUITES: dict[str, Callable[[Plan, float, float, int], list[Setting]]] = {
         )
         for n in p.intervals
         for other in [o for o in p.branches or (min(p.branch + 2, nb - 1),) if o != p.branch]
-        for suffix, act in (("-f3-timestep", dict(reuse="forecast", order=3)), ("", {}))
+        for suffix, act in PHASE_ACTS
         for b, late in ((p.branch, other), (other, p.branch), (p.branch, None), (other, None))
+        if late is not None or "refresh" not in act
     ],  # fmt: skip
     "branch": lambda p, f, c, nb: [p.deepcache(f"N5-b{i}", 5, i) for i in range(nb)],
     "grid": lambda p, f, c, nb: _grid(p),
 }
+
+
+#: The acts of suite ``phases``: the order-3 forecast, replay, and the forecast through full steps'
+#: features only (phased settings).
+PHASE_ACTS = (
+    ("-f3-timestep", dict(reuse="forecast", order=3)),
+    ("", {}),
+    ("-f3-timestep-kept", dict(reuse="forecast", order=3, refresh=False)),
+)
 
 
 def build(suites, plan: Plan, full_macs: float, cached_macs: float, branches: int) -> list[Setting]:

@@ -50,7 +50,7 @@ from .modules import denoiser
 from .rows import Setting
 
 #: Configuration fields added after sample folders were first recorded (``Sweep.folder``).
-LATER_FIELDS = ("phases",)
+LATER_FIELDS = ("phases", "refresh")
 
 
 class Sweep:

@@ -91,7 +91,8 @@ def act(row: pd.Series, cuts: bool = False) -> str:
     if not cuts:
         return name
     phases = "".join(f", from {s} b{b}" for s, b in phases_of(row))
-    return f"{name}, b{int(row.branch)}{phases}"
+    kept = "" if is_missing(row.get("refresh")) or row.refresh else ", full steps' features"
+    return f"{name}, b{int(row.branch)}{phases}{kept}"
 
 
 def phases_of(row: pd.Series) -> list:

@@ -24,6 +24,7 @@ STATIC = {
     "forecast-shallow": DeepCacheConfig(interval=3, branch=1, reuse="forecast", order=3, time="shallow"),
     "forecast-anchored": DeepCacheConfig(interval=3, branch=1, reuse="forecast", order=3, time="anchored"),
     "phases": DeepCacheConfig(interval=3, branch=0, phases=((0.5, 2),), reuse="forecast", order=2),
+    "phases-kept": DeepCacheConfig(interval=3, branch=2, phases=((0.5, 0),), reuse="forecast", refresh=False),
 }
 
 

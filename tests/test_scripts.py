@@ -103,6 +103,7 @@ VALIDATION = ["--out", "runs-never-made", "--results", "results-never-made"]  # 
         (["main.py", "--cache_phases", "0.5"], "expected START:BRANCH such as 0.5:2, got '0.5'"),
         (["main.py", "--cache_phases", "0.5:2", "--schedule", "adaptive"], "phases take a static schedule"),
         (["main.py", "--cache_phases", "0.5:20", "--steps", "2"], "branch must be an integer in 0..8"),
+        (["main.py", "--no_refresh"], "refresh is True or False, with phases only; got False"),
         (["main.py", "--reuse", "forecast", "--forecast_time", "t"], "invalid choice: 't'"),
         (["scripts/schedule_proxy.py", "--budgets", "1"], "every budget N >= 2"),
         (["experiments/ldm/sample_ldm.py", "--ckpt", "x", "--shard", "0"], "must be >= 1"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
@@ -109,14 +110,18 @@ def test_a_setting_name_cannot_be_reused_with_other_parameters(pipe, tmp_path):
 
 
 def test_folders_recorded_before_a_config_field_existed_still_resume(pipe, tmp_path):
-    """A setting.json without ``phases`` (written before the field existed) matches the setting; a
-    phased setting of the same name does not."""
+    """A setting.json without ``phases`` and ``refresh`` (written before the fields existed) matches the
+    setting; a phased setting of the same name does not, nor one that keeps full steps' features only."""
     sweep = Sweep(pipe, tmp_path, n_samples=2, shard=2)
     meta = sweep.folder(SETTING) / "setting.json"
-    assert "phases" not in meta.read_text()
+    assert "phases" not in meta.read_text() and "refresh" not in meta.read_text()
     sweep.folder(SETTING)  # matches
+    phased = Setting("N3-b1-late0", 6, DeepCacheConfig(interval=3, branch=1, phases=((3, 0),)))
+    sweep.folder(phased)
     with pytest.raises(ValueError, match="other parameters"):
         sweep.folder(Setting("N3-b1", 6, DeepCacheConfig(interval=3, branch=1, phases=((3, 0),))))
+    with pytest.raises(ValueError, match="other parameters"):
+        sweep.folder(dataclasses.replace(phased, cache=dataclasses.replace(phased.cache, refresh=False)))
 
 
 def test_a_sweep_folder_cannot_mix_samplers(pipe, tmp_path):

@@ -94,10 +94,11 @@ def ordered_ops(unet: ToyUNet):
     return down, up
 
 
-def reference(unet: ToyUNet, inputs, branch: int, full_steps: set[int], cuts=None):
+def reference(unet: ToyUNet, inputs, branch: int, full_steps: set[int], cuts=None, refresh=True):
     """DeepCache by definition: cache the hidden state entering the up op that consumes skip ``branch``.
     With ``cuts`` (a branch per step: per-phase cuts), a cached step cuts at its own branch, and every
-    step keeps, for each branch of ``cuts``, the state entering the up op it runs that consumes it."""
+    step keeps, for each branch of ``cuts``, the state entering the up op it runs that consumes it
+    (without ``refresh``: full steps only)."""
     down, up = ordered_ops(unet)
     a = lambda op, x: op.a * x + op.c  # noqa: E731 (no call counting here)
     cuts = cuts or [branch] * len(inputs)
@@ -114,7 +115,7 @@ def reference(unet: ToyUNet, inputs, branch: int, full_steps: set[int], cuts=Non
             start = next(i for i, (_, s) in enumerate(up) if s == cut)
             h = kept[cut]
         for op, s in up[start:]:
-            if s in cuts and (full or s < cut):
+            if s in cuts and (full or refresh and s < cut):
                 kept[s] = h
             h = a(op, h if s is None else h + 10 * skips[s])
         outputs.append(h)
@@ -155,20 +156,40 @@ def test_output_equals_reference_definition(toy, branch, interval):
 
 @pytest.mark.parametrize("branch,phases", [(0, ((0.5, 4),)), (4, ((0.5, 0),)), (8, ((3, 2), (7, 5)))])
 @pytest.mark.parametrize("interval", [2, 3])
-def test_per_phase_cuts_equal_the_reference_definition(toy, branch, phases, interval):
-    """Each cached step cuts at its phase's branch, above the deep feature kept for that branch."""
+@pytest.mark.parametrize("refresh", [None, False])
+def test_per_phase_cuts_equal_the_reference_definition(toy, branch, phases, interval, refresh):
+    """Each cached step cuts at its phase's branch, above the deep feature kept for that branch (kept
+    afresh wherever its group runs, or with ``refresh=False`` on full steps only)."""
     inputs = make_inputs(11)
-    full = {s for s in range(11) if s % interval == 0}
-    with DeepCacheEngine(toy, DeepCacheConfig(interval=interval, branch=branch, phases=phases)) as engine:
+    full, cuts = {s for s in range(11) if s % interval == 0}, list(schedule.cuts(11, branch, phases))
+    config = DeepCacheConfig(interval=interval, branch=branch, phases=phases, refresh=refresh)
+    with DeepCacheEngine(toy, config) as engine:
         engine.reset(num_steps=11)
         got = run(toy, inputs)
-    expected = reference(toy, inputs, branch, full, list(schedule.cuts(11, branch, phases)))
+    expected = reference(toy, inputs, branch, full, cuts, refresh is not False)
     for g, e in zip(got, expected, strict=True):
         torch.testing.assert_close(g, e, rtol=0, atol=1e-9)
     assert engine.stats.n_full == len(full)
     assert not all(
         torch.allclose(g, e) for g, e in zip(got, reference(toy, inputs, branch, full), strict=True)
     )
+
+
+def test_per_phase_cuts_without_refresh_keep_full_steps_features(toy):
+    """N = 3, branch 4, then 0 from step 5: step 4 is cached and cut at 4, so it runs branch 0's group;
+    step 5, cut at 0, replays the feature that step 4 computed, or without refresh full step 3's."""
+    inputs, full, cuts = make_inputs(11), {0, 3, 6, 9}, [4] * 5 + [0] * 6
+    outputs = {}
+    for refresh in (None, False):
+        config = DeepCacheConfig(interval=3, branch=4, phases=((5, 0),), refresh=refresh)
+        with DeepCacheEngine(toy, config):
+            outputs[refresh] = run(toy, inputs)
+    for refresh, expected in ((None, True), (False, False)):
+        for g, e in zip(outputs[refresh], reference(toy, inputs, 4, full, cuts, expected), strict=True):
+            torch.testing.assert_close(g, e, rtol=0, atol=1e-9)
+    assert [torch.equal(a, b) for a, b in zip(*outputs.values(), strict=True)] == [True] * 5 + [False] + [
+        True
+    ] * 5
 
 
 def test_per_phase_cuts_run_the_deep_ops_of_each_phase(toy):
