@@ -95,6 +95,8 @@ class DeepCacheEngine(Session):
             for b in self.config.branches if self.config.phases else ():
                 steps = [s for s in range(num_steps) if s not in full and cut(s) == b]
                 lines.append(f"cached steps cut at branch {b}: {ranges(steps)}")
+            if self.config.refresh is False:
+                lines.append("each cut's deep feature is kept from full steps only")
         return "\n".join(lines)
 
 

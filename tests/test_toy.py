@@ -187,9 +187,9 @@ def test_per_phase_cuts_without_refresh_keep_full_steps_features(toy):
     for refresh, expected in ((None, True), (False, False)):
         for g, e in zip(outputs[refresh], reference(toy, inputs, 4, full, cuts, expected), strict=True):
             torch.testing.assert_close(g, e, rtol=0, atol=1e-9)
-    assert [torch.equal(a, b) for a, b in zip(*outputs.values(), strict=True)] == [True] * 5 + [False] + [
-        True
-    ] * 5
+    same = [torch.equal(a, b) for a, b in zip(*outputs.values(), strict=True)]
+    assert same == [True] * 5 + [False] + [True] * 5
+    assert DeepCacheEngine(toy, config).describe(11).endswith("kept from full steps only")
 
 
 def test_per_phase_cuts_run_the_deep_ops_of_each_phase(toy):
