@@ -8,7 +8,8 @@ steps they run? ``plan`` answers it with evidence, in four phases (docs/PLANNING
    / sigma) or fitted on the shallow feature, and of order 3 anchored to the timestep) at the user's
    steps (``Space``; lambda only where the scheduler has ``alphas_cumprod``).
 2. *Prune by MACs*: a candidate's MAC speedup bound comes from the MACs of a full and a cached call
-   at its branch and its ceil(T / N) full steps; of each family (branch, schedule, act) only the
+   at its branch and its ceil(T / N) full steps of the T model calls its sampler makes (``model_calls``:
+   PLMS makes one more than its steps); of each family (branch, schedule, act) only the
    smallest N that reaches the budget is kept (a larger N caches more and is no closer), and of the
    fewer-steps runs the most steps that reach it.
 3. *Fidelity on calibration seeds*: the mean per-image PSNR to the converged solution of the same ODE
@@ -37,7 +38,7 @@ import dataclasses
 import functools
 import itertools
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,23 +108,52 @@ def candidates(steps: int, space: Space, branches: int | None = None) -> list[Se
     return out
 
 
-def mac_speedup(setting: Setting, macs: dict[int, tuple[float, float]], steps: int) -> float:
+def same_count(steps: int) -> int:
+    """The model calls of a run of ``steps`` steps for a sampler that calls the model once per step."""
+    return steps
+
+
+def model_calls(scheduler) -> Callable[[int], int]:
+    """The model calls of a run of ``steps`` steps of ``scheduler``, as the engine counts them: the
+    length of its timesteps (PLMS calls the model once more than its steps; Heun twice per step).
+
+    Example:
+        >>> from diffusers import PNDMScheduler
+        >>> calls = model_calls(PNDMScheduler(skip_prk_steps=True))
+        >>> calls(50), calls(12)
+        (51, 13)
+    """
+
+    @functools.cache
+    def calls(steps: int) -> int:
+        copy = type(scheduler).from_config(scheduler.config)  # the user's scheduler keeps its state
+        copy.set_timesteps(steps)
+        return len(copy.timesteps)
+
+    return calls
+
+
+def mac_speedup(setting: Setting, macs: dict[int, tuple[float, float]], steps: int,
+                calls: Callable[[int], int] = same_count) -> float:  # fmt: skip
     """MAC speedup bound of ``setting`` over the uncached run of ``steps`` steps, given each branch's
-    MACs of a full and a cached call (the adaptive schedule counted at its budget of full steps)."""
+    MACs of a full and a cached call (the adaptive schedule counted at its budget of full steps) and
+    the sampler's model ``calls`` per step count (``model_calls``)."""
+    n = calls(steps)
     if setting.cache is None:
-        return steps / setting.steps
+        return n / calls(setting.steps)
     config = setting.cache
     full, cached = macs[config.branch]
-    n_full = config.budget(steps) if config.adaptive else len(config.full_steps_for(steps))
-    return full / average_macs(full, cached, n_full, steps)
+    n_full = config.budget(n) if config.adaptive else len(config.full_steps_for(n))
+    return full / average_macs(full, cached, n_full, n)
 
 
-def prune(settings: Sequence[Setting], macs: dict, steps: int, budget: float) -> list[tuple[Setting, float]]:
+def prune(settings: Sequence[Setting], macs: dict, steps: int, budget: float,
+          calls: Callable[[int], int] = same_count) -> list[tuple[Setting, float]]:  # fmt: skip
     """The candidates worth scoring at ``budget``, with their MAC speedup bounds: the fewer-steps run
     of the most steps and, per family (branch, schedule, act), the smallest interval that reach it."""
     kept: dict[tuple, tuple[Setting, float]] = {}
     for s in settings:
-        bound = mac_speedup(s, macs, steps)
+        bound = mac_speedup(s, macs, steps, calls)
         if bound < budget - 1e-9:
             continue
         c = s.cache
@@ -203,6 +233,7 @@ class Planner:
                 space, acts=tuple(a for a in space.acts if not _needs_noise_levels(a))
             )
         self.pipe, self.out, self.steps, self.space = pipe, Path(out), steps, space
+        self.calls = model_calls(pipe.scheduler)
         self.timing_images, self.repeats = timing_images, repeats
         common = dict(task=task, prompts=prompts, batch=batch, first_seed=CALIBRATION_SEED, **inputs)
         self.sweep = Sweep(pipe, self.out / "calibration", calibration, calibration, **common)
@@ -245,12 +276,12 @@ class Planner:
             raise ValueError(f"a budget is a speedup > 1 by 'macs' or 'time'; got {budget!r} by {by!r}")
         macs = self.macs
         settings = candidates(self.steps, self.space, len(macs))
-        kept = prune(settings, macs, self.steps, budget)
+        kept = prune(settings, macs, self.steps, budget, self.calls)
         if not kept:
-            fastest = max(settings, key=lambda s: mac_speedup(s, macs, self.steps))
+            fastest = max(settings, key=lambda s: mac_speedup(s, macs, self.steps, self.calls))
             raise ValueError(
                 f"no candidate reaches {budget:g}x; the fastest is {fastest.name} at "
-                f"{mac_speedup(fastest, macs, self.steps):.2f}x by MACs"
+                f"{mac_speedup(fastest, macs, self.steps, self.calls):.2f}x by MACs"
             )
         rows = []
         for s, bound in tqdm(kept, desc=f"plan {budget:g}x: calibration", leave=False):

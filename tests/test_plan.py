@@ -9,7 +9,7 @@ import shutil
 
 import numpy as np
 import pytest
-from diffusers import DDIMPipeline, DDIMScheduler
+from diffusers import DDIMPipeline, DDIMScheduler, PNDMScheduler
 
 import main
 from cachediff import plan
@@ -38,6 +38,19 @@ def test_mac_speedups_and_pruning_by_hand():
     assert [(s.name, round(b, 3)) for s, b in kept] == [
         ("steps-6", 2.0), ("N3-b0-uniform-replay", 2.143), ("N3-b0-uniform-forecast2", 2.143)
     ]  # fmt: skip  # branch 1 reaches 2x at no interval of the space
+
+
+def test_mac_speedups_count_the_model_calls_the_sampler_makes():
+    """PLMS calls the model 51 times in 50 steps and 13 in 12: 12 steps are 3.92x, not 4.17x, and the
+    N = 5 schedule runs 11 full calls of 51, not 10 of 50."""
+    calls = plan.model_calls(PNDMScheduler(skip_prk_steps=True))
+    macs = {0: (10.0, 0.5)}
+    assert plan.mac_speedup(Setting("s", 12), macs, 50, calls) == pytest.approx(51 / 13)
+    n5 = Setting("n5", 50, plan.DeepCacheConfig(interval=5, branch=0))
+    assert plan.mac_speedup(n5, macs, 50, calls) == pytest.approx(10 / ((11 * 10 + 40 * 0.5) / 51))  # 3.92x
+    space = dataclasses.replace(SPACE, branches=(0,), acts=("replay",), intervals=(5, 6))
+    kept = plan.prune(plan.candidates(50, space), macs, 50, 4.0, calls)
+    assert [s.name for s, _ in kept] == ["steps-11", "N6-b0-uniform-replay"]  # by steps: 12 and N = 5
 
 
 def test_every_candidate_is_rebuilt_from_its_row():
