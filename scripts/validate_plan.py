@@ -34,7 +34,7 @@ from cachediff.files import output_folder, write_csv, write_json
 from cachediff.metrics import fid
 from cachediff.metrics.class_score import load_classifier
 from cachediff.pipelines import PRESETS, get_preset
-from cachediff.plan import RANK, Planner, Space, load, pareto, save
+from cachediff.plan import ACTS, RANK, Planner, Space, load, pareto, save
 from cachediff.prompts import load_prompts
 from cachediff.reference import Converged
 from cachediff.rows import Setting
@@ -50,6 +50,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--timestep-spacing", choices=SPACINGS, help="timestep spacing (default: the model's)")
     p.add_argument("--budgets", type=float, nargs="+", default=[1.5, 2, 3, 4], help="speedup budgets")
     p.add_argument("--branches", type=int, nargs="+", help="branch ids the planner searches (default: all)")
+    p.add_argument("--acts", nargs="+", choices=list(ACTS), help="acts the planner searches (default: all)")
     p.add_argument("--calibration", type=int, default=32, help="calibration images the planner scores")
     p.add_argument("--evaluation", type=int, default=500, help="held-out images (seeds 0..N-1) per candidate")
     p.add_argument(
@@ -258,7 +259,7 @@ def run(args) -> int:
 def plan_and_evaluate(args, pipe, steps: int, common: dict) -> tuple[list, list[dict], str]:
     """Plan every budget on the calibration seeds, then score each plan's front and fewer-steps run
     on the evaluation seeds: the plans, the evaluation rows and what was run."""
-    space = Space(branches=args.branches and tuple(args.branches))
+    space = Space(branches=args.branches and tuple(args.branches), acts=tuple(args.acts or ACTS))
     planner = Planner(
         pipe, args.out / "plan", steps, calibration=args.calibration, converged_steps=args.converged_steps,
         space=space, repeats=args.repeats, **common,

@@ -173,11 +173,13 @@ def test_the_validation_script_end_to_end(tmp_path, capsys):
     script = _validation_script()
     fid.save_stats(tmp_path / "ref.npz", np.zeros(2048), np.eye(2048))
     args = ["--steps", "6", "--budgets", "1.5", "--calibration", "2", "--evaluation", "4", "--shard", "2"]
-    args += ["--converged-steps", "12", "--repeats", "1", "--branches", "1", "2"]
+    args += ["--converged-steps", "12", "--repeats", "1", "--branches", "1", "2", "--acts", "replay"]
     args += ["--out", str(tmp_path / "runs"), "--results", str(tmp_path / "docs")]
     assert script.main(args) == 0
     assert "FID" not in (tmp_path / "docs" / "validation.md").read_text()
     planned = (tmp_path / "docs" / "plan.json").read_text()
+    searched = {(r["branch"], r["act"]) for r in json.loads(planned)["rows"] if r["interval"] > 1}
+    assert searched and {act for _, act in searched} == {"replay"} and {b for b, _ in searched} <= {1, 2}
     shutil.rmtree(tmp_path / "runs" / "plan")  # FID from the recorded plans: nothing planned again
     args += ["--fid-images", "6", "--fid-reference", str(tmp_path / "ref.npz"), "--fid-resamples", "3"]
     assert script.main([*args, "--from-results"]) == 0
