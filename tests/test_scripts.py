@@ -41,6 +41,7 @@ SCRIPTS = [
     "experiments/ddpm/report_mnist.py",
     "experiments/ldm/sample_ldm.py",
     "experiments/lowpass_fit.py",
+    "experiments/trailing_stride.py",
     "experiments.sd.train_tiny_sd",  # a module: python -m experiments.sd.train_tiny_sd
     "experiments.sd.report_tiny_sd",
 ]
@@ -108,6 +109,7 @@ VALIDATION = ["--out", "runs-never-made", "--results", "results-never-made"]  # 
         (["scripts/schedule_proxy.py", "--budgets", "1"], "every budget N >= 2"),
         (["experiments/ldm/sample_ldm.py", "--ckpt", "x", "--shard", "0"], "must be >= 1"),
         (["experiments/lowpass_fit.py", "--pool", "0", "--", "--samples", "1"], "--pool must be >= 1"),
+        (["experiments/trailing_stride.py", "--steps", "0", "--out", "x"], "every --steps must be >= 1"),
         (["scripts/macs.py", "--interval", "0"], "must be >= 1"),
         (["scripts/bench.py", "--repeats", "0"], "must be >= 1"),
         (["scripts/bench.py", "--threads", "0"], "--threads must be >= 1"),  # issue 30: a traceback
