@@ -39,21 +39,26 @@ def follow_timesteps(scheduler):
     return scheduler
 
 
+def visited(scheduler) -> list[int]:
+    """The distinct timesteps of the run, first to last (PLMS repeats one in its warm-up)."""
+    return sorted({int(s) for s in scheduler.timesteps}, reverse=True)
+
+
 def next_timestep(scheduler, t: int) -> int:
     """The timestep the run visits after ``t`` (-1 after its last: the final alpha)."""
-    visited = sorted({int(s) for s in scheduler.timesteps}, reverse=True)
-    i = visited.index(int(t))
-    return visited[i + 1] if i + 1 < len(visited) else -1
+    ts = visited(scheduler)
+    i = ts.index(int(t))
+    return ts[i + 1] if i + 1 < len(ts) else -1
 
 
 def _pndm_prev_sample(self, sample, timestep, prev_timestep, model_output):
     # PLMS's second call (its warm-up) passes prev_timestep = the current t and timestep = t + stride:
     # the latent it steps from is at the run's first timestep, the one before prev_timestep.
-    if int(timestep) in {int(s) for s in self.timesteps}:
+    ts = visited(self)
+    if int(timestep) in ts:
         prev_timestep = next_timestep(self, timestep)
     else:
-        visited = sorted({int(s) for s in self.timesteps}, reverse=True)
-        timestep = visited[visited.index(int(prev_timestep)) - 1]
+        timestep = ts[ts.index(int(prev_timestep)) - 1]
     return PNDMScheduler._get_prev_sample(self, sample, timestep, prev_timestep, model_output)
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, EulerDiscreteScheduler, PNDMScheduler
 
-from cachediff.stepping import follow_timesteps, next_timestep
+from cachediff.stepping import follow_timesteps, next_timestep, visited
 
 SCHEDULERS = {
     "ddim": lambda spacing: DDIMScheduler(timestep_spacing=spacing, clip_sample=False),
@@ -57,8 +57,8 @@ def test_every_step_lands_on_the_next_visited_timestep(name, monkeypatch):
 
         monkeypatch.setattr(DDIMScheduler, "step", recording)
     out = _sample(scheduler, 24)
-    visited = sorted({int(t) for t in scheduler.timesteps}, reverse=True)
-    assert len(visited) == 24 and {a - b for a, b in itertools.pairwise(visited)} == {41, 42}
+    ts = visited(scheduler)
+    assert len(ts) == 24 and {a - b for a, b in itertools.pairwise(ts)} == {41, 42}
     assert len(got) == len(scheduler.timesteps) and all(a == b for a, b in got)
     monkeypatch.undo()
     assert not torch.equal(out, _sample(SCHEDULERS[name]("trailing"), 24))
