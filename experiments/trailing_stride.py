@@ -6,7 +6,7 @@ same seeds twice, as diffusers steps and stepping to the run's next timestep (``
 and prints the mean per-image PSNR of both to the converged solution of the same noise, with intervals.
 
 Example (2026-12-07; docs/PLANNING.md quotes what it printed):
-    python experiments/trailing_stride.py --model_type tiny-sd --steps 25 24 33 16 50 --images 32 \
+    python experiments/trailing_stride.py --model_type tiny-sd --steps 25 24 33 16 50 12 11 --images 32 \
         --converged runs/validate/plms-50-trailing/evaluation --converged-images 500 \
         --out runs/trailing-stride
 """
