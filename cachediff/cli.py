@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from . import files, generation, launch, loading, plan
+from . import files, generation, launch, loading, plan, stepping
 from .accelerators import accelerator
 from .comparison import Comparison, compare
 from .config import FORECAST_TIMES, DeepCacheConfig
@@ -29,6 +29,11 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 #: diffusers' timestep spacings (``leading``: SD 1.5's and the paper's; ``trailing``: every step count
 #: starts at the last training timestep)
 SPACINGS = ("leading", "trailing", "linspace")
+#: The help of ``--follow-timesteps`` (``--follow_timesteps`` here).
+FOLLOW_HELP = (
+    "DDIM and PLMS: step to the run's next timestep, not diffusers' t - 1000 // steps, which misses it "
+    "under trailing or linspace spacing when the steps do not divide 1000 (docs/PLANNING.md)"
+)
 
 
 def parse_args(
@@ -83,6 +88,7 @@ def parse_args(
         "model's; SD 1.5's and the tiny SD's leading starts n steps at t = 1 + (n - 1) * floor(1000 / n), "
         "trailing every step count at t = 999)",
     )  # fmt: skip
+    p.add_argument("--follow_timesteps", action="store_true", help=FOLLOW_HELP)
     p.add_argument("--dtype", default="float32", choices=list(DTYPES), help="weights and compute dtype")
     p.add_argument(
         "--batch_size",
@@ -225,7 +231,9 @@ def run(args: argparse.Namespace) -> int:
     dtype = DTYPES[args.dtype]
     pipe = loading.load_pipeline(preset, args.model, args.device, dtype)
     check_conditioning(args, preset, pipe)
-    loading.set_scheduler(pipe, args.scheduler or preset.scheduler, args.timestep_spacing)
+    loading.set_scheduler(
+        pipe, args.scheduler or preset.scheduler, args.timestep_spacing, follow=args.follow_timesteps
+    )
     if args.plan:
         return run_plan(args, preset, pipe, steps)
     engines = [accelerator(pipe, config, steps, shallow)]  # fails before any sampling on a bad branch
@@ -263,6 +271,7 @@ def run(args: argparse.Namespace) -> int:
         args=vars(args),
         preset=preset.__dict__,
         config=config.__dict__,
+        scheduler=dict(sampler=type(pipe.scheduler).__name__, stepping=stepping.mode(pipe.scheduler)),
         inputs={k: v for k, v in inputs.items() if k in ("prompt", "guidance_scale", "strength", "frames")},
         results=dataclasses.asdict(result) | scores,
         env=files.environment(),
@@ -293,7 +302,8 @@ def run_plan(args, preset, pipe, steps: int) -> int:
         print(f"\n{p.table()}")
     first = plan.CALIBRATION_SEED
     about = dict(model_type=args.model_type, steps=steps, sampler=type(pipe.scheduler).__name__,
-                 spacing=pipe.scheduler.config.get("timestep_spacing"), converged=reference,
+                 spacing=pipe.scheduler.config.get("timestep_spacing"),
+                 stepping=stepping.mode(pipe.scheduler), converged=reference,
                  calibration_seeds=[first, first + args.calibration_images - 1],
                  env=files.environment())  # fmt: skip
     plan.save(plans, args.output, about)

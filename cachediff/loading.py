@@ -12,12 +12,14 @@ from __future__ import annotations
 import difflib
 import inspect
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import diffusers
 import safetensors
 import torch
 
+from . import stepping
 from .files import require_weights
 from .modules import denoiser
 from .pipelines import Preset
@@ -94,13 +96,30 @@ def _saved_class(path: str) -> str | None:
     return json.loads(index.read_text()).get("_class_name") if index.exists() else None
 
 
-def set_scheduler(pipe, name: str | None, spacing: str | None = None) -> None:
+def set_scheduler(
+    pipe, name: str | None, spacing: str | None = None, options: Sequence[str] = (), follow: bool = False
+) -> None:
     """Swap in the diffusers scheduler class ``name`` (same config), or keep the pipeline's if None;
-    with ``spacing``, set its timestep spacing (``leading``, ``trailing`` or ``linspace``)."""
-    if name is not None:
-        pipe.scheduler = _checked_scheduler(pipe, name).from_config(pipe.scheduler.config)
-    if spacing is not None:
-        pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, timestep_spacing=spacing)
+    with ``spacing``, set its timestep spacing (``leading``, ``trailing`` or ``linspace``); with
+    ``options``, set ``KEY=VALUE`` config entries (``scheduler_options``); with ``follow``, make DDIM or
+    PLMS step to the run's next timestep (``cachediff.stepping.follow_timesteps``).
+
+    Example:
+        >>> from diffusers import DDIMPipeline, DDPMScheduler
+        >>> pipe = DDIMPipeline(unet=None, scheduler=DDPMScheduler())
+        >>> set_scheduler(pipe, "DDIMScheduler", "trailing", ["steps_offset=1"], follow=True)
+        >>> s = pipe.scheduler
+        >>> type(s).__name__, s.config.timestep_spacing, s.config.steps_offset, stepping.mode(s)
+        ('DDIMScheduler', 'trailing', 1, 'follow')
+    """
+    scheduler = pipe.scheduler
+    if name is not None or spacing is not None or options:
+        cls = type(scheduler) if name is None else _checked_scheduler(pipe, name)
+        # changes go in as keywords: from_config drops the keys its ``_use_default_values`` lists
+        spaced = {} if spacing is None else dict(timestep_spacing=spacing)
+        options = scheduler_options(cls.from_config(scheduler.config, **spaced), list(options))
+        scheduler = cls.from_config(scheduler.config, **{**spaced, **options})
+    pipe.scheduler = stepping.follow_timesteps(scheduler) if follow else scheduler
 
 
 def _checked_scheduler(pipe, name: str):

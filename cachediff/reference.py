@@ -80,6 +80,12 @@ class Converged:
                  batch: int | None = None, first_seed: int = 0, **inputs):  # fmt: skip
         fine = fine_pipeline(pipe)
         steps = steps or DEFAULT_STEPS[type(fine.scheduler).__name__]
+        most = fine.scheduler.config.num_train_timesteps
+        if isinstance(fine.scheduler, diffusers.DDIMScheduler) and most % steps:
+            raise ValueError(
+                f"the converged DDIM solve steps by {most} // steps, which misses trailing timesteps "
+                f"unless the steps divide {most}: give --converged-steps {most // 2} or {most}, not {steps}"
+            )
         name, short = NAMES[type(fine.scheduler).__name__]
         self.label = f"{name}, trailing, {steps} steps"
         self.setting = Setting(f"{short}-trailing-{steps}", steps)
@@ -100,14 +106,15 @@ class Converged:
 
     def gap(self, seeds: int = 4) -> dict:
         """How converged the reference is: PSNR in dB (floating point, no 8-bit rounding) of its solve
-        to one of twice the steps (half, where twice would exceed the training timesteps), on the
-        first ``seeds`` seeds; measured once, kept in
-        ``convergence.json`` beside the samples."""
+        to one of twice the steps (half, where twice would exceed the training timesteps or, for DDIM,
+        not divide them), on the first ``seeds`` seeds; measured once, kept in ``convergence.json``
+        beside the samples."""
         path = self.sweep.out / f"convergence-{self.setting.name}.json"
         if path.exists():
             return read_json(path)
         steps, most = self.setting.steps, self.sweep.pipe.scheduler.config.num_train_timesteps
-        check = 2 * steps if 2 * steps <= most else steps // 2  # DDIM takes at most every timestep
+        ddim = isinstance(self.sweep.pipe.scheduler, diffusers.DDIMScheduler)
+        check = 2 * steps if 2 * steps <= most and not (ddim and most % (2 * steps)) else steps // 2
         finer = Setting(f"{self.setting.name}-check-{check}", check)
         first = range(self.sweep.first_seed, self.sweep.first_seed + seeds)
         fine, finest = (self.sweep.generate(s, first) for s in (self.setting, finer))

@@ -56,7 +56,7 @@ CONFIG_COLUMNS += ("warmup", "cooldown", "max_cached", "window", "threshold", "p
 #: The columns of a row, in order: the key, the parameters, the cost, the quality.
 #: Quality columns with an interval have ``_lo`` and ``_hi`` beside them (``metrics.Interval``).
 COLUMNS = (
-    "setting", "method", "sampler", "spacing", "steps", "interval", "branch", "paper_branch",
+    "setting", "method", "sampler", "spacing", "stepping", "steps", "interval", "branch", "paper_branch",
     *CONFIG_COLUMNS[2:], "samples", "n_full", "gmacs_per_image", "mac_speedup", "measured_speedup",
     "seconds_per_image", "fidelity_images", "psnr_db", "psnr_db_lo", "psnr_db_hi", "psnr_mean_db",
     "psnr_mean_db_lo", "psnr_mean_db_hi", "inception_distance", "inception_distance_lo",

@@ -24,7 +24,7 @@ import numpy as np
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import metrics
+from . import metrics, stepping
 from .datasets import load_fashion_mnist, load_mnist
 from .metrics import class_score, clip_score, fid
 from .rows import COLUMNS, Setting, params
@@ -107,6 +107,7 @@ def row(
     scheduler = sweep.pipe.scheduler
     out = dict(setting=setting.name, sampler=type(scheduler).__name__, **params(setting))
     out["spacing"] = scheduler.config.get("timestep_spacing")
+    out["stepping"] = stepping.mode(scheduler)
     macs = sweep.macs_per_image(setting)
     out.update(
         samples=sweep.n,

@@ -27,7 +27,8 @@ from diffusers import DDIMScheduler, PNDMScheduler
 
 
 def follow_timesteps(scheduler):
-    """Make ``scheduler`` (DDIM or PLMS) step to its run's next timestep; returns it (changed in place)."""
+    """Make ``scheduler`` (DDIM or PLMS) step to its run's next timestep; returns it (changed in place).
+    Apply it before an accelerator is attached: ``from_config`` copies step by the stride again."""
     if isinstance(scheduler, PNDMScheduler):
         scheduler._get_prev_sample = _pndm_prev_sample.__get__(scheduler)
     elif isinstance(scheduler, DDIMScheduler):
@@ -37,6 +38,20 @@ def follow_timesteps(scheduler):
             f"{type(scheduler).__name__} steps along its own timesteps already; only DDIM and PLMS need this"
         )
     return scheduler
+
+
+def mode(scheduler) -> str | None:
+    """How a DDIM or PLMS ``scheduler`` steps: ``"follow"`` (``follow_timesteps``) or diffusers'
+    ``"stride"``; ``None`` for the other schedulers, which step along their timesteps already.
+
+    Example:
+        >>> from diffusers import EulerDiscreteScheduler, PNDMScheduler
+        >>> [mode(PNDMScheduler()), mode(follow_timesteps(PNDMScheduler())), mode(EulerDiscreteScheduler())]
+        ['stride', 'follow', None]
+    """
+    if not isinstance(scheduler, (DDIMScheduler, PNDMScheduler)):
+        return None
+    return "follow" if {"step", "_get_prev_sample"} & vars(scheduler).keys() else "stride"
 
 
 def visited(scheduler) -> list[int]:

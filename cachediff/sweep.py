@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import metrics
+from . import metrics, stepping
 from .accelerators import accelerator, call_macs
 from .config import DeepCacheConfig
 from .core import Session
@@ -96,14 +96,17 @@ class Sweep:
         remove_stale_temporaries(self.out)  # left by processes killed while writing
 
     def _check_sampler(self) -> None:
-        """Record the scheduler, the task's scalar inputs (guidance scale, strength) and the prompt
-        set in ``<out>/sampler.json``; refuse to add samples of another one (keys that only one
-        diffusers release knows are not compared; a folder recorded before prompt sets were gets
-        its set recorded now)."""
+        """Record the scheduler (and, for DDIM and PLMS, its ``cachediff.stepping.mode``), the task's
+        scalar inputs (guidance scale, strength) and the prompt set in ``<out>/sampler.json``; refuse
+        to add samples of another one (keys that only one diffusers release knows are not compared; a
+        folder recorded before prompt sets were gets its set recorded now, one recorded before
+        stepping was stepped by the stride)."""
         scheduler = self.pipe.scheduler
         config = {k: v for k, v in scheduler.config.items() if not k.startswith("_")}
         config.update({k: v for k, v in self.inputs.items() if isinstance(v, (int, float, str))})
         config.update(_class_name=type(scheduler).__name__, _prompts=prompt_set(self.prompts))
+        if stepping.mode(scheduler) is not None:
+            config.update(_stepping=stepping.mode(scheduler))
         current = json.loads(json.dumps(config, default=str))
         self.out.mkdir(parents=True, exist_ok=True)
         meta = self.out / "sampler.json"
@@ -112,6 +115,8 @@ class Sweep:
                 tmp.write_text(json.dumps(current, indent=1, sort_keys=True))
             return
         saved = json.loads(meta.read_text())
+        if "_stepping" in current:
+            saved.setdefault("_stepping", "stride")
         differ = sorted(k for k in saved.keys() & current.keys() if saved[k] != current[k])
         if differ:
             found = ", ".join(f"{k.lstrip('_')}: {saved[k]} there, {current[k]} here" for k in differ)

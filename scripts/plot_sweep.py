@@ -134,6 +134,8 @@ def heading(df: pd.DataFrame) -> str:
         'PLMS, trailing spacing'
         >>> heading(pd.DataFrame(dict(sampler=["DDIMScheduler"])))  # rows from before spacing was kept
         'DDIM, leading spacing (the model default; not recorded)'
+        >>> heading(pd.DataFrame(dict(sampler=["DDIMScheduler"], spacing=["trailing"], stepping=["follow"])))
+        'DDIM, trailing spacing, following its timesteps'
     """
     sampler = ", ".join(SAMPLERS.get(s, s) for s in df.sampler.dropna().unique()) if "sampler" in df else "?"
     spacings = df.spacing.dropna().unique() if "spacing" in df else []
@@ -142,7 +144,8 @@ def heading(df: pd.DataFrame) -> str:
         if len(spacings)
         else "leading spacing (the model default; not recorded)"
     )
-    return f"{sampler}, {spacing}"
+    follows = "stepping" in df and (df.stepping == "follow").any()
+    return f"{sampler}, {spacing}" + (", following its timesteps" if follows else "")
 
 
 def with_intervals(df: pd.DataFrame) -> pd.DataFrame:

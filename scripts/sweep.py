@@ -28,9 +28,9 @@ from pathlib import Path
 
 import torch
 
-from cachediff import generation, launch, loading, suites
+from cachediff import generation, launch, loading, stepping, suites
 from cachediff.accelerators import accelerator
-from cachediff.cli import DTYPES, SPACINGS, exit_status, finite_scale
+from cachediff.cli import DTYPES, FOLLOW_HELP, SPACINGS, exit_status, finite_scale
 from cachediff.files import claim, output_folder, read_csv, release, update_csv
 from cachediff.metrics import clip_score as C
 from cachediff.metrics import fid as F
@@ -114,6 +114,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "model's; SD 1.5 and the tiny SD: leading, where n steps start at t = 1 + (n - 1) * floor(1000 / n); "
         "trailing starts every step count at t = 999)",
     )  # fmt: skip
+    p.add_argument("--follow-timesteps", action="store_true", help=FOLLOW_HELP)
     p.add_argument(
         "--fidelity-images", type=int, help="first seeds on which fidelity (PSNR and Inception distance to "
         "the baseline, PSNR to the converged solution) is measured (default: --shard)",
@@ -172,10 +173,10 @@ def main(argv=None) -> int:
 def load(args, preset):
     """The preset's pipeline with the requested scheduler and scheduler options."""
     pipe = loading.load_pipeline(preset, args.model, args.device, DTYPES[args.dtype])
-    loading.set_scheduler(pipe, args.scheduler or preset.scheduler, args.timestep_spacing)
-    options = loading.scheduler_options(pipe.scheduler, args.scheduler_option)
-    if options:
-        pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, **options)
+    loading.set_scheduler(
+        pipe, args.scheduler or preset.scheduler, args.timestep_spacing, args.scheduler_option,
+        args.follow_timesteps,
+    )  # fmt: skip
     return pipe
 
 
@@ -259,10 +260,17 @@ def score_unless_done_elsewhere(scorer, s: Setting, args, columns) -> None:
 
 
 def check_rows(rows: dict, pipe, path: Path) -> None:
-    """Refuse a results CSV whose rows another sampler or timestep spacing made: a row of the same
-    setting name would be taken for this run's and not sampled again."""
-    here = dict(sampler=type(pipe.scheduler).__name__, spacing=pipe.scheduler.config.get("timestep_spacing"))
+    """Refuse a results CSV whose rows another sampler, timestep spacing or stepping made: a row of
+    the same setting name would be taken for this run's and not sampled again (DDIM and PLMS rows from
+    before stepping was kept stepped by the stride)."""
+    scheduler = pipe.scheduler
+    here = dict(
+        sampler=type(scheduler).__name__, spacing=scheduler.config.get("timestep_spacing"),
+        stepping=stepping.mode(scheduler),
+    )  # fmt: skip
     for r in rows.values():
+        if is_missing(r.get("stepping")) and here["stepping"] is not None:
+            r = dict(r, stepping="stride")
         differ = [k for k, v in here.items() if not is_missing(r.get(k)) and r[k] != v]
         if differ:
             found = ", ".join(f"{k} {r[k]} there, {here[k]} here" for k in differ)

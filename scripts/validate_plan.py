@@ -28,8 +28,8 @@ from pathlib import Path
 
 import torch
 
-from cachediff import generation, loading, metrics, scoring
-from cachediff.cli import DTYPES, SPACINGS
+from cachediff import generation, loading, metrics, scoring, stepping
+from cachediff.cli import DTYPES, FOLLOW_HELP, SPACINGS
 from cachediff.files import output_folder, write_csv, write_json
 from cachediff.metrics import fid
 from cachediff.metrics.class_score import load_classifier
@@ -48,6 +48,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, help="the steps the user runs (default: the preset's)")
     p.add_argument("--scheduler", help="diffusers scheduler class (default: the preset's)")
     p.add_argument("--timestep-spacing", choices=SPACINGS, help="timestep spacing (default: the model's)")
+    p.add_argument("--follow-timesteps", action="store_true", help=FOLLOW_HELP)
     p.add_argument("--budgets", type=float, nargs="+", default=[1.5, 2, 3, 4], help="speedup budgets")
     p.add_argument("--branches", type=int, nargs="+", help="branch ids the planner searches (default: all)")
     p.add_argument("--acts", nargs="+", choices=list(ACTS), help="acts the planner searches (default: all)")
@@ -228,7 +229,9 @@ def run(args) -> int:
     preset = get_preset(args.model_type)
     steps, batch = args.steps or preset.steps, args.batch or preset.batch
     pipe = loading.load_pipeline(preset, args.model, "cpu", DTYPES[args.dtype])
-    loading.set_scheduler(pipe, args.scheduler or preset.scheduler, args.timestep_spacing)
+    loading.set_scheduler(
+        pipe, args.scheduler or preset.scheduler, args.timestep_spacing, follow=args.follow_timesteps
+    )
     inputs, prompts = generation.default_inputs(pipe, preset.task, None, None), None
     if preset.takes_prompt:
         prompts = load_prompts(preset.prompts)
@@ -270,6 +273,7 @@ def plan_and_evaluate(args, pipe, steps: int, common: dict) -> tuple[list, list[
     converged = Converged(pipe, folder, args.evaluation, args.converged_steps, args.shard, **common)
     rows = [r for p in plans for r in evaluation_rows(p, sweep, converged)]
     spacing = pipe.scheduler.config.get("timestep_spacing")
+    spacing += ", following its timesteps" if stepping.mode(pipe.scheduler) == "follow" else ""
     about = (
         f"{args.model_type}, {type(pipe.scheduler).__name__} {steps} steps, {spacing} spacing; fidelity: "
         f"mean per-image PSNR to {converged.describe()}; calibration seeds {args.calibration} from "

@@ -106,12 +106,14 @@ def test_one_prompt_is_the_prompt_of_every_image_and_its_class_is_scored(tmp_pat
         lambda images, labels, model: scored.append(labels) or (1, 1),
     )
     args = ["--prompt", "a photo of a bag", "--batch_size", "2", "--steps", "3", "--repeats", "1"]
-    assert main.main([*args, "--output", str(tmp_path), "--timestep_spacing", "trailing"]) == 0
+    spacing = ["--timestep_spacing", "trailing", "--follow_timesteps"]
+    assert main.main([*args, "--output", str(tmp_path), *spacing]) == 0
     record = json.loads((tmp_path / "run.json").read_text())
     assert (
         record["inputs"]["prompt"] == ["a photo of a bag"] * 2
         and record["args"]["timestep_spacing"] == "trailing"
     )
+    assert record["scheduler"] == dict(sampler="PNDMScheduler", stepping="follow")
     results = record["results"]
     assert results["psnr_db_lo"] <= results["psnr_db"] <= results["psnr_db_hi"]
     assert scored == [[8, 8], [8, 8]]  # bag, for the baseline and the DeepCache images

@@ -25,7 +25,7 @@ SPACE = Space(intervals=(2, 3), branches=(0, 1), schedules=("uniform",), acts=("
 def planner(tmp_path):
     unet, _ = tiny_unet("ddpm")
     pipe = DDIMPipeline(unet=unet, scheduler=DDIMScheduler(clip_sample=False))
-    return Planner(pipe, tmp_path, 6, "unconditional", calibration=2, converged_steps=12, space=SPACE,
+    return Planner(pipe, tmp_path, 6, "unconditional", calibration=2, converged_steps=20, space=SPACE,
                    timing_images=1, repeats=1)  # fmt: skip
 
 

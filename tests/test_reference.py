@@ -41,6 +41,8 @@ def test_the_fine_solver_is_dpm_solver_2m_with_trailing_spacing_or_ddim_for_ddim
         and not fine_scheduler(ddim).config.clip_sample
     )
     assert Converged(ddim, tmp_path, 1, None, 1, "unconditional").label == "DDIM, trailing, 1000 steps"
+    with pytest.raises(ValueError, match="give --converged-steps 500 or 1000, not 300"):
+        Converged(ddim, tmp_path, 1, 300, 1, "unconditional")  # DDIM's stride would miss its timesteps
     fine = fine_pipeline(tiny_sd)
     assert fine.unet is tiny_sd.unet and fine.scheduler is not tiny_sd.scheduler  # shared modules only
 

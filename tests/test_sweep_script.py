@@ -226,3 +226,32 @@ def test_fidelity_to_the_baseline_and_to_the_converged_solution_with_intervals(t
         "holds rows of another sampler (plms-4: spacing trailing there, leading here)"
         in capsys.readouterr().err
     )
+
+
+def test_following_timesteps_is_a_sampler_of_its_own(ddpm, tmp_path, capsys):
+    """--follow-timesteps: 6 trailing steps of 1000 are 166 or 167 apart, so its samples differ from
+    diffusers' stride; the CSV's stepping column and the folder's sampler.json keep the two apart, and
+    DDIM rows from before the column was kept count as stride."""
+    run = lambda out, *extra: script.main(  # noqa: E731
+        args(ddpm, tmp_path / out, "--suites", "interval", "--intervals", "2", "--repeats", "0",
+             "--timestep-spacing", "trailing", *extra)
+    )  # fmt: skip
+    assert run("follow", "--follow-timesteps") == 0 and run("stride") == 0
+    follow, stride = (pd.read_csv(tmp_path / out / "results.csv") for out in ("follow", "stride"))
+    assert set(follow.stepping) == {"follow"} and set(stride.stepping) == {"stride"}
+    assert files(tmp_path / "follow").keys() == files(tmp_path / "stride").keys()
+    assert files(tmp_path / "follow") != files(tmp_path / "stride")
+    assert run("follow") == 2
+    assert "holds samples of another sampler (stepping: follow there, stride here)" in capsys.readouterr().err
+    old = tmp_path / "old.csv"  # the stride rows as an older release wrote them
+    old.write_text(stride.drop(columns="stepping").to_csv(index=False))
+    assert run("elsewhere", "--follow-timesteps", "--results", str(old)) == 2
+    assert (
+        "holds rows of another sampler (ddim-6: stepping stride there, follow here)"
+        in capsys.readouterr().err
+    )
+    assert run("stride", "--results", str(old)) == 0
+    meta = tmp_path / "stride" / "sampler.json"  # and its samples' folder
+    meta.write_text(json.dumps({k: v for k, v in json.loads(meta.read_text()).items() if k != "_stepping"}))
+    assert run("stride", "--follow-timesteps", "--results", str(tmp_path / "new.csv")) == 2
+    assert "holds samples of another sampler (stepping: stride there, follow here)" in capsys.readouterr().err
