@@ -272,10 +272,10 @@ def plan_and_evaluate(args, pipe, steps: int, common: dict) -> tuple[list, list[
     folder = args.converged_out or args.out / "evaluation"
     converged = Converged(pipe, folder, args.evaluation, args.converged_steps, args.shard, **common)
     rows = [r for p in plans for r in evaluation_rows(p, sweep, converged)]
-    spacing = pipe.scheduler.config.get("timestep_spacing")
+    spacing = pipe.scheduler.config.get("timestep_spacing") + " spacing"
     spacing += ", following its timesteps" if stepping.mode(pipe.scheduler) == "follow" else ""
     about = (
-        f"{args.model_type}, {type(pipe.scheduler).__name__} {steps} steps, {spacing} spacing; fidelity: "
+        f"{args.model_type}, {type(pipe.scheduler).__name__} {steps} steps, {spacing}; fidelity: "
         f"mean per-image PSNR to {converged.describe()}; calibration seeds {args.calibration} from "
         f"1,000,000, evaluation seeds 0..{args.evaluation - 1}; {datetime.date.today()}, "
         f"{platform.machine()}, {torch.get_num_threads()} threads"
