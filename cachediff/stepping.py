@@ -35,7 +35,8 @@ def follow_timesteps(scheduler):
         scheduler.step = _ddim_step.__get__(scheduler)
     else:
         raise ValueError(
-            f"{type(scheduler).__name__} steps along its own timesteps already; only DDIM and PLMS need this"
+            f"{type(scheduler).__name__} steps along its own timesteps already; only DDIM and PLMS need "
+            "to be made to follow them (--follow-timesteps)"
         )
     return scheduler
 
