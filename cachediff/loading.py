@@ -117,8 +117,9 @@ def set_scheduler(
         cls = type(scheduler) if name is None else _checked_scheduler(pipe, name)
         # changes go in as keywords: from_config drops the keys its ``_use_default_values`` lists
         spaced = {} if spacing is None else dict(timestep_spacing=spacing)
-        options = scheduler_options(cls.from_config(scheduler.config, **spaced), list(options))
-        scheduler = cls.from_config(scheduler.config, **{**spaced, **options})
+        scheduler = cls.from_config(scheduler.config, **spaced)
+        if options:
+            scheduler = cls.from_config(scheduler.config, **scheduler_options(scheduler, list(options)))
     pipe.scheduler = stepping.follow_timesteps(scheduler) if follow else scheduler
 
 

@@ -105,8 +105,8 @@ class Sweep:
         config = {k: v for k, v in scheduler.config.items() if not k.startswith("_")}
         config.update({k: v for k, v in self.inputs.items() if isinstance(v, (int, float, str))})
         config.update(_class_name=type(scheduler).__name__, _prompts=prompt_set(self.prompts))
-        if stepping.mode(scheduler) is not None:
-            config.update(_stepping=stepping.mode(scheduler))
+        if (mode := stepping.mode(scheduler)) is not None:
+            config.update(_stepping=mode)
         current = json.loads(json.dumps(config, default=str))
         self.out.mkdir(parents=True, exist_ok=True)
         meta = self.out / "sampler.json"
